@@ -1,0 +1,73 @@
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class Region(models.TextChoices):
+    MAINLAND_CHINA = "CN", _("Mainland China")
+    OTHER = "OTHER", _("Outside mainland China")
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email=None, password=None, **extra_fields):
+        """Accounts are made by ``accounts.services.account_create``: it adds the default key."""
+        from accounts.services import account_create
+
+        return account_create(email=email, password=password, **extra_fields)
+
+    def create_superuser(self, email=None, password=None, **extra_fields):
+        extra_fields.setdefault("is_staff", True)
+        extra_fields.setdefault("is_superuser", True)
+        return self.create_user(email=email, password=password, **extra_fields)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """An account. Identified by an email address, a phone number (E.164), or both."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Stored lower-cased (see accounts.services.normalize_email); NULL when absent so that
+    # the unique index allows many accounts without one.
+    email = models.EmailField(_("email address"), unique=True, null=True, blank=True)
+    phone = models.CharField(_("phone number"), max_length=20, unique=True, null=True, blank=True)
+    region = models.CharField(
+        _("region"), max_length=8, choices=Region.choices, default=Region.OTHER
+    )
+    language = models.CharField(
+        _("language"), max_length=10, choices=settings.LANGUAGES, blank=True, default=""
+    )
+    # NULL means the platform default (settings.DAILY_FREE_QUOTA).
+    daily_quota = models.BigIntegerField(_("daily token quota"), null=True, blank=True)
+    is_active = models.BooleanField(_("active"), default=True)
+    is_staff = models.BooleanField(_("staff"), default=False)
+    date_joined = models.DateTimeField(_("date joined"), default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        verbose_name = _("account")
+        verbose_name_plural = _("accounts")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(email__isnull=False) | Q(phone__isnull=False),
+                name="accounts_user_has_email_or_phone",
+            ),
+        ]
+
+    def __str__(self):
+        return self.email or self.phone or str(self.public_id)
+
+    @property
+    def identifier(self) -> str:
+        return self.email or self.phone or ""

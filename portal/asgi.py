@@ -1,0 +1,9 @@
+"""The one ASGI entry point, for the portal and the model API alike."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+application = get_asgi_application()
