@@ -12,3 +12,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+# --- personas: alice owns things, bob is another customer, charlie is a stranger, staff reviews
+@pytest.fixture
+def alice(db):
+    from accounts.services import account_create
+
+    return account_create(email="alice@example.com")
+
+
+@pytest.fixture
+def bob(db):
+    from accounts.services import account_create
+
+    return account_create(phone="+8613800138000", region="CN")
+
+
+@pytest.fixture
+def charlie(db):
+    from accounts.services import account_create
+
+    return account_create(email="charlie@example.com")
+
+
+@pytest.fixture
+def staff(db):
+    from accounts.services import account_create
+
+    return account_create(email="staff@example.com", password="a-staff-password", is_staff=True)
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def staff_client(client, staff):
+    client.force_login(staff)
+    return client
