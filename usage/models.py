@@ -204,7 +204,9 @@ class QuotaApplication(models.Model):
 class QuotaReset(models.Model):
     """One row per run of the daily reset, with what it did."""
 
-    day = models.DateField(help_text="The quota day that was closed.")
+    day = models.DateField(help_text="The last quota day this run closed.")
+    # More than one when the run caught up after missed days (beat down, worker stopped).
+    days_closed = models.PositiveSmallIntegerField(default=0)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     reservations_released = models.BigIntegerField(default=0)
