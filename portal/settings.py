@@ -9,6 +9,7 @@ only fit for development. Every variable is documented in ``.env.example``.
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
@@ -229,6 +230,8 @@ DAILY_FREE_QUOTA = env.int("DAILY_FREE_QUOTA", default=500_000)
 INCREASED_DAILY_QUOTA = env.int("INCREASED_DAILY_QUOTA", default=5_000_000)
 QUOTA_TIMEZONE = env.str("QUOTA_TIMEZONE", default="Asia/Shanghai")
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+# A reservation this old belongs to a request that died in flight; the sweeper releases it.
+RESERVATION_STALE_SECONDS = env.int("RESERVATION_STALE_SECONDS", default=900)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 RATE_LIMIT_TPM = env.int("RATE_LIMIT_TPM", default=1_000_000)
 MAX_KEYS_PER_ACCOUNT = env.int("MAX_KEYS_PER_ACCOUNT", default=10)
@@ -284,7 +287,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Static on purpose: the reset time is policy, not data (see DESIGN.md).
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Closes the quota day that just ended; enforcement does not depend on it running on time.
+    "usage-daily-reset": {"task": "usage.tasks.daily_reset", "schedule": crontab(hour=0, minute=0)},
+    "usage-reservations-sweep": {
+        "task": "usage.tasks.reservations_sweep",
+        "schedule": crontab(minute="*/5"),
+    },
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 # --- Logging ----------------------------------------------------------------------------
