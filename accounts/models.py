@@ -36,6 +36,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     # the unique index allows many accounts without one.
     email = models.EmailField(_("email address"), unique=True, null=True, blank=True)
     phone = models.CharField(_("phone number"), max_length=20, unique=True, null=True, blank=True)
+    # True once the owner has entered a code sent to ``phone``. (Email verification lives in
+    # allauth's EmailAddress table.)
+    phone_verified = models.BooleanField(_("phone number verified"), default=False)
     region = models.CharField(
         _("region"), max_length=8, choices=Region.choices, default=Region.OTHER
     )
