@@ -45,3 +45,11 @@ class ApiKey(models.Model):
     @property
     def masked(self) -> str:
         return f"{self.prefix}{'•' * 8}"
+
+    @property
+    def effective_rate_limit_rpm(self) -> int:
+        return self.rate_limit_rpm if self.rate_limit_rpm is not None else settings.RATE_LIMIT_RPM
+
+    @property
+    def effective_rate_limit_tpm(self) -> int:
+        return self.rate_limit_tpm if self.rate_limit_tpm is not None else settings.RATE_LIMIT_TPM

@@ -1,0 +1,293 @@
+import datetime as dt
+import uuid
+
+import pytest
+import time_machine
+from django.core.exceptions import ValidationError
+from django.http import Http404
+
+from keys import crypto, selectors, services
+from keys.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+# --- create and names -------------------------------------------------------------------
+def test_it_creates_the_default_key_with_every_account(alice):
+    assert list(ApiKey.objects.filter(user=alice).values_list("name", flat=True)) == ["default"]
+
+
+def test_it_stores_only_prefix_digest_and_encrypted_copy(alice):
+    key, raw = services.api_key_create(user=alice, name="laptop")
+    assert raw.startswith("sk-") and len(raw) >= 43
+    stored = ApiKey.objects.get(pk=key.pk)
+    assert stored.prefix == raw[: crypto.PREFIX_LENGTH]
+    assert stored.digest == crypto.key_digest(raw)
+    assert raw not in stored.encrypted and raw not in stored.digest
+    assert crypto.decrypt_secret(stored.encrypted) == raw
+
+
+def test_it_trims_the_name(alice):
+    key, _raw = services.api_key_create(user=alice, name="  ci runner \t")
+    assert key.name == "ci runner"
+
+
+@pytest.mark.parametrize("name", ["", "   ", None])
+def test_it_requires_a_name(alice, name):
+    with pytest.raises(ValidationError) as excinfo:
+        services.api_key_create(user=alice, name=name)
+    assert "name" in excinfo.value.message_dict
+
+
+def test_it_accepts_64_characters_and_refuses_65(alice):
+    key, _raw = services.api_key_create(user=alice, name="x" * 64)
+    assert key.name == "x" * 64
+    with pytest.raises(ValidationError) as excinfo:
+        services.api_key_create(user=alice, name="y" * 65)
+    assert "at most 64" in excinfo.value.message_dict["name"][0]
+
+
+def test_it_refuses_control_characters_in_names(alice):
+    with pytest.raises(ValidationError):
+        services.api_key_create(user=alice, name="two\nlines")
+
+
+def test_it_refuses_a_duplicate_name_in_the_same_account_ignoring_case(alice):
+    services.api_key_create(user=alice, name="laptop")
+    for name in ("laptop", " laptop ", "LAPTOP", "Default"):
+        with pytest.raises(ValidationError) as excinfo:
+            services.api_key_create(user=alice, name=name)
+        assert "already have a key" in excinfo.value.message_dict["name"][0]
+    assert ApiKey.objects.filter(user=alice).count() == 2
+
+
+def test_it_allows_the_same_name_in_another_account(alice, charlie):
+    services.api_key_create(user=alice, name="laptop")
+    key, _raw = services.api_key_create(user=charlie, name="laptop")
+    assert key.user == charlie
+
+
+def test_it_refuses_the_eleventh_key_with_a_clear_message(alice, settings):
+    assert settings.MAX_KEYS_PER_ACCOUNT == 10
+    for n in range(9):
+        services.api_key_create(user=alice, name=f"key {n}")
+    assert ApiKey.objects.filter(user=alice).count() == 10
+    with pytest.raises(ValidationError) as excinfo:
+        services.api_key_create(user=alice, name="one too many")
+    assert "at most 10 keys" in excinfo.value.messages[0]
+    assert ApiKey.objects.filter(user=alice).count() == 10
+
+
+def test_deleting_a_key_makes_room_again(alice, alice_key, settings):
+    settings.MAX_KEYS_PER_ACCOUNT = 1
+    with pytest.raises(ValidationError):
+        services.api_key_create(user=alice, name="second")
+    services.api_key_delete(api_key=alice_key)
+    key, _raw = services.api_key_create(user=alice, name="second")
+    assert key.name == "second"
+
+
+def test_it_retries_on_a_prefix_collision(alice, alice_key, monkeypatch):
+    taken = services.api_key_reveal(api_key=alice_key)
+    fresh = iter([taken, "sk-" + "A" * 43])
+    monkeypatch.setattr(crypto, "generate_secret", lambda: next(fresh))
+    key, raw = services.api_key_create(user=alice, name="second")
+    assert raw == "sk-" + "A" * 43
+    assert key.prefix == raw[: crypto.PREFIX_LENGTH]
+
+
+# --- rename, enable/disable, regenerate, delete, reveal --------------------------------
+def test_it_renames_a_key_with_the_same_rules(alice, alice_key):
+    services.api_key_create(user=alice, name="laptop")
+    services.api_key_rename(api_key=alice_key, name="  server  ")
+    alice_key.refresh_from_db()
+    assert alice_key.name == "server"
+    with pytest.raises(ValidationError):
+        services.api_key_rename(api_key=alice_key, name="Laptop")
+    with pytest.raises(ValidationError):
+        services.api_key_rename(api_key=alice_key, name="")
+    alice_key.refresh_from_db()
+    assert alice_key.name == "server"
+
+
+def test_it_allows_renaming_to_a_different_case_of_the_own_name(alice_key):
+    services.api_key_rename(api_key=alice_key, name="Default")
+    alice_key.refresh_from_db()
+    assert alice_key.name == "Default"
+
+
+def test_regenerate_kills_the_old_secret_and_keeps_name_and_id(alice_key):
+    old_secret = services.api_key_reveal(api_key=alice_key)
+    old = ApiKey.objects.values("prefix", "digest", "encrypted").get(pk=alice_key.pk)
+    assert services.api_key_authenticate(old_secret) is not None  # now cached
+
+    key, new_secret = services.api_key_regenerate(api_key=alice_key)
+
+    assert new_secret != old_secret
+    assert services.api_key_authenticate(old_secret) is None
+    assert services.api_key_authenticate(new_secret).key_id == alice_key.pk
+    fresh = ApiKey.objects.get(pk=alice_key.pk)
+    assert (fresh.name, fresh.public_id) == ("default", key.public_id)
+    assert fresh.prefix != old["prefix"]
+    assert fresh.digest != old["digest"]
+    assert fresh.encrypted != old["encrypted"]
+    assert services.api_key_reveal(api_key=fresh) == new_secret
+
+
+def test_disable_and_enable_change_what_authenticate_reports(alice_key, alice_secret):
+    assert services.api_key_authenticate(alice_secret).usable
+    services.api_key_set_active(api_key=alice_key, is_active=False)
+    result = services.api_key_authenticate(alice_secret)
+    assert result is not None and not result.is_active and not result.usable
+    services.api_key_set_active(api_key=alice_key, is_active=True)
+    assert services.api_key_authenticate(alice_secret).usable
+
+
+def test_delete_makes_the_secret_unknown_at_once(alice_key, alice_secret):
+    assert services.api_key_authenticate(alice_secret) is not None
+    services.api_key_delete(api_key=alice_key)
+    assert services.api_key_authenticate(alice_secret) is None
+    assert not ApiKey.objects.filter(pk=alice_key.pk).exists()
+
+
+def test_deactivating_an_account_disables_all_its_keys(alice, alice_key, alice_secret):
+    _other, other_secret = services.api_key_create(user=alice, name="other")
+    assert services.api_key_authenticate(other_secret).usable
+    assert services.api_keys_deactivate_for_user(user=alice) == 2
+    assert not services.api_key_authenticate(alice_secret).usable
+    assert not services.api_key_authenticate(other_secret).usable
+
+
+def test_reveal_returns_the_real_secret(alice):
+    key, raw = services.api_key_create(user=alice, name="laptop")
+    assert services.api_key_reveal(api_key=key) == raw
+
+
+def test_rate_limit_overrides_reach_authenticate(alice_key, alice_secret, settings):
+    settings.RATE_LIMIT_RPM = 60
+    assert services.api_key_authenticate(alice_secret).effective_rate_limit_rpm == 60
+    services.api_key_set_rate_limits(api_key=alice_key, rate_limit_rpm=5, rate_limit_tpm=1000)
+    result = services.api_key_authenticate(alice_secret)
+    assert (result.rate_limit_rpm, result.rate_limit_tpm) == (5, 1000)
+    assert result.effective_rate_limit_rpm == 5
+
+
+# --- selectors --------------------------------------------------------------------------
+def test_it_lists_only_the_users_keys_oldest_first(alice, charlie):
+    services.api_key_create(user=alice, name="second")
+    assert [k.name for k in selectors.api_keys_for_user(alice)] == ["default", "second"]
+    assert [k.name for k in selectors.api_keys_for_user(charlie)] == ["default"]
+
+
+def test_a_strangers_key_is_not_found(alice_key, charlie):
+    with pytest.raises(Http404):
+        selectors.api_key_get_for_user(charlie, alice_key.public_id)
+    with pytest.raises(Http404):
+        selectors.api_key_get_for_user(charlie, uuid.uuid4())
+    with pytest.raises(Http404):
+        selectors.api_key_get_for_user(charlie, "not-a-uuid")
+    assert selectors.api_key_get_for_user(alice_key.user, str(alice_key.public_id)) == alice_key
+
+
+# --- authenticate -----------------------------------------------------------------------
+def test_authenticate_returns_the_key_and_its_owner(alice, alice_key, alice_secret):
+    result = services.api_key_authenticate(alice_secret)
+    assert result == services.AuthenticatedKey(
+        key_id=alice_key.pk,
+        public_id=str(alice_key.public_id),
+        name="default",
+        user_id=alice.pk,
+        is_active=True,
+        user_is_active=True,
+        rate_limit_rpm=None,
+        rate_limit_tpm=None,
+    )
+    with pytest.raises(AttributeError):
+        result.is_active = False  # frozen
+
+
+def test_authenticate_refuses_a_wrong_secret_with_a_known_prefix(alice_secret):
+    forged = alice_secret[:-4] + ("AAAA" if not alice_secret.endswith("AAAA") else "BBBB")
+    assert services.api_key_authenticate(forged) is None
+    # ...also once the right one is cached.
+    assert services.api_key_authenticate(alice_secret) is not None
+    assert services.api_key_authenticate(forged) is None
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["", "Bearer", "sk-", "sk-short", "pk-" + "a" * 43, "x" * 5000, "sk-" + "a" * 300, None, 42],
+)
+def test_authenticate_refuses_garbage_without_a_query(garbage, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        assert services.api_key_authenticate(garbage) is None
+
+
+def test_authenticate_returns_none_for_an_unknown_key_shape(db):
+    assert services.api_key_authenticate(crypto.generate_secret()) is None
+
+
+def test_authenticate_is_cached_in_the_process(alice_secret, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        for _ in range(5):
+            assert services.api_key_authenticate(alice_secret) is not None
+
+
+def test_every_change_invalidates_the_auth_cache(alice_key, alice_secret):
+    services.api_key_authenticate(alice_secret)
+    services.api_key_rename(api_key=alice_key, name="renamed")
+    assert services.api_key_authenticate(alice_secret).name == "renamed"
+    services.api_key_set_active(api_key=alice_key, is_active=False)
+    assert services.api_key_authenticate(alice_secret).is_active is False
+
+
+def test_the_auth_cache_expires(alice_key, alice_secret, monkeypatch):
+    assert services.api_key_authenticate(alice_secret).is_active
+    # A change made by another process: this one does not hear of it...
+    ApiKey.objects.filter(pk=alice_key.pk).update(is_active=False)
+    assert services.api_key_authenticate(alice_secret).is_active
+    # ...until the entry expires.
+    later = services.time.monotonic() + services.AUTH_CACHE_SECONDS + 1
+    monkeypatch.setattr(services.time, "monotonic", lambda: later)
+    assert services.api_key_authenticate(alice_secret).is_active is False
+
+
+def test_the_auth_cache_is_bounded(db, monkeypatch):
+    monkeypatch.setattr(services, "AUTH_CACHE_MAX_ENTRIES", 3)
+    for _ in range(10):
+        services.api_key_authenticate(crypto.generate_secret())
+    assert len(services._auth_cache) == 3
+
+
+def test_a_new_key_is_not_hidden_by_a_cached_miss(alice, monkeypatch):
+    raw = "sk-" + "Q" * 43
+    assert services.api_key_authenticate(raw) is None  # caches "no such prefix"
+    monkeypatch.setattr(crypto, "generate_secret", lambda: raw)
+    services.api_key_create(user=alice, name="lucky")
+    assert services.api_key_authenticate(raw) is not None
+
+
+# --- last used --------------------------------------------------------------------------
+def test_touch_last_used_writes_at_most_once_a_minute(alice_key, django_assert_num_queries):
+    start = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+    with time_machine.travel(start, tick=False):
+        assert services.api_key_touch_last_used(key_id=alice_key.pk) is True
+        with django_assert_num_queries(0):
+            for _ in range(50):
+                assert services.api_key_touch_last_used(key_id=alice_key.pk) is False
+    alice_key.refresh_from_db()
+    assert alice_key.last_used_at == start
+
+    with time_machine.travel(start + dt.timedelta(seconds=61), tick=False):
+        assert services.api_key_touch_last_used(key_id=alice_key.pk) is True
+    alice_key.refresh_from_db()
+    assert alice_key.last_used_at == start + dt.timedelta(seconds=61)
+
+
+def test_touch_last_used_skips_a_row_another_process_just_wrote(alice_key):
+    now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+    ApiKey.objects.filter(pk=alice_key.pk).update(last_used_at=now - dt.timedelta(seconds=10))
+    # This process has never touched the key, so it asks the database, which says "recent".
+    assert services.api_key_touch_last_used(key_id=alice_key.pk, now=now) is False
+    alice_key.refresh_from_db()
+    assert alice_key.last_used_at == now - dt.timedelta(seconds=10)
