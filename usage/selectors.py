@@ -1,0 +1,276 @@
+"""Reads for the Usage page, the REST API, exports and reports.
+
+Charts and breakdowns read ``DailyRollup`` only; ``UsageRecord`` is read for the recent
+requests list (keyset-paginated on its (user, -created_at) index) and the per-request export.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.core import signing
+from django.db.models import Count, F, Q, Sum
+from django.utils import timezone
+
+from usage.models import DailyRollup, DailyUsage, QuotaApplication, QuotaReset, UsageRecord
+from usage.quota import effective_quota, next_reset_at, quota_day
+
+CHART_RANGES_DAYS = (7, 30, 90)
+MAX_RANGE_DAYS = 400
+_CURSOR_SALT = "usage.records.cursor"
+
+
+@dataclass(frozen=True)
+class TodayUsage:
+    day: dt.date
+    input_tokens: int
+    output_tokens: int
+    reserved_tokens: int
+    requests: int
+    quota: int
+    resets_at: dt.datetime
+    seconds_until_reset: int
+
+    @property
+    def used_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def remaining_tokens(self) -> int:
+        """What a new request may still reserve: in-flight reservations are spoken for."""
+        return max(0, self.quota - self.used_tokens - self.reserved_tokens)
+
+    @property
+    def percent_used(self) -> float:
+        if self.quota <= 0:
+            return 100.0 if self.used_tokens else 0.0
+        return min(100.0, round(100 * self.used_tokens / self.quota, 1))
+
+
+def usage_today(*, user, now: dt.datetime | None = None) -> TodayUsage:
+    """Today's counter for ``user`` (one query; the quota comes from the user row)."""
+    now = now or timezone.now()
+    day = quota_day(now)
+    row = (
+        DailyUsage.objects.filter(user=user, day=day)
+        .values("input_tokens", "output_tokens", "reserved_tokens", "requests")
+        .first()
+    ) or {"input_tokens": 0, "output_tokens": 0, "reserved_tokens": 0, "requests": 0}
+    resets_at = next_reset_at(now)
+    return TodayUsage(
+        day=day,
+        quota=effective_quota(user.daily_quota),
+        resets_at=resets_at,
+        seconds_until_reset=max(1, int((resets_at - now).total_seconds() + 0.999)),
+        **row,
+    )
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    day: dt.date
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def last_days(days: int, *, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """The last ``days`` quota days, today included, as an inclusive (start, end)."""
+    end = quota_day(now)
+    return end - dt.timedelta(days=days - 1), end
+
+
+def _rollups(user, start: dt.date, end: dt.date, key_name: str = "", model: str = ""):
+    rows = DailyRollup.objects.filter(user=user, day__gte=start, day__lte=end)
+    if key_name:
+        rows = rows.filter(key_name=key_name)
+    if model:
+        rows = rows.filter(model=model)
+    return rows
+
+
+_SUMS = {
+    "requests": Sum("requests"),
+    "errors": Sum("errors"),
+    "input_tokens": Sum("input_tokens"),
+    "output_tokens": Sum("output_tokens"),
+}
+
+
+def usage_daily_series(
+    *, user, start: dt.date, end: dt.date, key_name: str = "", model: str = ""
+) -> list[DayTotals]:
+    """One entry per quota day from ``start`` to ``end`` inclusive, zeros where nothing ran."""
+    found = {
+        row["day"]: row
+        for row in _rollups(user, start, end, key_name, model)
+        .values("day")
+        .annotate(**_SUMS)
+        .order_by("day")
+    }
+    series = []
+    day = start
+    while day <= end:
+        row = found.get(day)
+        series.append(
+            DayTotals(**row) if row else DayTotals(day=day),
+        )
+        day += dt.timedelta(days=1)
+    return series
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    name: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def usage_breakdown(*, user, start: dt.date, end: dt.date, by: str) -> list[Breakdown]:
+    """Totals per key name or per model over the range, the biggest first."""
+    if by not in ("key_name", "model"):
+        raise ValueError(by)
+    rows = (
+        _rollups(user, start, end)
+        .values(by)
+        .annotate(**_SUMS)
+        .order_by("-input_tokens", by)  # ordered again below by total tokens
+    )
+    result = [
+        Breakdown(
+            name=row[by],
+            requests=row["requests"],
+            errors=row["errors"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+        )
+        for row in rows
+    ]
+    result.sort(key=lambda b: (-b.total_tokens, b.name))
+    return result
+
+
+def usage_filter_choices(*, user, since: dt.date) -> tuple[list[str], list[str]]:
+    """Key names and models the account used since ``since`` (for the filter menus)."""
+    rows = (
+        DailyRollup.objects.filter(user=user, day__gte=since)
+        .values_list("key_name", "model")
+        .distinct()
+    )
+    keys, models = set(), set()
+    for key_name, model in rows:
+        keys.add(key_name)
+        models.add(model)
+    return sorted(keys), sorted(models)
+
+
+# --- per-request records -------------------------------------------------------------------
+
+STATUS_FILTERS = ("ok", "error")
+
+
+def usage_records(*, user, key_name: str = "", model: str = "", status: str = ""):
+    """The account's usage records, newest first, filtered. ``status``: ok, error or a code."""
+    rows = UsageRecord.objects.filter(user=user)
+    if key_name:
+        rows = rows.filter(key_name=key_name)
+    if model:
+        rows = rows.filter(model=model)
+    if status == "ok":
+        rows = rows.filter(status_code__lt=400)
+    elif status == "error":
+        rows = rows.filter(status_code__gte=400)
+    elif status.isdigit():
+        rows = rows.filter(status_code=int(status))
+    return rows.order_by("-created_at", "-id")
+
+
+def usage_records_page(rows, *, cursor: str = "", size: int = 25):
+    """A keyset page of ``rows`` (ordered newest first): (records, cursor of the next page).
+
+    Keyset instead of page numbers: no COUNT over a busy account's records, and a page stays
+    stable while new requests arrive. The cursor is signed, so it exposes no row ids.
+    """
+    if cursor:
+        try:
+            stamp, last_id = signing.loads(cursor, salt=_CURSOR_SALT)
+            after = dt.datetime.fromisoformat(stamp)
+        except (signing.BadSignature, ValueError, TypeError):
+            after = None
+        if after is not None:
+            rows = rows.filter(Q(created_at__lt=after) | Q(created_at=after, id__lt=last_id))
+    page = list(rows[: size + 1])
+    next_cursor = ""
+    if len(page) > size:
+        page = page[:size]
+        last = page[-1]
+        next_cursor = signing.dumps([last.created_at.isoformat(), last.id], salt=_CURSOR_SALT)
+    return page, next_cursor
+
+
+# --- applications --------------------------------------------------------------------------
+
+
+def quota_applications_of(*, user):
+    return QuotaApplication.objects.filter(user=user).order_by("-created_at")
+
+
+def quota_application_pending_of(*, user) -> QuotaApplication | None:
+    return quota_applications_of(user=user).filter(status=QuotaApplication.Status.PENDING).first()
+
+
+def quota_applications_pending():
+    return (
+        QuotaApplication.objects.filter(status=QuotaApplication.Status.PENDING)
+        .select_related("user")
+        .order_by("created_at")
+    )
+
+
+def quota_applications_decided(*, limit: int = 50):
+    return (
+        QuotaApplication.objects.exclude(status=QuotaApplication.Status.PENDING)
+        .select_related("user", "reviewer")
+        .order_by("-decided_at")[:limit]
+    )
+
+
+# --- operators -----------------------------------------------------------------------------
+
+
+def usage_day_report(*, day: dt.date, top: int = 10) -> dict:
+    """Platform totals for one quota day, from the counters and rollups."""
+    counters = DailyUsage.objects.filter(day=day).aggregate(
+        accounts=Count("id", filter=Q(requests__gt=0)),
+        requests=Sum("requests"),
+        input_tokens=Sum("input_tokens"),
+        output_tokens=Sum("output_tokens"),
+        reserved_tokens=Sum("reserved_tokens"),
+    )
+    by_model = list(
+        DailyRollup.objects.filter(day=day).values("model").annotate(**_SUMS).order_by("model")
+    )
+    top_accounts = list(
+        DailyUsage.objects.filter(day=day)
+        .annotate(total=F("input_tokens") + F("output_tokens"))
+        .order_by("-total")
+        .values("user__email", "user__phone", "user__public_id", "total", "requests")[:top]
+    )
+    reset = QuotaReset.objects.filter(day__gte=day, finished_at__isnull=False).last()
+    return {
+        "day": day,
+        "counters": {k: v or 0 for k, v in counters.items()},
+        "by_model": by_model,
+        "top_accounts": top_accounts,
+        "closed_by": reset,
+    }

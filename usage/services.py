@@ -1,0 +1,416 @@
+"""Writes for quota and usage: quota changes, applications, the sweeper and the daily reset.
+
+The gateway's hot path (reserve, settle, record) lives in ``usage.ledger``; everything here is
+portal- or operator-side and may take a few more queries.
+"""
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from usage.models import (
+    DailyRollup,
+    DailyUsage,
+    QuotaApplication,
+    QuotaChange,
+    QuotaReset,
+    Reservation,
+    UsageRecord,
+)
+from usage.quota import quota_day, quota_zone
+
+logger = logging.getLogger(__name__)
+
+# A reservation older than this belongs to a request that can no longer settle (its worker died
+# or its task was cancelled before the settle ran). Longer than the longest stream we allow.
+RESERVATION_STALE_SECONDS_DEFAULT = 15 * 60
+RESERVATION_SWEEP_BATCH = 500
+PRUNE_BATCH = 10_000
+MAX_EXPECTED_DAILY_TOKENS = 10**12
+
+
+def reservation_stale_after() -> dt.timedelta:
+    seconds = getattr(settings, "RESERVATION_STALE_SECONDS", RESERVATION_STALE_SECONDS_DEFAULT)
+    return dt.timedelta(seconds=seconds)
+
+
+# --- quota changes -------------------------------------------------------------------------
+
+
+def quota_set(*, user, new_quota: int | None, reason: str, actor=None) -> QuotaChange | None:
+    """Set an account's daily quota (``None`` = the platform default) and audit the change.
+
+    Every quota change in the project goes through here, so ``QuotaChange`` is complete.
+    The gateway reads ``User.daily_quota`` on every reservation, so the change applies to the
+    current quota day at once. Returns ``None`` when the quota already had that value.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": _("Give a reason for the quota change.")})
+    if new_quota is not None and new_quota < 0:
+        raise ValidationError({"new_quota": _("A quota cannot be negative.")})
+    User = get_user_model()
+    with transaction.atomic():
+        locked = User.objects.select_for_update().only("id", "daily_quota").get(pk=user.pk)
+        old_quota = locked.daily_quota
+        if old_quota == new_quota:
+            user.daily_quota = new_quota
+            return None
+        User.objects.filter(pk=user.pk).update(daily_quota=new_quota, updated_at=timezone.now())
+        change = QuotaChange.objects.create(
+            user_id=user.pk, old_quota=old_quota, new_quota=new_quota, reason=reason, actor=actor
+        )
+    user.daily_quota = new_quota
+    logger.info(
+        "quota of account %s changed from %s to %s by %s",
+        user.pk,
+        old_quota,
+        new_quota,
+        getattr(actor, "pk", None),
+    )
+    return change
+
+
+# --- quota-increase applications -----------------------------------------------------------
+
+
+def quota_application_create(
+    *,
+    user,
+    intended_use: str,
+    expected_daily_tokens: int,
+    contact: str,
+    company: str = "",
+) -> QuotaApplication:
+    """File an application for the increased quota. At most one may be pending per account."""
+    intended_use = (intended_use or "").strip()
+    contact = (contact or "").strip()
+    errors = {}
+    if not intended_use:
+        errors["intended_use"] = _("Tell us what you will use the tokens for.")
+    if not contact:
+        errors["contact"] = _("Tell us how to reach you.")
+    if not expected_daily_tokens or expected_daily_tokens < 1:
+        errors["expected_daily_tokens"] = _("Enter how many tokens a day you expect to use.")
+    elif expected_daily_tokens > MAX_EXPECTED_DAILY_TOKENS:
+        errors["expected_daily_tokens"] = _("That number is too large.")
+    if errors:
+        raise ValidationError(errors)
+    if QuotaApplication.objects.filter(user=user, status=QuotaApplication.Status.PENDING).exists():
+        raise ValidationError(_("You already have an application waiting for review."))
+    try:
+        with transaction.atomic():
+            application = QuotaApplication.objects.create(
+                user=user,
+                intended_use=intended_use,
+                company=(company or "").strip(),
+                expected_daily_tokens=expected_daily_tokens,
+                contact=contact,
+            )
+    except IntegrityError:
+        # Two submissions raced past the check above; the partial unique index decided.
+        raise ValidationError(_("You already have an application waiting for review.")) from None
+    return application
+
+
+def _lock_pending(application: QuotaApplication) -> QuotaApplication:
+    locked = (
+        QuotaApplication.objects.select_for_update().select_related("user").get(pk=application.pk)
+    )
+    if locked.status != QuotaApplication.Status.PENDING:
+        raise ValidationError(_("This application has already been decided."))
+    return locked
+
+
+def quota_application_approve(
+    *, application: QuotaApplication, reviewer, reason: str = ""
+) -> QuotaApplication:
+    """Approve: the account gets ``INCREASED_DAILY_QUOTA`` from this moment, today included.
+
+    An account whose quota staff already set higher keeps it; approval never lowers a quota.
+    The applicant is notified after the commit.
+    """
+    with transaction.atomic():
+        locked = _lock_pending(application)
+        locked.status = QuotaApplication.Status.APPROVED
+        locked.reviewer = reviewer
+        locked.review_reason = (reason or "").strip()
+        locked.decided_at = timezone.now()
+        locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
+        current = locked.user.daily_quota
+        if current is None or current < settings.INCREASED_DAILY_QUOTA:
+            quota_set(
+                user=locked.user,
+                new_quota=settings.INCREASED_DAILY_QUOTA,
+                reason=f"Quota application {locked.public_id} approved",
+                actor=reviewer,
+            )
+        transaction.on_commit(lambda: quota_application_notify(application_id=locked.pk))
+    _refresh(application, locked)
+    return locked
+
+
+def quota_application_reject(
+    *, application: QuotaApplication, reviewer, reason: str
+) -> QuotaApplication:
+    """Reject with a reason the applicant will read. The quota does not change."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": _("A rejection needs a reason for the applicant.")})
+    with transaction.atomic():
+        locked = _lock_pending(application)
+        locked.status = QuotaApplication.Status.REJECTED
+        locked.reviewer = reviewer
+        locked.review_reason = reason
+        locked.decided_at = timezone.now()
+        locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
+        transaction.on_commit(lambda: quota_application_notify(application_id=locked.pk))
+    _refresh(application, locked)
+    return locked
+
+
+def _refresh(application: QuotaApplication, decided: QuotaApplication) -> None:
+    for field in ("status", "reviewer", "review_reason", "decided_at"):
+        setattr(application, field, getattr(decided, field))
+
+
+def quota_application_notify(*, application_id: int) -> None:
+    """Tell the applicant about the decision, by email and/or SMS. Runs after the commit.
+
+    A failing channel is logged and does not undo the decision: the page shows it anyway.
+    """
+    from usage import notifications
+
+    application = QuotaApplication.objects.select_related("user").get(pk=application_id)
+    notifications.application_decided(application)
+
+
+# --- reservations --------------------------------------------------------------------------
+
+
+def reservations_release_stale(
+    *, older_than: dt.timedelta, now: dt.datetime | None = None, batch_size: int | None = None
+) -> tuple[int, int]:
+    """Delete reservations older than ``older_than`` and give their tokens back.
+
+    Safe beside the gateway settling the same reservation: rows are taken with
+    ``FOR UPDATE SKIP LOCKED`` (a reservation the gateway is deleting right now is skipped,
+    and one we hold makes the gateway's delete find nothing), and the row's deletion and the
+    subtraction from ``DailyUsage.reserved_tokens`` commit together. Whoever deletes the row
+    subtracts its tokens, exactly once. Returns (reservations released, tokens released).
+    """
+    cutoff = (now or timezone.now()) - older_than
+    batch_size = batch_size or RESERVATION_SWEEP_BATCH
+    released = tokens_released = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                Reservation.objects.select_for_update(skip_locked=True)
+                .filter(created_at__lt=cutoff)
+                .order_by("created_at", "id")
+                .values_list("id", "user_id", "day", "tokens")[:batch_size]
+            )
+            if not rows:
+                break
+            Reservation.objects.filter(id__in=[row[0] for row in rows]).delete()
+            per_counter: dict[tuple[int, dt.date], int] = defaultdict(int)
+            for _id, user_id, day, tokens in rows:
+                per_counter[(user_id, day)] += tokens
+            # A fixed order keeps two sweepers from deadlocking on the counters.
+            for (user_id, day), tokens in sorted(per_counter.items()):
+                # Greatest() only matters if the invariant was already broken elsewhere; the
+                # check constraint would otherwise make every later sweep fail.
+                DailyUsage.objects.filter(user_id=user_id, day=day).update(
+                    reserved_tokens=Greatest(F("reserved_tokens") - tokens, Value(0))
+                )
+        released += len(rows)
+        tokens_released += sum(row[3] for row in rows)
+        if len(rows) < batch_size:
+            break
+    if released:
+        logger.warning(
+            "released %d stale reservations (%d tokens) older than %s",
+            released,
+            tokens_released,
+            cutoff.isoformat(),
+        )
+    return released, tokens_released
+
+
+# --- the daily reset -----------------------------------------------------------------------
+
+
+def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    zone = quota_zone()
+    start = dt.datetime.combine(day, dt.time(0), tzinfo=zone)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=zone)
+    return start, end
+
+
+def usage_day_finalise(*, day: dt.date) -> int:
+    """Make the day's rollups agree with its usage records; returns the rollup rows written.
+
+    The gateway updates rollups as requests settle, in batches; this recomputes the closed day
+    from the ledger in one statement and writes only slots that differ (normally none), so a
+    lost batch or a crash between the record and the rollup cannot leave the charts wrong.
+    ``errors`` counts records with an HTTP status of 400 or more.
+    """
+    start, end = _day_bounds(day)
+    rollup = DailyRollup._meta.db_table
+    record = UsageRecord._meta.db_table
+    # created_at bounds use the (created_at) index; ``day`` keeps the result exact for a
+    # request that started just before midnight and was recorded on the day it reserved on.
+    margin = dt.timedelta(hours=1)
+    sql = f"""
+        INSERT INTO {rollup}
+            (user_id, api_key_id, key_name, model, day, requests, errors,
+             input_tokens, output_tokens)
+        SELECT user_id, MAX(api_key_id), key_name, model, day, COUNT(*),
+               SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END),
+               SUM(input_tokens), SUM(output_tokens)
+        FROM {record}
+        WHERE day = %s AND created_at >= %s AND created_at < %s
+        GROUP BY user_id, key_name, model, day
+        ON CONFLICT (user_id, key_name, model, day) DO UPDATE SET
+            requests = excluded.requests,
+            errors = excluded.errors,
+            input_tokens = excluded.input_tokens,
+            output_tokens = excluded.output_tokens
+        WHERE {rollup}.requests <> excluded.requests
+           OR {rollup}.errors <> excluded.errors
+           OR {rollup}.input_tokens <> excluded.input_tokens
+           OR {rollup}.output_tokens <> excluded.output_tokens
+    """  # noqa: S608  (table names come from model metadata, values are parameters)
+    with transaction.atomic(), connection.cursor() as cursor:
+        ops = connection.ops
+        cursor.execute(
+            sql,
+            [
+                ops.adapt_datefield_value(day),
+                ops.adapt_datetimefield_value(start - margin),
+                ops.adapt_datetimefield_value(end + margin),
+            ],
+        )
+        return max(cursor.rowcount, 0)
+
+
+def usage_records_prune(*, before: dt.datetime, batch_size: int | None = None) -> int:
+    """Delete usage records created before ``before``, in batches (short transactions)."""
+    batch_size = batch_size or PRUNE_BATCH
+    pruned = 0
+    while True:
+        ids = list(
+            UsageRecord.objects.filter(created_at__lt=before)
+            .order_by()
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return pruned
+        deleted, _ = UsageRecord.objects.filter(id__in=ids).delete()
+        pruned += deleted
+        if len(ids) < batch_size:
+            return pruned
+
+
+@contextlib.contextmanager
+def _exclusive(name: str):
+    """Yield True when this process holds the named lock, False when another one does.
+
+    PostgreSQL: a session advisory lock (works across machines, freed if the process dies).
+    SQLite (one machine by nature): an ``flock`` on a file in ``VAR_DIR``.
+    """
+    if connection.vendor == "postgresql":
+        key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            acquired = cursor.fetchone()[0]
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+        return
+    folder = Path(settings.VAR_DIR) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _days_to_close(today: dt.date) -> list[dt.date]:
+    yesterday = today - dt.timedelta(days=1)
+    last_closed = QuotaReset.objects.filter(finished_at__isnull=False).aggregate(last=Max("day"))[
+        "last"
+    ]
+    if last_closed is None:
+        return [yesterday]
+    # Older days than the retention window have no records left to finalise.
+    first = max(
+        last_closed + dt.timedelta(days=1),
+        today - dt.timedelta(days=settings.USAGE_RETENTION_DAYS),
+    )
+    return [first + dt.timedelta(days=n) for n in range((yesterday - first).days + 1)]
+
+
+def usage_daily_reset() -> QuotaReset | None:
+    """Close the quota days that ended since the last run; one ``QuotaReset`` row per run.
+
+    Releases stale reservations, finalises the rollups of every day not yet closed (catching
+    up after missed runs), and prunes usage records older than ``USAGE_RETENTION_DAYS``.
+    Idempotent: a second run finds nothing left to close. Returns ``None`` when another run
+    holds the lock. Enforcement never waits for this: counters are keyed by quota day.
+    """
+    with _exclusive("usage-daily-reset") as acquired:
+        if not acquired:
+            logger.info("daily reset skipped: another run holds the lock")
+            return None
+        started_at = timezone.now()
+        today = quota_day(started_at)
+        released, tokens = reservations_release_stale(
+            older_than=reservation_stale_after(), now=started_at
+        )
+        days = _days_to_close(today)
+        rollups = sum(usage_day_finalise(day=day) for day in days)
+        pruned = usage_records_prune(
+            before=started_at - dt.timedelta(days=settings.USAGE_RETENTION_DAYS)
+        )
+        run = QuotaReset.objects.create(
+            day=days[-1] if days else today - dt.timedelta(days=1),
+            days_closed=len(days),
+            started_at=started_at,
+            finished_at=timezone.now(),
+            reservations_released=released,
+            tokens_released=tokens,
+            rollups_written=rollups,
+            records_pruned=pruned,
+        )
+    logger.info(
+        "daily reset closed %d day(s) up to %s: %d reservations released, %d rollups "
+        "corrected, %d records pruned",
+        run.days_closed,
+        run.day,
+        released,
+        rollups,
+        pruned,
+    )
+    return run

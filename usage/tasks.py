@@ -1,0 +1,27 @@
+from celery import shared_task
+
+from usage import services
+
+
+@shared_task
+def daily_reset() -> dict | None:
+    """Beat runs this at 00:00 Asia/Shanghai (see CELERY_BEAT_SCHEDULE)."""
+    run = services.usage_daily_reset()
+    if run is None:
+        return None
+    return {
+        "day": run.day.isoformat(),
+        "days_closed": run.days_closed,
+        "reservations_released": run.reservations_released,
+        "rollups_written": run.rollups_written,
+        "records_pruned": run.records_pruned,
+    }
+
+
+@shared_task
+def reservations_sweep() -> int:
+    """Give back tokens held by requests that died in flight, without waiting for midnight."""
+    released, _tokens = services.reservations_release_stale(
+        older_than=services.reservation_stale_after()
+    )
+    return released
