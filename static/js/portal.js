@@ -18,3 +18,82 @@
     });
   });
 })();
+// API Keys page: reveal in place and copy. Without JavaScript the reveal form posts to a page
+// that shows the key, and the copy buttons stay hidden (there is nothing they could do).
+(function () {
+  "use strict";
+  function csrfToken() {
+    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
+  }
+  function fetchSecret(url) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
+    }).then(function (response) {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.json();
+    }).then(function (data) { return data.key; });
+  }
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Plain-HTTP deployments have no Clipboard API: fall back to a selected, hidden textarea.
+    return new Promise(function (resolve, reject) {
+      var area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      document.body.removeChild(area);
+      if (ok) { resolve(); } else { reject(new Error("copy failed")); }
+    });
+  }
+  function flash(button, text) {
+    var label = button.getAttribute("data-label") || button.textContent;
+    button.setAttribute("data-label", label);
+    button.textContent = text;
+    setTimeout(function () { button.textContent = label; }, 1600);
+  }
+  document.querySelectorAll("[data-key-reveal]").forEach(function (form) {
+    var row = form.closest("tr");
+    var target = row && row.querySelector("[data-key-secret]");
+    var button = form.querySelector("button");
+    if (!target || !button) return;
+    var showLabel = button.textContent;
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (target.hasAttribute("data-revealed")) {
+        target.textContent = target.getAttribute("data-masked");
+        target.removeAttribute("data-revealed");
+        button.textContent = showLabel;
+        return;
+      }
+      button.disabled = true;
+      fetchSecret(form.action).then(function (secret) {
+        target.textContent = secret;
+        target.setAttribute("data-revealed", "");
+        button.textContent = form.getAttribute("data-hide-label") || showLabel;
+      }).catch(function () { form.submit(); })  // the no-JS page still works
+        .then(function () { button.disabled = false; });
+    });
+  });
+  document.querySelectorAll("[data-key-copy]").forEach(function (button) {
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var target = document.querySelector(button.getAttribute("data-key-copy"));
+      if (!target) return;
+      var url = button.getAttribute("data-reveal-url");
+      var known = !url || target.hasAttribute("data-revealed");
+      var secret = known ? Promise.resolve(target.textContent.trim()) : fetchSecret(url);
+      secret.then(copyText).then(function () {
+        flash(button, button.getAttribute("data-copied-label") || "Copied");
+      }).catch(function () {
+        flash(button, button.getAttribute("data-failed-label") || "Copy failed");
+      });
+    });
+  });
+})();
