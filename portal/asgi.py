@@ -7,3 +7,8 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 application = get_asgi_application()
+
+# Outermost: request id, access log and request metrics for the portal and the gateway alike.
+from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
+
+application = wrap_asgi(application)

@@ -77,6 +77,36 @@ def production_settings_check(app_configs, **kwargs):
                 id="portal.W002",
             )
         )
+    errors += _metrics_checks()
+    return errors
+
+
+def _metrics_checks() -> list:
+    if not settings.METRICS_ENABLED:
+        return []
+    import ipaddress
+
+    errors = []
+    for item in settings.METRICS_ALLOWED_IPS:
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"METRICS_ALLOWED_IPS has an entry that is not an address or network: {item!r}",
+                    hint="Use addresses or CIDR networks, e.g. 10.0.0.0/8,127.0.0.1.",
+                    id="portal.E007",
+                )
+            )
+    if not settings.METRICS_TOKEN and not settings.METRICS_ALLOWED_IPS:
+        errors.append(
+            Warning(
+                "/metrics is enabled and open to anyone who can reach the server.",
+                hint="Set METRICS_TOKEN (scrapers send it as a bearer token) and/or "
+                "METRICS_ALLOWED_IPS.",
+                id="portal.W003",
+            )
+        )
     return errors
 
 

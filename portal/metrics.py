@@ -1,0 +1,194 @@
+"""Prometheus metrics, served at ``/metrics`` only when ``METRICS_ENABLED`` is true.
+
+What is counted:
+
+- every HTTP request by route (the URL pattern, never the raw path), method and status, and its
+  duration (``RequestContextMiddleware`` in ``portal.logging`` calls ``observe_request``);
+- the gateway's tokens, upstream errors, quota and rate-limit rejections (the gateway calls the
+  ``record_*`` functions below at the point where each happens).
+
+Several processes (``uvicorn --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+folder, the same for all workers of one server and emptied before it starts
+(``scripts/serve-web.sh`` does both); each scrape then sums every worker's numbers. Without it
+each worker counts alone and a scrape sees whichever worker answered. Only counters and
+histograms are used, so a worker that dies leaves its counts behind, as Prometheus expects.
+
+Protection (choose one or both; see README "Deploying"): ``METRICS_TOKEN`` requires
+``Authorization: Bearer <token>``; ``METRICS_ALLOWED_IPS`` (addresses or networks) limits the
+clients by the address the server sees.
+"""
+
+import hmac
+import ipaddress
+import os
+from functools import lru_cache
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if MULTIPROC_DIR:
+    os.makedirs(MULTIPROC_DIR, exist_ok=True)
+
+GATEWAY_PREFIXES = ("/openai", "/anthropic")
+# The model API's own paths (DESIGN.md); any other path under its prefixes is counted as one.
+GATEWAY_ROUTES = frozenset(
+    {
+        "/openai/v1/chat/completions",
+        "/openai/chat/completions",
+        "/openai/native/chat/completions",
+        "/openai/v1/models",
+        "/openai/models",
+        "/anthropic",
+        "/anthropic/v1/messages",
+        "/anthropic/v1/messages/count_tokens",
+    }
+)
+UNMATCHED_ROUTE = "<unmatched>"
+# Streams run for minutes, so the buckets reach well past a page's milliseconds.
+LATENCY_BUCKETS_SECONDS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+)  # fmt: skip
+
+HTTP_REQUESTS = Counter(
+    "portal_http_requests_total",
+    "HTTP requests by route, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "portal_http_request_duration_seconds",
+    "Time from the request's arrival to the end of its response (streams included).",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+GATEWAY_TOKENS = Counter(
+    "portal_gateway_tokens_total",
+    "Tokens charged to accounts, by direction (input/output) and model.",
+    ["direction", "model"],
+)
+GATEWAY_UPSTREAM_ERRORS = Counter(
+    "portal_gateway_upstream_errors_total",
+    "Failed upstream calls, by model and kind (timeout, connect, status, protocol, ...).",
+    ["model", "kind"],
+)
+GATEWAY_QUOTA_REJECTIONS = Counter(
+    "portal_gateway_quota_rejections_total",
+    "Requests refused because the account's daily quota was spent.",
+    ["dialect"],
+)
+GATEWAY_RATE_LIMIT_REJECTIONS = Counter(
+    "portal_gateway_rate_limit_rejections_total",
+    "Requests refused by a per-key rate limit, by limit (rpm/tpm).",
+    ["dialect", "limit"],
+)
+
+
+def _enabled() -> bool:
+    return settings.METRICS_ENABLED
+
+
+@lru_cache(maxsize=2048)
+def route_label(path: str) -> str:
+    """The route a path belongs to, with a bounded set of values (no ids, no raw paths)."""
+    if path.startswith(GATEWAY_PREFIXES):
+        if path in GATEWAY_ROUTES:
+            return path
+        return "/" + path.split("/", 2)[1] + "/*"
+    static_url = settings.STATIC_URL or "/static/"
+    if path.startswith(static_url):
+        return static_url + "*"
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return UNMATCHED_ROUTE
+    return "/" + str(match.route)
+
+
+def observe_request(*, path: str, method: str, status: int, seconds: float) -> None:
+    route = route_label(path)
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_LATENCY.labels(route, method).observe(seconds)
+
+
+def record_tokens(*, model: str, input_tokens: int, output_tokens: int) -> None:
+    """Tokens charged for one request (after settlement)."""
+    if not _enabled():
+        return
+    if input_tokens:
+        GATEWAY_TOKENS.labels("input", model).inc(input_tokens)
+    if output_tokens:
+        GATEWAY_TOKENS.labels("output", model).inc(output_tokens)
+
+
+def record_upstream_error(*, model: str, kind: str) -> None:
+    if _enabled():
+        GATEWAY_UPSTREAM_ERRORS.labels(model, kind).inc()
+
+
+def record_quota_rejection(*, dialect: str) -> None:
+    if _enabled():
+        GATEWAY_QUOTA_REJECTIONS.labels(dialect).inc()
+
+
+def record_rate_limit_rejection(*, dialect: str, limit: str) -> None:
+    if _enabled():
+        GATEWAY_RATE_LIMIT_REJECTIONS.labels(dialect, limit).inc()
+
+
+def render_latest() -> bytes:
+    """Every process's numbers when multiprocess mode is on, this process's otherwise."""
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+@lru_cache(maxsize=8)
+def _networks(allowed: tuple[str, ...]):
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in allowed)
+
+
+def _client_allowed(request) -> bool:
+    allowed = tuple(settings.METRICS_ALLOWED_IPS)
+    if not allowed:
+        return True
+    try:
+        client = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(client in network for network in _networks(allowed))
+
+
+def _token_ok(request) -> bool:
+    expected = settings.METRICS_TOKEN
+    if not expected:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), expected)
+
+
+@never_cache
+@require_GET
+def metrics_view(request):
+    if not _enabled():
+        raise Http404
+    if not _client_allowed(request):
+        return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
+    if not _token_ok(request):
+        response = HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(render_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,123 @@
+import json
+import logging
+
+import pytest
+
+from portal.logging import JsonFormatter, PlainFormatter, bind, redact
+
+KEY = "sk-" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-abcd"
+
+
+def _lines(stream):
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_it_writes_one_json_object_per_line(json_log):
+    logging.getLogger("portal.test").warning("two\nlines", extra={"model": "demo", "tokens": 3})
+    (line,) = _lines(json_log)
+    assert line["level"] == "WARNING"
+    assert line["logger"] == "portal.test"
+    assert line["message"] == "two\nlines"
+    assert line["model"] == "demo"
+    assert line["tokens"] == 3
+    assert line["time"].endswith("+00:00")
+
+
+def test_it_leaves_out_extras_that_are_not_plain_values(json_log):
+    logging.getLogger("portal.test").info("with a request", extra={"request": object()})
+    (line,) = _lines(json_log)
+    assert "request" not in line
+
+
+def test_it_masks_keys_in_messages_arguments_and_tracebacks(json_log):
+    logger = logging.getLogger("portal.test")
+    logger.info("got %s", KEY)
+    try:
+        raise ValueError(f"bad key {KEY}")
+    except ValueError:
+        logger.exception("failed")
+    output = json_log.getvalue()
+    assert KEY not in output
+    assert KEY[:12] not in output
+    lines = _lines(json_log)
+    assert lines[0]["message"] == "got sk-***"
+    assert "ValueError: bad key sk-***" in lines[1]["exception"]
+
+
+def test_the_plain_formatter_masks_keys_too():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key=%s", (KEY,), None)
+    assert KEY not in PlainFormatter().format(record)
+
+
+def test_it_masks_every_key_shaped_string():
+    assert redact(f"a {KEY} b {KEY}") == "a sk-*** b sk-***"
+    assert redact("sk-short") == "sk-short"  # not a key: too short to be one
+
+
+def test_bind_outside_a_request_does_nothing(json_log):
+    bind(account_id=1)
+    logging.getLogger("portal.test").info("no request")
+    (line,) = _lines(json_log)
+    assert "account_id" not in line
+
+
+def test_it_returns_a_request_id_and_puts_it_on_every_line(asgi_get, json_log, db):
+    response = asgi_get("/healthz")
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32
+    lines = _lines(json_log)
+    access = [line for line in lines if line["logger"] == "portal.access"]
+    assert len(access) == 1
+    assert access[0]["request_id"] == request_id
+    assert access[0]["status"] == response.status_code
+    assert access[0]["path"] == "/healthz"
+    assert access[0]["duration_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("incoming", "kept"),
+    [
+        ("trace-1234abcd", True),
+        ("a" * 128, True),
+        ("short", False),
+        ("a" * 129, False),
+        ("bad id with spaces", False),
+        ('"><script>', False),
+    ],
+)
+def test_it_takes_a_sane_incoming_request_id_only(asgi_get, db, incoming, kept):
+    response = asgi_get("/healthz", headers={"X-Request-ID": incoming})
+    assert (response.headers["x-request-id"] == incoming) is kept
+
+
+def test_it_never_logs_the_api_key_of_a_request(asgi_get, json_log, db):
+    from accounts.services import account_create_with_key
+
+    _user, key = account_create_with_key(email="logs@example.com")
+    # A key in the Authorization header, in x-api-key, and pasted into a URL by mistake.
+    headers = {"Authorization": f"Bearer {key}", "x-api-key": f"Authorization: Bearer {key}"}
+    for path in ("/openai/v1/models", "/anthropic/v1/messages", f"/no-such-page/{key}"):
+        asgi_get(path, headers=headers)
+    output = json_log.getvalue()
+    assert output  # the requests were logged ...
+    assert key not in output  # ... without the key
+    assert key[12:] not in output  # not even the secret part after the public prefix
+    assert len([line for line in _lines(json_log) if line["logger"] == "portal.access"]) == 3
+
+
+def test_it_puts_the_signed_in_account_on_the_access_line(asgi_get, alice, json_log):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(alice)
+    cookie = client.cookies["sessionid"].value
+    asgi_get("/keys/", headers={"Cookie": f"sessionid={cookie}"})
+    (access,) = [line for line in _lines(json_log) if line["logger"] == "portal.access"]
+    assert access["account_id"] == alice.pk
+
+
+def test_json_formatter_output_is_valid_json_for_odd_values():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", ("ünïcode ✓",), None)
+    record.weird = float("inf")
+    assert json.loads(JsonFormatter().format(record))["message"] == "ünïcode ✓"
