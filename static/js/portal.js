@@ -17,6 +17,49 @@
       setTimeout(function () { button.textContent = label; }, 1500);
     });
   });
+  // Docs: "Use my key" asks the API Keys reveal endpoint for the secret and writes it into
+  // every example (.api-key-slot). The secret lives only in this page; the server never
+  // renders it into the docs HTML.
+  document.querySelectorAll("[data-key-fill]").forEach(function (form) {
+    var button = form.querySelector("[data-key-fill-button]");
+    var select = form.querySelector("[data-key-select]");
+    var status = form.querySelector("[data-key-fill-status]");
+    var slots = document.querySelectorAll(".api-key-slot");
+    var placeholder = slots.length ? slots[0].textContent : "YOUR_API_KEY";
+    var label = button.textContent;
+    var filled = false;
+    function csrfToken() {
+      try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
+    }
+    function show(text, isFilled) {
+      slots.forEach(function (slot) { slot.textContent = text; slot.classList.toggle("is-filled", isFilled); });
+    }
+    function fill() {
+      button.disabled = true;
+      status.textContent = "";
+      fetch(select.value, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
+      }).then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      }).then(function (data) {
+        show(data.key, true);
+        filled = true;
+        button.textContent = button.getAttribute("data-label-undo");
+      }).catch(function () {
+        status.textContent = button.getAttribute("data-label-error");
+      }).then(function () { button.disabled = false; });
+    }
+    button.addEventListener("click", function () {
+      if (!filled) { fill(); return; }
+      show(placeholder, false);
+      filled = false;
+      button.textContent = label;
+    });
+    select.addEventListener("change", function () { if (filled) fill(); });
+  });
 })();
 // API Keys page: reveal in place and copy. Without JavaScript the reveal form posts to a page
 // that shows the key, and the copy buttons stay hidden (there is nothing they could do).

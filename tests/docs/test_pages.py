@@ -1,0 +1,166 @@
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from docs import pages, rendering
+
+pytestmark = pytest.mark.django_db
+
+LANGUAGES = ["en", "zh-hans"]
+SLUGS = [page.slug for page in pages.PAGES]
+
+
+class _Collector(HTMLParser):
+    """Collects the text of <pre> blocks and every attribute value, for assertions."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre_blocks: list[str] = []
+        self.attributes: list[tuple[str, str]] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.attributes.extend((name, value or "") for name, value in attrs)
+        if tag == "pre":
+            self._depth += 1
+            self.pre_blocks.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self._depth -= 1
+
+    def handle_data(self, data):
+        if self._depth:
+            self.pre_blocks[-1] += data
+
+
+def _get(client, path, **headers):
+    response = client.get(path, **headers)
+    assert response.status_code == 200, path
+    return response, response.content.decode()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("slug", SLUGS)
+def test_it_renders_every_page_in_every_language(client, slug, language):
+    response, html = _get(client, f"/docs/{slug}/?lang={language}")
+    assert f'<html lang="{language}">' in html
+    assert response["Content-Language"] == language
+    # The sidebar lists every page, the current one marked.
+    for page in pages.PAGES:
+        assert f'href="/docs/{page.slug}/?lang={language}"' in html
+    assert re.search(rf'href="/docs/{slug}/\?lang={language}" aria-current="page"', html)
+    # Every variable was filled in; no sentinel or template syntax leaked.
+    assert "{{" not in html
+    assert "QZDOCVAR" not in html
+    # Headings carry anchors; pages with sections have a table of contents.
+    assert 'class="heading-anchor"' in html
+    if slug != "changelog":
+        assert 'class="docs-toc"' in html
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_every_page_exists_in_both_languages_with_its_own_title(slug):
+    titles = set()
+    for language in LANGUAGES:
+        path = pages.CONTENT_DIR / language / pages.PAGES_BY_SLUG[slug].filename
+        assert path.exists(), path
+        titles.add(rendering.render_file(path, language).title)
+    assert len(titles) == 2, titles  # the Chinese page is not the English one
+
+
+def test_it_serves_the_quick_start_at_the_docs_root(client):
+    _response, html = _get(client, "/docs/")
+    assert 'aria-current="page">Quick Start<' in html
+
+
+def test_it_answers_404_for_an_unknown_page(client):
+    assert client.get("/docs/no-such-page/").status_code == 404
+
+
+def test_accept_language_chooses_chinese(client):
+    response, html = _get(client, "/docs/quick-start/", HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9")
+    assert '<html lang="zh-hans">' in html
+    assert response["Content-Language"] == "zh-hans"
+    assert "快速开始" in html
+    assert "Accept-Language" in response["Vary"]
+
+
+def test_the_language_switcher_chooses_the_docs_language(client):
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/docs/"})
+    _response, html = _get(client, "/docs/faq/")
+    assert '<html lang="zh-hans">' in html
+    assert "常见问题" in html
+
+
+def test_lang_parameter_overrides_the_browser_and_sticks_to_docs_links(client):
+    _response, html = _get(client, "/docs/quick-start/?lang=en", HTTP_ACCEPT_LANGUAGE="zh-CN")
+    assert '<html lang="en">' in html
+    assert 'href="/docs/api/?lang=en"' in html
+    # Both languages are announced as stable alternates.
+    assert (
+        '<link rel="alternate" hreflang="zh-hans" href="/docs/quick-start/?lang=zh-hans">' in html
+    )
+
+
+def test_an_unknown_lang_parameter_falls_back_to_the_active_language(client):
+    _response, html = _get(client, "/docs/quick-start/?lang=xx")
+    assert '<html lang="en">' in html
+
+
+def test_examples_show_the_public_base_url_from_settings(client, settings):
+    settings.PUBLIC_BASE_URL = "https://models.acme.test"
+    _response, html = _get(client, "/docs/quick-start/")
+    assert "https://models.acme.test/openai" in html
+    assert "https://models.acme.test/anthropic" in html
+
+
+def test_examples_fall_back_to_the_requests_own_address(client, settings):
+    settings.PUBLIC_BASE_URL = ""
+    settings.ALLOWED_HOSTS = ["docs.example.test"]
+    _response, html = _get(client, "/docs/quick-start/", HTTP_HOST="docs.example.test")
+    assert "http://docs.example.test/openai/v1/chat/completions" in html
+
+
+def test_numbers_come_from_settings(client, settings):
+    settings.DAILY_FREE_QUOTA = 123_456
+    settings.INCREASED_DAILY_QUOTA = 7_654_321
+    settings.RATE_LIMIT_RPM = 77
+    _response, html = _get(client, "/docs/quick-start/")
+    assert "123,456" in html
+    assert "7,654,321" in html
+    assert "77" in html
+    assert "500,000" not in html
+
+
+def test_code_is_highlighted_with_classes_never_inline_styles(client):
+    _response, html = _get(client, "/docs/quick-start/")
+    assert '<div class="highlight">' in html
+    assert '<span class="kn">import</span>' in html  # Pygments token classes
+    assert "style=" not in html
+    assert "<script>" not in html
+    assert 'href="/static/css/pygments.css"' in html
+
+
+def test_every_code_block_has_a_copy_button_pointing_at_it(client):
+    _response, html = _get(client, "/docs/quick-start/")
+    blocks = re.findall(r'<pre id="(code-\d+)">', html)
+    assert len(blocks) >= 8
+    for block_id in blocks:
+        assert f'data-copy-target="#{block_id}"' in html
+
+
+def test_the_static_pygments_stylesheet_matches_the_generator():
+    from django.conf import settings
+
+    path = settings.BASE_DIR / "static" / "css" / "pygments.css"
+    assert path.read_text(encoding="utf-8") == rendering.pygments_css()
+
+
+def test_anonymous_readers_see_the_placeholder_and_a_login_hint(client):
+    _response, html = _get(client, "/docs/quick-start/")
+    assert html.count('<span class="api-key-slot">YOUR_API_KEY</span>') >= 8
+    assert "data-key-fill" not in html
+    assert 'href="/accounts/login/"' in html
+    assert not re.search(r"sk-[A-Za-z0-9_-]{20,}", html)
