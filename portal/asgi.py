@@ -1,4 +1,8 @@
-"""The one ASGI entry point, for the portal and the model API alike."""
+"""The one ASGI entry point, for the portal and the model API alike.
+
+``/openai`` and ``/anthropic`` go to the gateway's lean ASGI handlers (``gateway.app``);
+every other path goes to Django.
+"""
 
 import os
 
@@ -6,9 +10,8 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
 
-# Outermost: request id, access log and request metrics for the portal and the gateway alike.
-from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
+from gateway.app import GatewayApplication  # noqa: E402 - needs the settings loaded above
 
-application = wrap_asgi(application)
+application = GatewayApplication(django_application)

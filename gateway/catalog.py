@@ -1,0 +1,80 @@
+"""The model catalog as the gateway sees it: a per-process snapshot refreshed every few seconds.
+
+A change in the admin (disable a model, new upstream URL) reaches every process within
+``CATALOG_TTL_SECONDS`` without a database query per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from gateway.selectors import model_list_enabled
+from keys.crypto import decrypt_secret
+
+CATALOG_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogModel:
+    name: str
+    is_demo: bool
+    base_url: str
+    upstream_model: str
+    upstream_key: str
+    context_window: int
+    max_output_tokens: int
+    created: int
+    owned_by: str
+
+
+def _snapshot() -> dict[str, CatalogModel]:
+    models = {}
+    for model in model_list_enabled():
+        base_url = model.upstream_base_url or (settings.DEMO_UPSTREAM_URL if model.is_demo else "")
+        models[model.name] = CatalogModel(
+            name=model.name,
+            is_demo=model.is_demo,
+            base_url=base_url.rstrip("/"),
+            upstream_model=model.upstream_model or model.name,
+            upstream_key=decrypt_secret(model.upstream_key_encrypted)
+            if model.upstream_key_encrypted
+            else "",
+            context_window=model.context_window,
+            max_output_tokens=model.max_output_tokens,
+            created=int(model.created_at.timestamp()),
+            owned_by="demo" if model.is_demo else "platform",
+        )
+    return models
+
+
+class Catalog:
+    def __init__(self, ttl: float = CATALOG_TTL_SECONDS):
+        self.ttl = ttl
+        self._models: dict[str, CatalogModel] = {}
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._loaded_at < self.ttl:
+                return
+            self._models = await sync_to_async(_snapshot)()
+            self._loaded_at = time.monotonic()
+
+    async def get(self, name: str) -> CatalogModel | None:
+        if time.monotonic() - self._loaded_at >= self.ttl:
+            await self._refresh()
+        return self._models.get(name)
+
+    async def enabled(self) -> list[CatalogModel]:
+        if time.monotonic() - self._loaded_at >= self.ttl:
+            await self._refresh()
+        return list(self._models.values())
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")

@@ -1,0 +1,172 @@
+"""The built-in demo upstream: a small OpenAI-compatible server that needs no model.
+
+It answers ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models`` with
+deterministic text, reports real usage of what it received and emitted by its own simple
+tokenizer (``gateway.tokens.estimate_text_tokens`` over each message, plus 3 per message —
+never more than the gateway's estimate, so reservations always cover it), emits one token per
+stream chunk, and honours ``max_tokens``/``max_completion_tokens`` and
+``stream_options.include_usage``.
+
+Switches for tests and benchmarks, as request headers (the gateway forwards ``x-demo-*``
+headers to demo models only):
+
+* ``x-demo-fault``: ``slow`` (50 ms per chunk), ``error500``, ``error400``, ``hang`` (never
+  answers), ``cut`` (drops the connection halfway through a stream), ``nousage`` (reports no
+  usage).
+* ``x-demo-delay-ms``: delay before each chunk (and before a plain answer).
+* ``x-demo-tokens``: length of the natural answer (default 48 tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+from gateway.tokens import estimate_text_tokens
+
+DEFAULT_ANSWER_TOKENS = 48
+_TEXT = (
+    "This is the demo model of the platform. It runs inside the project, needs no GPU and "
+    "answers every question with the same patient sentences, so that keys, quotas, rate "
+    "limits, streaming and usage records can be tried end to end without a real model. "
+    "Point the catalog at an OpenAI-compatible server to get real answers."
+)
+_WORDS = _TEXT.split(" ")
+
+
+def prompt_tokens(messages) -> int:
+    total = 0
+    for message in messages if isinstance(messages, list) else ():
+        total += 3
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += estimate_text_tokens(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += estimate_text_tokens(part["text"])
+    return total
+
+
+def answer_pieces(n: int) -> list[str]:
+    return [(" " if i else "") + _WORDS[i % len(_WORDS)] for i in range(n)]
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": None}}, status=status
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    fault = request.headers.get("x-demo-fault", "")
+    delay = int(request.headers.get("x-demo-delay-ms", "50" if fault == "slow" else "0")) / 1000
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "body is not JSON")
+    if fault == "error500":
+        return _error(500, "the demo upstream was told to fail", "server_error")
+    if fault == "error400":
+        return _error(400, "the demo upstream was told to refuse this request")
+    if fault == "hang":
+        await asyncio.sleep(3600)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _error(400, "messages is required")
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    natural = int(request.headers.get("x-demo-tokens", DEFAULT_ANSWER_TOKENS))
+    count = min(natural, int(limit)) if limit else natural
+    pieces = answer_pieces(count)
+    finish = "length" if limit and int(limit) < natural else "stop"
+    usage = {
+        "prompt_tokens": prompt_tokens(messages),
+        "completion_tokens": count,
+        "total_tokens": prompt_tokens(messages) + count,
+    }
+    model = body.get("model") or "demo"
+    created = int(time.time())
+    ident = f"chatcmpl-demo{created}{id(request) % 100000}"
+
+    if not body.get("stream"):
+        if delay:
+            await asyncio.sleep(delay)
+        payload = {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(pieces)},
+                    "finish_reason": finish,
+                }
+            ],
+        }
+        if fault != "nousage":
+            payload["usage"] = usage
+        return web.json_response(payload)
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    head = (
+        f'{{"id":"{ident}","object":"chat.completion.chunk",'
+        f'"created":{created},"model":{json.dumps(model)},'
+    )
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def event(choices: str, usage_value: str = "null") -> bytes:
+        tail = f',"usage":{usage_value}' if include_usage else ""
+        return f'data: {head}"choices":{choices}{tail}}}\n\n'.encode()
+
+    await response.write(
+        event('[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]')
+    )
+    for i, piece in enumerate(pieces):
+        if delay:
+            await asyncio.sleep(delay)
+        if fault == "cut" and i >= len(pieces) // 2:
+            request.transport.close()
+            return response
+        delta = json.dumps({"content": piece})
+        await response.write(event(f'[{{"index":0,"delta":{delta},"finish_reason":null}}]'))
+    await response.write(event(f'[{{"index":0,"delta":{{}},"finish_reason":"{finish}"}}]'))
+    if include_usage and fault != "nousage":
+        await response.write(event("[]", json.dumps(usage)))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": "LongCat-Flash-Chat", "object": "model", "created": 0, "owned_by": "demo"}
+            ],
+        }
+    )
+
+
+def make_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    return app
+
+
+def run(host: str = "127.0.0.1", port: int = 8100) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        pass
+    web.run_app(make_app(), host=host, port=port, access_log=None, print=None)

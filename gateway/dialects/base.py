@@ -1,0 +1,109 @@
+"""The interface between the pipeline and a dialect.
+
+Every upstream speaks OpenAI's chat-completions protocol (the demo upstream, vLLM, SGLang,
+OpenAI), so a dialect translates *client ⇄ OpenAI-compatible upstream*:
+
+1. ``parse_chat(body, query)`` validates the client's JSON (typed schemas; raise
+   ``GatewayError`` 400 naming the field) into a ``ChatRequest``: the public model name, the
+   stream flag, the requested output limit (``None`` = the model's maximum), a local estimate of
+   input tokens (``gateway.tokens``), and ``body``, the dialect's own validated request.
+2. ``upstream_body(request, target)`` returns the OpenAI chat-completions JSON (a dict) to send
+   upstream, for ``target.upstream_model`` with ``max_tokens = target.max_tokens`` (already
+   clamped to the model and capped to the remaining quota). For a stream it must ask for
+   ``stream_options: {"include_usage": true}`` so that charges come from the upstream.
+3. ``render_completion(request, upstream, target)`` turns the upstream's JSON response (a dict)
+   into the response body (bytes) in the client's dialect.
+4. ``stream_renderer(request, target)`` returns a ``StreamRenderer``: the pipeline feeds it each
+   upstream SSE ``data:`` payload (JSON bytes; ``[DONE]`` is not fed) and sends whatever bytes it
+   returns to the client at once, so streams are relayed chunk by chunk.
+5. ``render_error(error)`` renders a ``GatewayError`` in the dialect's error envelope; the
+   pipeline adds the status and headers (``Retry-After``, ``x-should-retry`` …).
+6. ``routes()`` maps extra ``(method, path)`` pairs below the prefix to handlers
+   ``async def handler(gateway, request) -> Response`` (e.g. ``GET /v1/models``, Anthropic's
+   ``count_tokens`` and the ``HEAD /`` probe). ``chat_paths`` are served by the pipeline.
+
+Usage is extracted by the pipeline from the upstream (``usage.prompt_tokens`` /
+``completion_tokens``); the renderer receives it in ``finish(usage)`` to emit, e.g., Anthropic's
+``message_delta``. No dialect touches the database, the quota or the rate limiter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import GatewayError
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    # True when the upstream did not report usage and a local estimate stands in.
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str
+    stream: bool
+    max_tokens: int | None
+    input_tokens: int
+    body: Any
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class UpstreamTarget:
+    public_model: str
+    upstream_model: str
+    max_tokens: int
+
+
+class StreamRenderer:
+    """Turns upstream OpenAI stream chunks into the client's stream. One per request."""
+
+    def start(self) -> bytes:
+        """Bytes to send before the first upstream chunk (e.g. Anthropic's message_start)."""
+        return b""
+
+    def chunk(self, data: bytes, parsed: dict | None) -> bytes:
+        """One upstream ``data:`` payload. ``parsed`` is its JSON if the pipeline already
+        decoded it (it does so only for chunks that carry usage), else ``None``."""
+        raise NotImplementedError
+
+    def finish(self, usage: Usage | None) -> bytes:
+        """The end of a complete stream (OpenAI: ``data: [DONE]``)."""
+        raise NotImplementedError
+
+    def error(self, error: GatewayError) -> bytes:
+        """A failure after the stream has started (the status line is already sent)."""
+        raise NotImplementedError
+
+
+class Dialect:
+    name: str = ""
+    prefix: str = ""  # "/openai"
+    endpoint: str = ""  # usage.models.UsageRecord.Endpoint value
+    chat_paths: tuple[str, ...] = ()
+    error_content_type: bytes = b"application/json"
+
+    def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
+        raise NotImplementedError
+
+    def upstream_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        raise NotImplementedError
+
+    def render_completion(
+        self, request: ChatRequest, upstream: dict, target: UpstreamTarget
+    ) -> bytes:
+        raise NotImplementedError
+
+    def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:
+        raise NotImplementedError
+
+    def render_error(self, error: GatewayError) -> bytes:
+        raise NotImplementedError
+
+    def routes(self) -> dict:
+        return {}

@@ -1,0 +1,154 @@
+"""The gateway's errors, dialect-neutral. Each dialect renders them in its own envelope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GatewayError(Exception):
+    """A request the gateway answers with an error instead of a completion.
+
+    ``code`` is a stable machine name (``invalid_api_key``, ``model_not_found``,
+    ``insufficient_quota`` …); a dialect maps ``status``/``code`` to its own error ``type``.
+    ``retry_after`` (seconds) goes into the body and the ``Retry-After`` headers when set;
+    ``should_retry=False`` adds ``x-should-retry: false`` so SDKs do not retry in vain.
+    """
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+    retry_after: int | None = None
+    retry_after_ms: int | None = None
+    should_retry: bool | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__init__(self.message)
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = list(self.headers)
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(self.retry_after).encode()))
+            ms = self.retry_after_ms if self.retry_after_ms is not None else self.retry_after * 1000
+            headers.append((b"retry-after-ms", str(ms).encode()))
+        if self.should_retry is False:
+            headers.append((b"x-should-retry", b"false"))
+        return headers
+
+
+def bad_request(
+    message: str, *, param: str | None = None, code: str = "invalid_request"
+) -> GatewayError:
+    return GatewayError(400, code, message, param=param)
+
+
+def missing_key() -> GatewayError:
+    return GatewayError(
+        401,
+        "missing_api_key",
+        "No API key was sent. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+        should_retry=False,
+    )
+
+
+def invalid_key() -> GatewayError:
+    return GatewayError(
+        401,
+        "invalid_api_key",
+        "The API key is not valid. Copy it again from the API Keys page.",
+        should_retry=False,
+    )
+
+
+def key_disabled() -> GatewayError:
+    return GatewayError(
+        403,
+        "api_key_disabled",
+        "This API key is disabled. Enable it on the API Keys page or use another key.",
+        should_retry=False,
+    )
+
+
+def account_disabled() -> GatewayError:
+    return GatewayError(
+        403,
+        "account_disabled",
+        "This account is disabled. Contact support if you think this is a mistake.",
+        should_retry=False,
+    )
+
+
+def model_not_found(name: str) -> GatewayError:
+    return GatewayError(
+        404,
+        "model_not_found",
+        f"The model '{name[:128]}' does not exist or is not available.",
+        param="model",
+    )
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        "request_too_large",
+        f"The request body is larger than {limit} bytes.",
+        should_retry=False,
+    )
+
+
+def not_found() -> GatewayError:
+    return GatewayError(404, "not_found", "There is no such endpoint.")
+
+
+def method_not_allowed() -> GatewayError:
+    return GatewayError(405, "method_not_allowed", "This endpoint does not accept that method.")
+
+
+def context_length_exceeded(*, input_tokens: int, max_tokens: int, limit: int) -> GatewayError:
+    # The "X + Y > Z" form is what Claude Code parses to shrink its next request.
+    return GatewayError(
+        400,
+        "context_length_exceeded",
+        f"input length and `max_tokens` exceed context limit: "
+        f"{input_tokens} + {max_tokens} > {limit}, "
+        "decrease input length or `max_tokens` and try again",
+        param="messages",
+    )
+
+
+def insufficient_quota(*, seconds_until_reset: int) -> GatewayError:
+    hours, rest = divmod(seconds_until_reset, 3600)
+    minutes = rest // 60
+    return GatewayError(
+        429,
+        "insufficient_quota",
+        f"Today's token quota is used up. It starts over at midnight Beijing time, in "
+        f"{hours} h {minutes} min ({seconds_until_reset} seconds). "
+        f"You can apply for a larger quota on the Usage page.",
+        retry_after=seconds_until_reset,
+        should_retry=False,
+    )
+
+
+def rate_limited(*, retry_after: float, what: str) -> GatewayError:
+    seconds = max(1, min(60, int(retry_after + 0.999)))
+    return GatewayError(
+        429,
+        "rate_limit_exceeded",
+        f"Too many {what} per minute for this API key. Wait {seconds} s and retry.",
+        retry_after=seconds,
+        retry_after_ms=max(1, int(retry_after * 1000)),
+    )
+
+
+def upstream_unavailable(detail: str = "") -> GatewayError:
+    message = "The model server could not be reached or failed."
+    if detail:
+        message = f"{message} ({detail})"
+    return GatewayError(502, "upstream_error", message)
+
+
+def upstream_timeout() -> GatewayError:
+    return GatewayError(504, "upstream_timeout", "The model server did not answer in time.")

@@ -1,0 +1,83 @@
+"""Usage records and rollups, written in batches by one background task per process.
+
+A request only appends to a list; the task writes everything gathered every
+``FLUSH_SECONDS`` (or sooner when ``FLUSH_ROWS`` pile up) in one transaction, so neither a
+request nor a streamed chunk costs a round trip for its record. Shutdown flushes what is left.
+A hard crash can lose at most the last ``FLUSH_SECONDS`` of records; the quota counter is not
+among them (it is settled per request and never batched). ``last_used_at`` of keys rides along,
+at most once per ``TOUCH_EVERY_SECONDS`` per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+
+from usage.ledger import Ledger, RecordRow
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.2
+FLUSH_ROWS = 500
+TOUCH_EVERY_SECONDS = 30.0
+MAX_BACKLOG_ROWS = 200_000
+
+
+class Recorder:
+    def __init__(self, ledger: Ledger, *, flush_seconds: float = FLUSH_SECONDS):
+        self.ledger = ledger
+        self.flush_seconds = flush_seconds
+        self._rows: list[RecordRow] = []
+        self._touched: dict[int, dt.datetime] = {}
+        self._touched_at: dict[int, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._flushing = asyncio.Lock()
+
+    def add(self, row: RecordRow) -> None:
+        self._rows.append(row)
+        if row.api_key_id is not None:
+            now = time.monotonic()
+            if now - self._touched_at.get(row.api_key_id, float("-inf")) >= TOUCH_EVERY_SECONDS:
+                self._touched_at[row.api_key_id] = now
+                self._touched[row.api_key_id] = row.created_at
+        if len(self._rows) >= FLUSH_ROWS:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+            self._wake.clear()
+            # Shielded: stopping the loop must not abort a batch halfway.
+            await asyncio.shield(self.flush())
+
+    async def flush(self) -> None:
+        async with self._flushing:
+            if not self._rows and not self._touched:
+                return
+            rows, self._rows = self._rows, []
+            touched, self._touched = self._touched, {}
+            try:
+                await self.ledger.write_batch(rows, touched)
+            except Exception:
+                # Keep them for the next attempt (bounded), rather than lose the ledger.
+                log.exception("usage records: write of %d rows failed; will retry", len(rows))
+                self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
+                for key_id, when in touched.items():
+                    self._touched.setdefault(key_id, when)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

@@ -1,0 +1,74 @@
+"""Local token estimates: used to reserve quota before the upstream answers.
+
+Charges come from the upstream's reported usage; these estimates only size the reservation,
+the context-length check and the rate limiter, and stand in (flagged ``estimated``) when an
+upstream reports nothing. No tokenizer ships offline (tiktoken downloads its tables at run
+time), so this is a heuristic that errs high: BPE tokenizers average about 4 characters per
+token on English and code and about one token per CJK character; we count one token per 3
+ASCII characters and one per wide character, plus a per-message overhead for role markers.
+Reserving a little too much costs nothing (the excess is released at settlement); reserving
+too little could let concurrent requests overshoot the quota.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 3
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in ``text`` by the heuristic (0 for empty text)."""
+    if not text:
+        return 0
+    chars = len(text)
+    if text.isascii():
+        return chars // 3 + 1
+    # Characters outside ASCII take 2 to 4 bytes in UTF-8; CJK takes 3. Count them one token each.
+    wide = (len(text.encode()) - chars + 1) // 2
+    return (chars - wide) // 3 + wide + 1
+
+
+def _content_text(content: Any) -> Iterable[str]:
+    if content is None:
+        return
+    if isinstance(content, str):
+        yield content
+        return
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                kind = part.get("type")
+                if kind in (None, "text", "input_text"):
+                    yield str(part.get("text") or "")
+                elif kind in ("image_url", "image", "input_image"):
+                    # Images cost a fixed amount upstream; 765 is a high-detail 512px tile set.
+                    yield "x" * (765 * 3)
+                else:
+                    yield json.dumps(part, ensure_ascii=False)
+            else:
+                yield str(part)
+        return
+    yield json.dumps(content, ensure_ascii=False)
+
+
+def estimate_chat_tokens(messages: Iterable[Any], *, tools: Any = None) -> int:
+    """Input tokens of OpenAI-style ``messages`` (dicts), plus tool definitions if any."""
+    total = REQUEST_OVERHEAD_TOKENS
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        if not isinstance(message, dict):
+            total += estimate_text_tokens(str(message))
+            continue
+        for text in _content_text(message.get("content")):
+            total += estimate_text_tokens(text)
+        if message.get("tool_calls"):
+            total += estimate_text_tokens(json.dumps(message["tool_calls"], ensure_ascii=False))
+        if message.get("name"):
+            total += estimate_text_tokens(str(message["name"]))
+    if tools:
+        total += estimate_text_tokens(json.dumps(tools, ensure_ascii=False))
+    return total

@@ -1,0 +1,130 @@
+"""The client side: one shared aiohttp session per process to every upstream.
+
+aiohttp measured about 1 ms CPU per request cheaper than httpx here. Every upstream speaks
+OpenAI's chat-completions protocol; ``sse_payloads`` yields the ``data:`` payloads of a stream
+as they arrive (no buffering beyond the current line).
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from django.conf import settings
+
+from gateway import errors
+from gateway.catalog import CatalogModel
+from gateway.dialects.base import Usage
+
+
+class Upstream:
+    def __init__(self):
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.UPSTREAM_CONNECT_TIMEOUT_SECONDS,
+                sock_read=settings.UPSTREAM_READ_TIMEOUT_SECONDS,
+            ),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def post_chat(self, model: CatalogModel, body: dict, extra_headers: dict | None = None):
+        """An ``async with`` context for the upstream's response."""
+        headers = {"Content-Type": "application/json"}
+        if model.upstream_key:
+            headers["Authorization"] = f"Bearer {model.upstream_key}"
+        if extra_headers:
+            headers.update(extra_headers)
+        return self.session.post(
+            model.base_url + "/chat/completions",
+            data=json.dumps(body, ensure_ascii=False).encode(),
+            headers=headers,
+        )
+
+
+class SSEReader:
+    """Async iterator over the ``data:`` payloads of an SSE response, in order.
+
+    Stops after ``[DONE]`` and sets ``done``, so that a complete stream can be told from one
+    the upstream cut.
+    """
+
+    __slots__ = ("_lines", "done")
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.done = False
+        self._lines = self._read(response)
+
+    async def _read(self, response):
+        buffer = b""
+        async for piece in response.content.iter_any():
+            buffer = buffer + piece if buffer else piece
+            while True:
+                end = buffer.find(b"\n")
+                if end < 0:
+                    break
+                line = buffer[:end].rstrip(b"\r")
+                buffer = buffer[end + 1 :]
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    self.done = True
+                    return
+                if data:
+                    yield data
+
+    def __aiter__(self):
+        return self._lines
+
+
+def usage_from(obj: dict) -> Usage | None:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    try:
+        return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def chunk_with_usage(data: bytes) -> tuple[dict | None, Usage | None]:
+    """Decode a stream chunk only if it carries a usage object (cheap byte check first)."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return None, None
+    rest = data[at + 7 : at + 16].lstrip(b": \t")
+    if not rest.startswith(b"{"):
+        return None, None
+    obj = json.loads(data)
+    return obj, usage_from(obj)
+
+
+def upstream_http_error(status: int, body: bytes) -> errors.GatewayError:
+    """An upstream refusal in our terms: its 4xx passed on, anything else a 502."""
+    message = ""
+    try:
+        payload = json.loads(body)
+        detail = payload.get("error", payload) if isinstance(payload, dict) else payload
+        message = detail.get("message", "") if isinstance(detail, dict) else str(detail)
+    except ValueError:
+        message = body[:200].decode("utf-8", "replace")
+    if status in (400, 404, 413, 422, 429) and message:
+        return errors.GatewayError(
+            400 if status == 422 else status,
+            "upstream_rejected",
+            f"The model server refused the request: {message[:500]}",
+        )
+    if status in (401, 403):
+        return errors.upstream_unavailable("the model server refused the platform's credentials")
+    return errors.upstream_unavailable(f"status {status}")
