@@ -12,6 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 django_application = get_asgi_application()
 
-from gateway.app import GatewayApplication  # noqa: E402 - needs the settings loaded above
+from gateway.app import GatewayApplication  # noqa: E402  (needs Django set up first)
 
 application = GatewayApplication(django_application)
+
+# Outermost: request id, access log and request metrics for the portal and the gateway alike.
+from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
+
+application = wrap_asgi(application)
