@@ -245,6 +245,8 @@ UPSTREAM_CONNECT_TIMEOUT_SECONDS = env.float("UPSTREAM_CONNECT_TIMEOUT_SECONDS",
 UPSTREAM_READ_TIMEOUT_SECONDS = env.float("UPSTREAM_READ_TIMEOUT_SECONDS", default=300.0)
 DEMO_UPSTREAM_URL = env.str("DEMO_UPSTREAM_URL", default="http://127.0.0.1:8100/v1")
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Anthropic streams send a `ping` event after this long without an upstream chunk.
+GATEWAY_STREAM_PING_SECONDS = env.float("GATEWAY_STREAM_PING_SECONDS", default=10.0)
 
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=False)
 # Protect /metrics: a bearer token the scraper sends, and/or the client addresses allowed.
