@@ -3,15 +3,14 @@
 import dataclasses
 import logging
 
-from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 from django.urls import reverse
 
 logger = logging.getLogger(__name__)
 
-# What the docs say when the catalog is empty or not installed: the platform's flagship model
-# and its output limit (the gateway's own default for it).
+# What the docs say when the catalog is empty: the platform's flagship model and its output
+# limit (the catalog's own default for it).
 FALLBACK_MODEL_NAME = "LongCat-Flash-Chat"
 FALLBACK_MAX_OUTPUT_TOKENS = 8192
 
@@ -19,28 +18,34 @@ FALLBACK_MAX_OUTPUT_TOKENS = 8192
 @dataclasses.dataclass(frozen=True)
 class CatalogModel:
     name: str
+    description: str
     context_window: int | None
     max_output_tokens: int | None
     is_demo: bool
 
 
 def catalog_models() -> list[CatalogModel]:
-    """The enabled models, in catalog order. Empty while the gateway's catalog is absent."""
+    """The enabled models in catalog order, read through the gateway's selector.
+
+    Empty (never an error) when the gateway app or its table is missing, so the docs still
+    render on a half-migrated database.
+    """
     try:
-        model_class = apps.get_model("gateway", "Model")
-    except LookupError:
+        from gateway.selectors import model_list_enabled
+    except ImportError:
         return []
     try:
-        rows = list(model_class.objects.filter(enabled=True).order_by("sort_order", "name"))
+        rows = model_list_enabled()
     except DatabaseError:
         logger.warning("docs: the model catalog could not be read")
         return []
     return [
         CatalogModel(
             name=row.name,
-            context_window=getattr(row, "context_window", None),
-            max_output_tokens=getattr(row, "max_output_tokens", None),
-            is_demo=getattr(row, "upstream_kind", "") == "demo",
+            description=row.description,
+            context_window=row.context_window,
+            max_output_tokens=row.max_output_tokens,
+            is_demo=row.is_demo,
         )
         for row in rows
     ]
@@ -64,14 +69,12 @@ def doc_variables(request, models: list[CatalogModel]) -> dict:
         "anthropic_base": f"{base_url}/anthropic",
         "model": first.name if first else FALLBACK_MODEL_NAME,
         "max_output": (first and first.max_output_tokens) or FALLBACK_MAX_OUTPUT_TOKENS,
-        "context_window": (first and first.context_window) or 0,
         "daily_quota": settings.DAILY_FREE_QUOTA,
         "increased_quota": settings.INCREASED_DAILY_QUOTA,
         "rate_limit_rpm": settings.RATE_LIMIT_RPM,
         "rate_limit_tpm": settings.RATE_LIMIT_TPM,
         "max_keys": settings.MAX_KEYS_PER_ACCOUNT,
         "max_body_bytes": settings.GATEWAY_MAX_BODY_BYTES,
-        "quota_timezone": settings.QUOTA_TIMEZONE,
         "platform_name": settings.PLATFORM_NAME,
         "support_email": settings.SUPPORT_EMAIL,
         "api_docs_url": reverse("api-docs"),

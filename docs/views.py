@@ -18,7 +18,7 @@ from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import translation
-from django.utils.cache import patch_vary_headers
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_safe
 
 from docs import pages, rendering, selectors
@@ -100,6 +100,9 @@ def page(request, slug=None):
     response.headers["Content-Language"] = language
     # The same URL answers in the reader's language and, signed in, with their key names.
     patch_vary_headers(response, ("Accept-Language", "Cookie"))
+    if request.user.is_authenticated:
+        # Key names are personal: keep shared caches from storing this copy.
+        patch_cache_control(response, private=True)
     return response
 
 

@@ -164,3 +164,95 @@ def test_anonymous_readers_see_the_placeholder_and_a_login_hint(client):
     assert "data-key-fill" not in html
     assert 'href="/accounts/login/"' in html
     assert not re.search(r"sk-[A-Za-z0-9_-]{20,}", html)
+
+
+def test_the_model_table_comes_from_the_catalog(client):
+    from gateway.models import Model
+
+    Model.objects.update(enabled=False)
+    Model.objects.create(
+        name="Acme-Large",
+        description="A catalog entry made by this test",
+        upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE,
+        upstream_base_url="http://upstream.invalid/v1",
+        context_window=65536,
+        max_output_tokens=4096,
+        sort_order=-1,
+    )
+    Model.objects.create(
+        name="Acme-Demo", upstream_kind=Model.UpstreamKind.DEMO, max_output_tokens=1024
+    )
+    _response, html = _get(client, "/docs/quick-start/")
+    table = html[
+        html.index('<table class="docs-models">') : html.index(
+            "</table>", html.index('<table class="docs-models">')
+        )
+    ]
+    assert "<code>Acme-Large</code>" in table
+    assert "65,536" in table
+    assert "A catalog entry made by this test" in table
+    assert "LongCat-Flash-Chat" not in table  # disabled models are not listed
+    # Only the demo model carries the demo badge.
+    rows = table.split("<tr>")[2:]
+    assert "badge" not in rows[0]
+    assert "Demo" in rows[1] and "badge" in rows[1]
+    # The first model of the catalog is the one the examples use, with its own output limit.
+    collector = _Collector()
+    collector.feed(html)
+    assert any('model="Acme-Large"' in block for block in collector.pre_blocks)
+    assert "4,096 tokens" in html
+
+
+def test_an_empty_catalog_says_so_and_the_page_still_renders(client):
+    from gateway.models import Model
+
+    Model.objects.update(enabled=False)
+    _response, html = _get(client, "/docs/quick-start/")
+    assert "No model is enabled" in html
+    assert "{{" not in html
+
+
+def test_signed_in_readers_get_a_fill_button_for_their_own_keys_but_never_a_secret(
+    client, alice, charlie
+):
+    from keys import selectors as key_selectors
+    from keys import services as key_services
+
+    key_services.api_key_create(user=alice, name="ci-runner")
+    disabled, _secret = key_services.api_key_create(user=alice, name="retired")
+    key_services.api_key_set_active(api_key=disabled, is_active=False)
+    alice_keys = list(key_selectors.api_keys_for_user(alice))
+    charlie_key = key_selectors.api_keys_for_user(charlie).get()
+    client.force_login(alice)
+
+    response, html = _get(client, "/docs/quick-start/")
+
+    assert "data-key-fill" in html
+    for key in alice_keys:
+        secret = key_services.api_key_reveal(api_key=key)
+        assert secret not in html
+        if key.is_active:
+            assert f'value="/keys/{key.public_id}/reveal/"' in html
+        else:
+            assert str(key.public_id) not in html
+    assert str(charlie_key.public_id) not in html
+    assert key_services.api_key_reveal(api_key=charlie_key) not in html
+    # The placeholder stays in the HTML; only the browser swaps it.
+    assert '<span class="api-key-slot">YOUR_API_KEY</span>' in html
+    assert "private" in response["Cache-Control"]
+    assert "Cookie" in response["Vary"]
+
+
+def test_the_fill_buttons_reveal_url_returns_the_readers_key_as_json(client, alice):
+    from keys import selectors as key_selectors
+    from keys import services as key_services
+
+    client.force_login(alice)
+    _response, html = _get(client, "/docs/quick-start/")
+    reveal_url = re.search(r'data-key-select value="([^"]+)"', html).group(1)
+
+    response = client.post(reveal_url, HTTP_ACCEPT="application/json")
+
+    key = key_selectors.api_keys_for_user(alice).get(name="default")
+    assert response.status_code == 200
+    assert response.json()["key"] == key_services.api_key_reveal(api_key=key)
