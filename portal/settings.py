@@ -333,6 +333,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Replaces Django's default handlers (a raw console printer with DEBUG, admin e-mails):
+        # everything goes through ours, which mask keys.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.db.backends": {"level": "INFO"},
         # uvicorn set up its own handlers before Django loaded; route them through ours.
         "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},

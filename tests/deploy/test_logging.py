@@ -121,3 +121,32 @@ def test_json_formatter_output_is_valid_json_for_odd_values():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", ("ünïcode ✓",), None)
     record.weird = float("inf")
     assert json.loads(JsonFormatter().format(record))["message"] == "ünïcode ✓"
+
+
+@pytest.mark.parametrize("debug", ["true", "false"])
+def test_no_configured_handler_prints_a_key_unmasked(tmp_path, debug):
+    """Django's own default handlers (a raw console printer under DEBUG) are replaced too."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import logging, django; django.setup()\n"
+        "try:\n"
+        f"    raise RuntimeError('refused {KEY}')\n"
+        "except RuntimeError:\n"
+        f"    logging.getLogger('django.request').exception('Internal Server Error: /x/{KEY}')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(VAR_DIR=str(tmp_path), DEBUG=debug, DJANGO_SETTINGS_MODULE="portal.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeError: refused sk-***" in result.stderr
+    assert KEY not in result.stderr + result.stdout
