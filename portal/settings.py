@@ -158,6 +158,55 @@ LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "/keys/"
 LOGOUT_REDIRECT_URL = "/"
 
+# --- Accounts: django-allauth, sign-up and sign-in by a 6-digit code (phone or email) ----
+# How it fits together: the sign-in form asks only for a phone number or an email address
+# and sends a code (no password). Sign-up creates the account (accounts.services, with its
+# `default` key) and then, because ACCOUNT_LOGIN_BY_CODE_REQUIRED is on, the first sign-in
+# sends a code to the new address; entering it marks that phone or email verified.
+# Why not ACCOUNT_EMAIL_VERIFICATION_BY_CODE_ENABLED: allauth ties it to "mandatory" email
+# verification, which in turn demands an email on every sign-up, and a mainland account
+# signs up with a phone only. The sign-in code does the same job for both kinds of address.
+# Staff sign in to /admin/ with a password through Django's own admin login.
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+ACCOUNT_FORMS = {
+    "login": "accounts.forms.LoginForm",
+    "signup": "accounts.forms.SignupForm",
+    "request_login_code": "accounts.forms.RequestLoginCodeForm",
+    "confirm_login_code": "accounts.forms.ConfirmLoginCodeForm",
+}
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_LOGIN_METHODS = {"email", "phone"}
+# Both optional here; accounts.forms.SignupForm requires exactly one. allauth warns
+# (account.W001) because neither is marked required: that is the point, so it is silenced.
+ACCOUNT_SIGNUP_FIELDS = ["phone", "email"]
+SILENCED_SYSTEM_CHECKS = ["account.W001"]
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_PHONE_VERIFICATION_ENABLED = True
+ACCOUNT_LOGIN_BY_CODE_ENABLED = True
+ACCOUNT_LOGIN_BY_CODE_REQUIRED = True
+ACCOUNT_LOGIN_BY_CODE_TIMEOUT = env.int("LOGIN_CODE_TIMEOUT_SECONDS", default=300)
+ACCOUNT_PHONE_VERIFICATION_TIMEOUT = ACCOUNT_LOGIN_BY_CODE_TIMEOUT
+ACCOUNT_LOGIN_BY_CODE_MAX_ATTEMPTS = env.int("LOGIN_CODE_MAX_ATTEMPTS", default=5)
+ACCOUNT_PHONE_VERIFICATION_MAX_ATTEMPTS = ACCOUNT_LOGIN_BY_CODE_MAX_ATTEMPTS
+ACCOUNT_LOGIN_BY_CODE_SUPPORTS_RESEND = 3  # new codes per sign-in attempt
+ALLAUTH_USER_CODE_FORMAT = {"numeric": True, "length": 6, "dashed": False}
+# Unknown and known addresses get the same page and the same wording.
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_SESSION_REMEMBER = True
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+# On the shared cache (Redis when REDIS_URL is set), so every process counts together.
+# "key" is the phone number or email address; "resend_login_code" and "add_identifier"
+# are ours (accounts.views).
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",
+    "signup": "20/m/ip",
+    "request_login_code": "20/m/ip,5/15m/key",
+    "resend_login_code": "1/60s/key,10/h/ip",
+    "add_identifier": "1/60s/key,10/h/user",
+    "verify_phone": "1/60s/key,3/m/ip",
+}
+
 # --- i18n -------------------------------------------------------------------------------
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
@@ -222,6 +271,23 @@ vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="no-reply@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 SMS_BACKEND = env.str("SMS_BACKEND", default="console")
+SMS_TIMEOUT_SECONDS = env.float("SMS_TIMEOUT_SECONDS", default=10.0)
+SMS_ALIYUN_ACCESS_KEY_ID = env.str("SMS_ALIYUN_ACCESS_KEY_ID", default="")
+SMS_ALIYUN_ACCESS_KEY_SECRET = env.str("SMS_ALIYUN_ACCESS_KEY_SECRET", default="")
+SMS_ALIYUN_SIGN_NAME = env.str("SMS_ALIYUN_SIGN_NAME", default="")
+SMS_ALIYUN_TEMPLATE_CODE = env.str("SMS_ALIYUN_TEMPLATE_CODE", default="")
+SMS_ALIYUN_ENDPOINT = env.str("SMS_ALIYUN_ENDPOINT", default="dysmsapi.aliyuncs.com")
+SMS_TENCENT_SECRET_ID = env.str("SMS_TENCENT_SECRET_ID", default="")
+SMS_TENCENT_SECRET_KEY = env.str("SMS_TENCENT_SECRET_KEY", default="")
+SMS_TENCENT_SDK_APP_ID = env.str("SMS_TENCENT_SDK_APP_ID", default="")
+SMS_TENCENT_SIGN_NAME = env.str("SMS_TENCENT_SIGN_NAME", default="")
+SMS_TENCENT_TEMPLATE_ID = env.str("SMS_TENCENT_TEMPLATE_ID", default="")
+SMS_TENCENT_REGION = env.str("SMS_TENCENT_REGION", default="ap-guangzhou")
+SMS_TENCENT_ENDPOINT = env.str("SMS_TENCENT_ENDPOINT", default="sms.tencentcloudapi.com")
+SMS_TWILIO_ACCOUNT_SID = env.str("SMS_TWILIO_ACCOUNT_SID", default="")
+SMS_TWILIO_AUTH_TOKEN = env.str("SMS_TWILIO_AUTH_TOKEN", default="")
+SMS_TWILIO_FROM = env.str("SMS_TWILIO_FROM", default="")
+SMS_TWILIO_API_BASE_URL = env.str("SMS_TWILIO_API_BASE_URL", default="")
 
 # --- Product ----------------------------------------------------------------------------
 PLATFORM_NAME = env.str("PLATFORM_NAME", default="Model API Platform")

@@ -10,6 +10,8 @@ urlpatterns = [
     path("metrics", metrics.metrics_view, name="metrics"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
+    path("accounts/", include("accounts.auth_urls")),
+    path("account/", include("accounts.urls")),
     path("docs/", include("docs.urls")),
     path("keys/", include("keys.urls")),
     path("api/v1/keys/", include("keys.api.urls")),

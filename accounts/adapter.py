@@ -1,0 +1,112 @@
+"""allauth, fitted to our accounts: phone or email, codes only, one service creates users."""
+
+import logging
+
+from allauth.account.adapter import DefaultAccountAdapter
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
+
+from accounts import selectors, services, sms
+from accounts.identifiers import phone_mask
+from accounts.models import Region
+
+logger = logging.getLogger(__name__)
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    error_messages = {
+        **DefaultAccountAdapter.error_messages,
+        "incorrect_code": _("That code is not right. Check the latest message and try again."),
+        "too_many_login_attempts": _(
+            "Too many attempts. Wait a few minutes, then ask for a new code."
+        ),
+        "rate_limited": _("Please wait a minute before asking for another code."),
+        "select_only_one": _("Enter a phone number or an email address, not both."),
+        "phone_taken": _("This phone number cannot be used."),
+        "email_taken": _("This email address cannot be used."),
+        "account_inactive": _("This account is closed or disabled."),
+    }
+
+    # --- accounts are created by accounts.services, nowhere else --------------------------
+    def save_user(self, request, user, form, commit=True):
+        """Create the account (and its ``default`` key) through ``account_create``.
+
+        ``user`` is the unsaved instance from ``new_user``; it is replaced by the saved one
+        (allauth uses the returned user since 65.19.4).
+        """
+        data = form.cleaned_data
+        return services.account_create(
+            email=data.get("email") or None,
+            phone=data.get("phone") or None,
+            region=data.get("region") or Region.OTHER,
+            language=_supported_language(translation.get_language()),
+        )
+
+    # --- email: our templates name the platform and the support address -------------------
+    def send_mail(self, template_prefix: str, email: str, context: dict) -> None:
+        context = {
+            "PLATFORM_NAME": settings.PLATFORM_NAME,
+            "SUPPORT_EMAIL": settings.SUPPORT_EMAIL,
+            "SUPPORT_PHONE": settings.SUPPORT_PHONE,
+            **context,
+        }
+        super().send_mail(template_prefix, email, context)
+
+    # --- phone numbers live on the User row ----------------------------------------------
+    def phone_form_field(self, **kwargs):
+        from accounts.forms import PhoneField
+
+        return PhoneField(**kwargs)
+
+    def clean_phone(self, phone: str) -> str:
+        return phone
+
+    def set_phone(self, user, phone: str, verified: bool) -> None:
+        services.account_set_phone(user=user, phone=phone, verified=verified)
+
+    def get_phone(self, user):
+        if not user.phone:
+            return None
+        return user.phone, user.phone_verified
+
+    def set_phone_verified(self, user, phone: str) -> None:
+        services.account_set_phone(user=user, phone=phone, verified=True)
+
+    def get_user_by_phone(self, phone: str):
+        return selectors.account_get_by_phone(phone=phone)
+
+    def send_verification_code_sms(self, user, phone: str, code: str, **kwargs) -> None:
+        try:
+            sms.send_code(phone=phone, code=code)
+        except sms.SmsDeliveryError as exc:
+            # The page still says "sent" (the same as for an unknown number); the help text
+            # offers the other channel and support. The reason goes to the log, never the code.
+            logger.error("could not send a code to %s: %s", phone_mask(phone), exc)
+
+    def send_unknown_account_sms(self, phone: str, **kwargs) -> None:
+        # Providers only carry our approved code template, so an unknown number gets no
+        # text at all; the page looks exactly as for a known one.
+        logger.info("sign-in code asked for an unknown number %s", phone_mask(phone))
+
+    def send_account_already_exists_sms(self, phone: str) -> None:
+        logger.info("sign-up asked for a number that has an account %s", phone_mask(phone))
+
+    # --- after sign-in: the account's language preference wins ---------------------------
+    def post_login(self, request, user, **kwargs):
+        response = super().post_login(request, user, **kwargs)
+        if user.language:
+            translation.activate(user.language)
+            response.set_cookie(
+                settings.LANGUAGE_COOKIE_NAME,
+                user.language,
+                max_age=settings.LANGUAGE_COOKIE_AGE,
+                samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+                secure=settings.LANGUAGE_COOKIE_SECURE,
+            )
+        return response
+
+
+def _supported_language(code: str | None) -> str:
+    supported = {language for language, _name in settings.LANGUAGES}
+    return code if code in supported else ""

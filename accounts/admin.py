@@ -1,0 +1,49 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm
+from django.utils.translation import gettext_lazy as _
+
+from accounts.forms import AdminAccountCreationForm
+from accounts.models import User
+
+
+class AccountChangeForm(UserChangeForm):
+    class Meta(UserChangeForm.Meta):
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class AccountAdmin(DjangoUserAdmin):
+    """Accounts in the admin. "Add" goes through ``account_create`` (so the account gets its
+    ``default`` key); closing an account is done from the Account page or ``account_delete``."""
+
+    form = AccountChangeForm
+    add_form = AdminAccountCreationForm
+    list_display = ["__str__", "email", "phone", "region", "is_active", "is_staff", "date_joined"]
+    list_filter = ["is_active", "is_staff", "is_superuser", "region"]
+    search_fields = ["email", "phone", "public_id"]
+    ordering = ["-date_joined"]
+    readonly_fields = ["public_id", "date_joined", "last_login", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["public_id", "email", "phone", "phone_verified", "password"]}),
+        (_("Profile"), {"fields": ["region", "language", "daily_quota"]}),
+        (
+            _("Permissions"),
+            {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},
+        ),
+        (_("Dates"), {"fields": ["date_joined", "last_login", "updated_at"]}),
+    ]
+    add_fieldsets = [
+        (
+            None,
+            {"classes": ["wide"], "fields": ["email", "phone", "region", "is_staff", "password"]},
+        ),
+    ]
+    filter_horizontal = ["groups", "user_permissions"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            # AdminAccountCreationForm.save() already created it through account_create.
+            return
+        super().save_model(request, obj, form, change)
