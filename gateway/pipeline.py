@@ -97,6 +97,26 @@ def _completion_output_estimate(obj: dict) -> int:
     return tokens
 
 
+def _keepalive(send, renderer) -> asyncio.Task | None:
+    """For dialects that ping during long upstream silences: a task calling
+    ``renderer.keepalive()`` every ``keepalive_seconds`` and sending what it returns."""
+    seconds = renderer.keepalive_seconds
+    if not seconds:
+        return None
+
+    async def beat():
+        try:
+            while True:
+                await asyncio.sleep(seconds)
+                data = renderer.keepalive()
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+        except Exception:  # the response ended or the client left: nothing to keep alive
+            return
+
+    return asyncio.get_running_loop().create_task(beat())
+
+
 class _Outcome:
     """What happened to one admitted request, filled in as it goes."""
 
@@ -216,7 +236,9 @@ class Gateway:
         except ClientGone:
             return
 
-        target = UpstreamTarget(model.name, model.upstream_model, reserved.output_budget)
+        target = UpstreamTarget(
+            model.name, model.upstream_model, reserved.output_budget, model.base_url
+        )
         outcome = _Outcome()
         try:
             await self._relay(dialect, request, send, chat, model, target, rate, outcome)
@@ -284,6 +306,7 @@ class Gateway:
         watcher = _DisconnectWatcher(request.receive, asyncio.current_task())
         response_started = False
         renderer = None
+        keepalive = None
         delivered: list[bytes] = []
         usage: Usage | None = None
         upstream_sent = False
@@ -314,6 +337,7 @@ class Gateway:
                 opening = renderer.start()
                 if opening:
                     await send({"type": "http.response.body", "body": opening, "more_body": True})
+                keepalive = _keepalive(send, renderer)
                 reader = SSEReader(upstream)
                 async for data in reader:
                     parsed, chunk_usage = chunk_with_usage(data)
@@ -348,6 +372,8 @@ class Gateway:
             await self._fail(dialect, send, error, response_started, renderer)
         finally:
             watcher.stop()
+            if keepalive is not None:
+                keepalive.cancel()
             if usage is not None:
                 outcome.input, outcome.output, outcome.estimated = (
                     usage.input_tokens,

@@ -465,6 +465,11 @@ class MessageStreamTranslator:
         self._finished = False
 
     @property
+    def finished(self) -> bool:
+        """True once ``finish()`` or ``fail()`` produced the stream's last event."""
+        return self._finished
+
+    @property
     def done(self) -> bool:
         """True once a stop sequence matched: the rest of the upstream stream is not wanted."""
         return self.stop_sequence is not None
@@ -636,10 +641,18 @@ class MessageStreamTranslator:
             self.finish_reason, self.native_stop, self.stop_sequences, self.tool_calls_seen
         )
 
-    def finish(self, *, output_estimate: int | None = None) -> bytes:
+    def finish(
+        self,
+        *,
+        output_estimate: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> bytes:
         """Close the message: last block, ``message_delta`` (stop reason, usage), ``message_stop``.
 
-        ``output_estimate`` stands in for the output count when the upstream sent no usage.
+        ``input_tokens``/``output_tokens``, when given, are what the gateway charged and win;
+        else the upstream's usage chunk counts, and ``output_estimate`` stands in when the
+        upstream sent none.
         """
         if self._finished:
             return b""
@@ -663,11 +676,14 @@ class MessageStreamTranslator:
         out += self._close_block()
         stop_reason, stop_sequence = self.stop_reason()
         usage = self.usage or {}
-        output_tokens = usage.get("completion_tokens")
+        if output_tokens is None:
+            output_tokens = usage.get("completion_tokens")
         if output_tokens is None:
             output_tokens = output_estimate if output_estimate is not None else 0
+        if input_tokens is None:
+            input_tokens = usage.get("prompt_tokens") or self.input_estimate
         delta_usage = {
-            "input_tokens": int(usage.get("prompt_tokens") or self.input_estimate),
+            "input_tokens": int(input_tokens),
             "output_tokens": int(output_tokens),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,

@@ -58,6 +58,9 @@ class UpstreamTarget:
     public_model: str
     upstream_model: str
     max_tokens: int
+    # Lets a dialect leave out parameters a particular server refuses (OpenAI's own API
+    # rejects ``top_k``, which vLLM and SGLang take).
+    base_url: str = ""
 
 
 class StreamRenderer:
@@ -79,6 +82,14 @@ class StreamRenderer:
     def error(self, error: GatewayError) -> bytes:
         """A failure after the stream has started (the status line is already sent)."""
         raise NotImplementedError
+
+    # Set by dialects whose clients expect keep-alive events during long upstream silences
+    # (Anthropic's ``ping``): the pipeline then calls ``keepalive()`` this often.
+    keepalive_seconds: float | None = None
+
+    def keepalive(self) -> bytes:
+        """Bytes to send now if the stream has been silent since the last call, else b""."""
+        return b""
 
 
 class Dialect:

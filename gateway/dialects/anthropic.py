@@ -1,0 +1,232 @@
+"""The Anthropic Messages dialect (``/anthropic``), for the Anthropic SDKs and Claude Code.
+
+Requests are validated and translated to chat completions by ``anthropic_schema`` and
+``anthropic_translate``; the pipeline does auth, quota, rate limits and records exactly as for
+the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (the quota's own
+estimate, free of charge), a models list, and the ``HEAD``/``GET /anthropic`` probe Claude Code
+sends before its first request.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from gateway.dialects.anthropic_schema import (
+    MessagesRequestError,
+    count_tokens_request_parse,
+    messages_request_parse,
+)
+from gateway.dialects.anthropic_translate import (
+    PING_EVENT,
+    ChatTranslation,
+    MessageStreamTranslator,
+    chat_messages_from,
+    chat_request_from_messages,
+    chat_tools_from,
+    error_body,
+    error_type_for_status,
+    message_from_chat_response,
+)
+from gateway.dialects.base import ChatRequest, Dialect, StreamRenderer, UpstreamTarget, Usage
+from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.http import ClientGone, Request, Response, json_response
+from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# Upstreams known to refuse parameters outside OpenAI's own set (``top_k``, ...).
+_STRICT_OPENAI_HOSTS = frozenset({"api.openai.com"})
+# Whether catalog models take a reasoning hint for Anthropic's ``thinking``. The catalog has no
+# such capability yet, so ``thinking`` is accepted and not forwarded.
+_MODELS_REASON = False
+
+
+def _error_type(error: GatewayError) -> str:
+    if error.code == "insufficient_quota":
+        return "rate_limit_error"
+    return error_type_for_status(error.status)
+
+
+def _estimate(chat_body: dict) -> int:
+    return estimate_chat_tokens(chat_body["messages"], tools=chat_body.get("tools"))
+
+
+def _parse_failure(error: MessagesRequestError) -> GatewayError:
+    return bad_request(error.message, param=error.field)
+
+
+def _takes_extra_parameters(target: UpstreamTarget) -> bool:
+    # ``base_url`` is optional on the target: without it, assume an OpenAI-compatible server
+    # (vLLM, SGLang, the demo), which takes ``top_k``.
+    host = urlsplit(getattr(target, "base_url", "") or "").hostname or ""
+    return host not in _STRICT_OPENAI_HOSTS
+
+
+class AnthropicStream(StreamRenderer):
+    """One streamed answer: upstream chunks in, Anthropic events out, pings during silences."""
+
+    def __init__(self, request: ChatRequest, target: UpstreamTarget):
+        translation: ChatTranslation = request.body
+        self.translator = MessageStreamTranslator(
+            model=target.public_model,
+            input_estimate=request.input_tokens,
+            stop_sequences=translation.stop_sequences,
+            thinking=translation.thinking,
+        )
+        self.chunks = 0
+        self._chunks_at_last_beat = 0
+        self.keepalive_seconds = settings.GATEWAY_STREAM_PING_SECONDS
+
+    def start(self) -> bytes:
+        return self.translator.start()
+
+    def chunk(self, data: bytes, parsed: dict | None) -> bytes:
+        self.chunks += 1
+        if parsed is None:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                return b""
+        if not isinstance(parsed, dict):
+            return b""
+        return self.translator.feed(parsed)
+
+    def finish(self, usage: Usage | None) -> bytes:
+        if usage is None:
+            chars = self.translator.output_chars
+            return self.translator.finish(output_estimate=chars // 3 + 1 if chars else 0)
+        return self.translator.finish(
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+        )
+
+    def error(self, error: GatewayError) -> bytes:
+        return self.translator.fail(error.status, error.message, error_type=_error_type(error))
+
+    def keepalive(self) -> bytes:
+        silent = self.chunks == self._chunks_at_last_beat
+        self._chunks_at_last_beat = self.chunks
+        return PING_EVENT if silent and not self.translator.finished else b""
+
+
+class AnthropicDialect(Dialect):
+    name = "anthropic"
+    prefix = "/anthropic"
+    endpoint = "anthropic.messages"
+    chat_paths = ("/v1/messages",)
+
+    def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
+        # The query (Claude Code sends ``?beta=true``) changes nothing here.
+        try:
+            parsed = messages_request_parse(body)
+        except MessagesRequestError as error:
+            raise _parse_failure(error) from None
+        translation = chat_request_from_messages(parsed, reasoning=_MODELS_REASON)
+        return ChatRequest(
+            model=parsed.model,
+            stream=parsed.stream,
+            # Clamped to the model's limit by the pipeline (Claude Code asks for 32,000).
+            max_tokens=parsed.max_tokens,
+            input_tokens=_estimate(translation.body),
+            body=translation,
+        )
+
+    def upstream_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        translation: ChatTranslation = request.body
+        body = dict(translation.body)
+        body["model"] = target.upstream_model
+        body["max_tokens"] = target.max_tokens
+        if translation.extra and _takes_extra_parameters(target):
+            body.update(translation.extra)
+        return body
+
+    def render_completion(
+        self, request: ChatRequest, upstream: dict, target: UpstreamTarget
+    ) -> bytes:
+        translation: ChatTranslation = request.body
+        message = message_from_chat_response(
+            upstream,
+            model=target.public_model,
+            stop_sequences=translation.stop_sequences,
+            thinking=translation.thinking,
+        )
+        if not isinstance(upstream.get("usage"), dict):
+            # No report from the upstream: show the estimates the gateway charges instead.
+            text = "".join(b.get("text", "") for b in message["content"])
+            message["usage"]["input_tokens"] = request.input_tokens
+            message["usage"]["output_tokens"] = estimate_text_tokens(text)
+        return _dumps(message).encode()
+
+    def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:
+        return AnthropicStream(request, target)
+
+    def render_error(self, error: GatewayError) -> bytes:
+        return _dumps(
+            error_body(error.status, error.message, error_type=_error_type(error))
+        ).encode()
+
+    def routes(self) -> dict:
+        return {
+            ("POST", "/v1/messages/count_tokens"): count_tokens,
+            ("GET", "/v1/models"): list_models,
+            ("GET", "/"): probe,
+            ("HEAD", "/"): probe,
+        }
+
+
+async def count_tokens(gateway, request: Request) -> Response:
+    """``{"input_tokens": N}`` by the estimate the quota reserves; charges nothing, but needs a
+    valid key like every other call."""
+    await gateway.authenticate(request)
+    try:
+        body = await request.body(gateway.max_body_bytes)
+    except ClientGone:
+        return Response(499, b"")
+    try:
+        parsed = count_tokens_request_parse(body)
+    except MessagesRequestError as error:
+        raise _parse_failure(error) from None
+    if await gateway.catalog.get(parsed.model) is None:
+        raise model_not_found(parsed.model)
+    chat_body = {"messages": chat_messages_from(parsed)}
+    tools = chat_tools_from(parsed)
+    if tools:
+        chat_body["tools"] = tools
+    return json_response(200, {"input_tokens": _estimate(chat_body)})
+
+
+async def list_models(gateway, request: Request) -> Response:
+    """The enabled catalog in Anthropic's list shape."""
+    await gateway.authenticate(request, fresh=True)
+    models = await gateway.catalog.enabled()
+    data = [
+        {
+            "type": "model",
+            "id": model.name,
+            "display_name": model.name,
+            "created_at": datetime.fromtimestamp(model.created, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        }
+        for model in models
+    ]
+    return json_response(
+        200,
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        },
+    )
+
+
+async def probe(gateway, request: Request) -> Response:
+    # Claude Code checks that the base URL answers before its first request; no key needed.
+    return json_response(200, {"status": "ok", "api": "anthropic", "messages": "/v1/messages"})
+
+
+dialect = AnthropicDialect()
