@@ -15,6 +15,9 @@ urlpatterns = [
     path("docs/", include("docs.urls")),
     path("keys/", include("keys.urls")),
     path("api/v1/keys/", include("keys.api.urls")),
+    path("usage/", include("usage.urls")),
+    path("review/", include("usage.review_urls")),
+    path("api/v1/", include("usage.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

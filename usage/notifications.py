@@ -35,10 +35,21 @@ def _message(application: QuotaApplication) -> tuple[str, str]:
     return subject, body
 
 
-def _send_sms(phone: str, text: str) -> None:
+def _send_sms(phone: str, text: str) -> bool:
+    """Text the decision if the SMS layer can send free text; it sends codes only for now.
+
+    The mainland providers deliver pre-approved templates, and ``accounts.sms`` has one
+    template (the verification code). Until it offers a notice template (``send_notice``),
+    phone-only applicants read the decision on the Usage page.
+    """
     from accounts import sms
 
-    sms.send_sms(phone, text)
+    send_notice = getattr(sms, "send_notice", None)
+    if send_notice is None:
+        logger.info("no SMS notice template; decision shown on the Usage page only")
+        return False
+    send_notice(phone=phone, text=text)
+    return True
 
 
 def application_decided(application: QuotaApplication) -> None:

@@ -1,0 +1,313 @@
+import csv
+import datetime as dt
+import io
+
+import pytest
+import time_machine
+from django.urls import reverse
+
+from usage.models import QuotaApplication
+from usage.services import quota_application_create, quota_set
+
+from .conftest import record_request
+
+NOON_BEIJING = dt.datetime(2026, 3, 10, 4, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def frozen():
+    with time_machine.travel(NOON_BEIJING, tick=False) as traveller:
+        yield traveller
+
+
+def _apply(user, **extra):
+    fields = {
+        "intended_use": "An internal coding assistant",
+        "expected_daily_tokens": 3_000_000,
+        "contact": "+86 138 0013 8000",
+    }
+    return quota_application_create(user=user, **{**fields, **extra})
+
+
+# --- permissions -----------------------------------------------------------------------------
+
+PAGES = ["usage:page", "usage:live", "usage:export"]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_it_sends_anonymous_visitors_to_login(client, db, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_it_sends_anonymous_applications_to_login(client, db):
+    response = client.post(reverse("usage:apply"), {"intended_use": "x"})
+    assert response.status_code == 302
+    assert not QuotaApplication.objects.exists()
+
+
+def test_it_shows_only_the_visitors_own_usage(alice_client, bob, frozen):
+    record_request(bob, input_tokens=777_777, key_name="bob-secret-project")
+    _apply(bob, intended_use="Bob's private plans")
+    response = alice_client.get(reverse("usage:page"))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "777,777" not in body and "bob-secret-project" not in body
+    assert "Bob&#x27;s private plans" not in body and "Bob's private plans" not in body
+
+
+def test_it_hides_the_review_queue_from_customers(alice_client, bob):
+    application = _apply(bob)
+    assert alice_client.get(reverse("review:queue")).status_code == 404
+    response = alice_client.post(
+        reverse("review:decide", args=[application.public_id]), {"decision": "approve"}
+    )
+    assert response.status_code == 404
+    application.refresh_from_db()
+    assert application.status == QuotaApplication.Status.PENDING
+
+
+def test_it_sends_anonymous_reviewers_to_login(client, bob):
+    application = _apply(bob)
+    for response in (
+        client.get(reverse("review:queue")),
+        client.post(
+            reverse("review:decide", args=[application.public_id]), {"decision": "approve"}
+        ),
+    ):
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def test_it_explains_what_to_do_when_nothing_was_used(alice_client, frozen):
+    body = alice_client.get(reverse("usage:page")).content.decode()
+    assert "No requests in this period yet." in body
+    assert "500,000" in body  # the quota and the remaining tokens
+    assert 'href="/keys/"' in body
+
+
+def test_it_shows_today_charts_breakdowns_and_requests(alice_client, alice, frozen):
+    key = alice.api_keys.get()
+    record_request(alice, input_tokens=1_200, output_tokens=300, key=key)
+    record_request(alice, input_tokens=10, output_tokens=0, status_code=429, model="other")
+    record_request(
+        alice, input_tokens=5_000, output_tokens=5_000, when=NOON_BEIJING - dt.timedelta(days=3)
+    )
+    response = alice_client.get(reverse("usage:page"))
+    body = response.content.decode()
+    assert response.status_code == 200
+    today = response.context["today"]
+    assert (today.input_tokens, today.output_tokens, today.requests) == (1_210, 300, 2)
+    assert today.remaining_tokens == 500_000 - 1_510
+    assert '<progress id="quota-progress"' in body
+    assert 'data-countdown="' in body and "in 12 h 0 min" in body
+    assert "2026-03-11 00:00 Beijing time" in body
+    assert body.count('class="bar-input"') == 2 and body.count('class="bar-requests"') == 2
+    by_model = {row.name: row.requests for row in response.context["by_model"]}
+    assert by_model == {"LongCat-Flash-Chat": 2, "other": 1}
+    assert [r.status_code for r in response.context["records"]] == [429, 200, 200]
+    assert 'hx-get="/usage/live/"' in body and "vendor/htmx.min.js" in body
+
+
+@pytest.mark.parametrize("days", [7, 30, 90])
+def test_it_draws_one_bar_slot_per_day_of_the_range(alice_client, alice, frozen, days):
+    record_request(alice)
+    response = alice_client.get(reverse("usage:page"), {"days": days})
+    assert len(response.context["series"]) == days
+    assert len(response.context["token_chart"].bars) == days
+    assert response.context["series"][-1].day == dt.date(2026, 3, 10)
+
+
+def test_it_reads_charts_from_rollups_not_records(alice_client, alice, frozen):
+    record_request(alice, input_tokens=42, rollup=False)
+    response = alice_client.get(reverse("usage:page"))
+    assert response.context["range_totals"].input_tokens == 0
+    assert response.context["today"].input_tokens == 42  # the counter still knows
+
+
+def test_it_filters_and_pages_recent_requests(alice_client, alice, frozen):
+    for n in range(30):
+        record_request(alice, input_tokens=n, when=NOON_BEIJING - dt.timedelta(minutes=n))
+    record_request(alice, status_code=502, model="m2", when=NOON_BEIJING - dt.timedelta(hours=5))
+    first = alice_client.get(reverse("usage:page"))
+    assert len(first.context["records"]) == 25
+    second = alice_client.get(reverse("usage:page"), {"cursor": first.context["next_cursor"]})
+    assert len(second.context["records"]) == 6
+    assert not second.context["next_cursor"]
+    seen = {r.pk for r in first.context["records"]} | {r.pk for r in second.context["records"]}
+    assert len(seen) == 31
+    failed = alice_client.get(reverse("usage:page"), {"status": "error"})
+    assert [r.model for r in failed.context["records"]] == ["m2"]
+    by_model = alice_client.get(reverse("usage:page"), {"model": "m2"})
+    assert len(by_model.context["records"]) == 1
+    nothing = alice_client.get(reverse("usage:page"), {"key": "nope"})
+    assert "No requests match these filters." in nothing.content.decode()
+
+
+def test_it_ignores_a_forged_cursor(alice_client, alice, frozen):
+    record_request(alice)
+    response = alice_client.get(reverse("usage:page"), {"cursor": "forged:abc"})
+    assert len(response.context["records"]) == 1
+
+
+def test_it_renders_the_page_in_a_fixed_number_of_queries(
+    alice_client, alice, frozen, django_assert_num_queries
+):
+    for n in range(40):
+        record_request(alice, model=f"m{n % 3}", when=NOON_BEIJING - dt.timedelta(days=n % 9))
+    _apply(alice)
+    # session, user, counter, series, by key, by model, filter menus, records, applications
+    with django_assert_num_queries(9):
+        response = alice_client.get(reverse("usage:page"), {"days": 90})
+    assert response.status_code == 200
+
+
+def test_the_live_fragment_is_small_and_cheap(
+    alice_client, alice, frozen, django_assert_num_queries
+):
+    record_request(alice, input_tokens=321, output_tokens=1)
+    with django_assert_num_queries(3):  # session, user, counter
+        response = alice_client.get(reverse("usage:live"), HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.lstrip().startswith('<section id="usage-today"')
+    assert 'hx-trigger="every 5s"' in body  # the swapped-in panel keeps polling
+    assert "322" in body
+    assert "<html" not in body
+
+
+def test_it_shows_the_quota_that_applies_today(alice_client, alice, staff, frozen):
+    quota_set(user=alice, new_quota=5_000_000, reason="approved", actor=staff)
+    response = alice_client.get(reverse("usage:live"))
+    assert response.context["today"].quota == 5_000_000
+    assert "5,000,000" in response.content.decode()
+
+
+# --- CSV export ---------------------------------------------------------------------------------
+
+
+def _csv(response):
+    return list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+def test_it_exports_daily_rows_of_a_range(alice_client, alice, frozen):
+    record_request(alice, input_tokens=5, key_name="=cmd|' /C calc'!A0")
+    record_request(alice, input_tokens=7, when=NOON_BEIJING - dt.timedelta(days=40))
+    response = alice_client.get(
+        reverse("usage:export"), {"start": "2026-03-01", "end": "2026-03-10", "kind": "daily"}
+    )
+    assert response["Content-Type"].startswith("text/csv")
+    assert "usage-daily-2026-03-01-2026-03-10.csv" in response["Content-Disposition"]
+    rows = _csv(response)
+    assert rows[0][0] == "day"
+    assert rows[1:] == [
+        ["2026-03-10", "'=cmd|' /C calc'!A0", "LongCat-Flash-Chat", "1", "0", "5", "50"]
+    ]
+
+
+def test_it_exports_single_requests(alice_client, alice, bob, frozen):
+    record_request(alice, input_tokens=11, output_tokens=22, status_code=200)
+    record_request(bob, input_tokens=99)
+    response = alice_client.get(
+        reverse("usage:export"), {"start": "2026-03-10", "end": "2026-03-10", "kind": "requests"}
+    )
+    rows = _csv(response)
+    assert len(rows) == 2
+    assert rows[1][6:9] == ["11", "22", "200"]
+    assert rows[1][0].startswith("2026-03-10T04:00:00")
+
+
+def test_it_refuses_a_backwards_export_range(alice_client, frozen):
+    response = alice_client.get(
+        reverse("usage:export"), {"start": "2026-03-10", "end": "2026-03-01", "kind": "daily"}
+    )
+    assert response.status_code == 302
+
+
+# --- applying ----------------------------------------------------------------------------------
+
+
+def test_it_takes_an_application_from_the_page(alice_client, alice, frozen):
+    response = alice_client.post(
+        reverse("usage:apply"),
+        {
+            "intended_use": "Translating product manuals",
+            "company": "",
+            "expected_daily_tokens": "2000000",
+            "contact": "alice@example.com",
+        },
+    )
+    assert response.status_code == 302
+    application = QuotaApplication.objects.get(user=alice)
+    assert application.expected_daily_tokens == 2_000_000
+    page = alice_client.get(reverse("usage:page")).content.decode()
+    assert "waiting for review" in page
+    assert 'action="/usage/apply/"' not in page  # no second form while one is pending
+
+
+def test_it_shows_form_errors_and_refuses_a_second_pending(alice_client, alice, frozen):
+    response = alice_client.post(reverse("usage:apply"), {"intended_use": " "})
+    assert response.status_code == 400
+    assert response.context["application_form"].errors
+    _apply(alice)
+    response = alice_client.post(
+        reverse("usage:apply"),
+        {"intended_use": "again", "expected_daily_tokens": "5", "contact": "me"},
+    )
+    assert response.status_code == 400
+    assert QuotaApplication.objects.filter(user=alice).count() == 1
+
+
+def test_it_shows_the_rejection_reason_to_the_applicant(alice_client, alice, staff, frozen):
+    from usage.services import quota_application_reject
+
+    quota_application_reject(
+        application=_apply(alice), reviewer=staff, reason="Tell us more about the project"
+    )
+    body = alice_client.get(reverse("usage:page")).content.decode()
+    assert "Tell us more about the project" in body
+    assert "Rejected" in body
+    assert 'action="/usage/apply/"' in body  # may apply again
+
+
+# --- staff review ------------------------------------------------------------------------------
+
+
+def test_staff_approve_from_the_queue(staff_client, alice, settings, frozen):
+    settings.INCREASED_DAILY_QUOTA = 5_000_000
+    application = _apply(alice)
+    queue = staff_client.get(reverse("review:queue"))
+    assert "An internal coding assistant" in queue.content.decode()
+    response = staff_client.post(
+        reverse("review:decide", args=[application.public_id]), {"decision": "approve"}
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.daily_quota == 5_000_000
+
+
+def test_staff_cannot_reject_without_a_reason(staff_client, alice, frozen):
+    application = _apply(alice)
+    staff_client.post(
+        reverse("review:decide", args=[application.public_id]), {"decision": "reject"}
+    )
+    application.refresh_from_db()
+    assert application.status == QuotaApplication.Status.PENDING
+    staff_client.post(
+        reverse("review:decide", args=[application.public_id]),
+        {"decision": "reject", "reason": "Not enough detail"},
+    )
+    application.refresh_from_db()
+    assert application.status == QuotaApplication.Status.REJECTED
+
+
+def test_it_answers_404_for_an_unknown_application(staff_client, db):
+    response = staff_client.post(
+        reverse("review:decide", args=["00000000-0000-0000-0000-000000000000"]),
+        {"decision": "approve"},
+    )
+    assert response.status_code == 404
