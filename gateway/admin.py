@@ -7,6 +7,12 @@ from keys.crypto import encrypt_secret
 
 
 class ModelForm(forms.ModelForm):
+    upstream_base_url = forms.URLField(
+        label=_("upstream base URL"),
+        required=False,
+        assume_scheme="https",
+        help_text=_("Including /v1, as an OpenAI SDK base_url. Empty for the demo upstream."),
+    )
     upstream_key = forms.CharField(
         label=_("upstream API key"),
         required=False,

@@ -15,6 +15,7 @@ headers to demo models only):
   usage).
 * ``x-demo-delay-ms``: delay before each chunk (and before a plain answer).
 * ``x-demo-tokens``: length of the natural answer (default 48 tokens).
+* ``x-demo-echo: 1``: answer (not streamed) with the JSON the demo received, as the content.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = body.get("model") or "demo"
     created = int(time.time())
     ident = f"chatcmpl-demo{created}{id(request) % 100000}"
+
+    if request.headers.get("x-demo-echo") and not body.get("stream"):
+        pieces, count = [json.dumps(body)], 1
+        usage["completion_tokens"], usage["total_tokens"] = 1, usage["prompt_tokens"] + 1
 
     if not body.get("stream"):
         if delay:

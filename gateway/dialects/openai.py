@@ -68,8 +68,18 @@ _ERROR_TYPES = {
 }
 
 
+# Union members and validators add their own names to an error's location; users know fields.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
+
+
+def _is_tag(part) -> bool:
+    return isinstance(part, str) and (
+        "[" in part or part in _TYPE_TAGS or part.startswith(("function-", "constrained-"))
+    )
+
+
 def _field_name(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    return ".".join(str(part) for part in loc if not _is_tag(part)) or "body"
 
 
 def _validation_error(error: ValidationError) -> GatewayError:
