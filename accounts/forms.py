@@ -2,6 +2,7 @@
 
 from allauth.account import forms as allauth_forms
 from allauth.account.internal.flows.login_by_code import LoginCodeVerificationProcess
+from allauth.account.internal.userkit import filter_users_by_email
 from allauth.core import context as allauth_context
 from allauth.core import ratelimit
 from allauth.core.internal.httpkit import headed_redirect_response
@@ -39,7 +40,7 @@ class PhoneField(forms.CharField):
                     "type": "tel",
                     "autocomplete": "tel",
                     "inputmode": "tel",
-                    "placeholder": _("e.g. 138 0013 8000 or +44 7700 900123"),
+                    "placeholder": _("e.g. 138 0013 8000 or +44 7911 123456"),
                 }
             ),
         )
@@ -169,6 +170,13 @@ class SignupForm(allauth_forms.SignupForm):
             ):
                 self.add_error(None, _("Please wait a few minutes before trying again."))
         return cleaned
+
+    def validate_unique_email(self, value):
+        # allauth would refuse a known address outright unless email verification is
+        # "mandatory"; here every sign-up is followed by a code anyway, so a known address
+        # takes the sign-in path in try_save() and the page reads the same.
+        self.account_already_exists = bool(filter_users_by_email(value))
+        return value
 
     def try_save(self, request):
         if not self.account_already_exists:

@@ -41,7 +41,7 @@ def phone_normalize(value: str, *, region: str | None = None) -> str:
         default_region = "CN"
     else:
         raise ValidationError(
-            _("Start the number with its country code, for example +44 7700 900123."),
+            _("Start the number with its country code, for example +44 7911 123456."),
             code="country_code",
         )
     try:
