@@ -1,0 +1,188 @@
+"""A key's secret never reaches logs, error pages or error reports.
+
+The only places it may appear: the create/regenerate/reveal answers (pages and REST).
+"""
+
+import logging
+import sys
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.views.debug import ExceptionReporter
+
+from keys import crypto, services
+from keys.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+def _fragments(secret: str) -> list[str]:
+    # The prefix is public (shown masked on the page); the rest must never leak.
+    return [secret, secret[crypto.PREFIX_LENGTH :]]
+
+
+def _assert_absent(secrets, text: str, where: str) -> None:
+    for secret in secrets:
+        for fragment in _fragments(secret):
+            assert fragment not in text, f"a secret leaked into {where}"
+
+
+@pytest.fixture
+def everything_logged(caplog):
+    """Capture every log record at DEBUG, SQL included."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="django.db.backends")
+    forced = connection.force_debug_cursor
+    connection.force_debug_cursor = True
+    yield caplog
+    connection.force_debug_cursor = forced
+
+
+def _log_text(caplog) -> str:
+    parts = []
+    for record in caplog.records:
+        parts.append(record.getMessage())
+        parts.append(repr(record.args))
+        parts.append(repr({k: v for k, v in vars(record).items() if k not in {"args", "msg"}}))
+    return "\n".join(parts) + caplog.text
+
+
+def test_a_full_key_lifecycle_never_logs_a_secret(alice, alice_key, everything_logged):
+    client = Client()
+    client.force_login(alice)
+    secrets = [services.api_key_reveal(api_key=alice_key)]
+
+    # The page: create, see it once, reveal (page and JSON), rename, disable, enable, regenerate.
+    client.post("/keys/", {"name": "laptop"})
+    laptop = ApiKey.objects.get(user=alice, name="laptop")
+    secrets.append(services.api_key_reveal(api_key=laptop))
+    client.get("/keys/")
+    client.post(f"/keys/{laptop.public_id}/reveal/")
+    client.post(f"/keys/{laptop.public_id}/reveal/", headers={"accept": "application/json"})
+    client.post(f"/keys/{laptop.public_id}/rename/", {"name": "laptop 2"})
+    client.post(f"/keys/{laptop.public_id}/status/", {"is_active": "0"})
+    client.post(f"/keys/{laptop.public_id}/status/", {"is_active": "1"})
+    client.post(f"/keys/{laptop.public_id}/regenerate/")
+    laptop.refresh_from_db()
+    secrets.append(services.api_key_reveal(api_key=laptop))
+    client.get("/keys/")
+
+    # The REST API: create, reveal, regenerate, update, delete.
+    created = client.post("/api/v1/keys/", {"name": "ci"}, content_type="application/json").json()
+    secrets.append(created["key"])
+    client.post(f"/api/v1/keys/{created['id']}/reveal/")
+    regenerated = client.post(f"/api/v1/keys/{created['id']}/regenerate/").json()
+    secrets.append(regenerated["key"])
+    client.patch(
+        f"/api/v1/keys/{created['id']}/", {"is_active": False}, content_type="application/json"
+    )
+    client.get("/api/v1/keys/")
+
+    # The gateway's step: right, wrong and dead secrets; last-used.
+    for secret in secrets:
+        result = services.api_key_authenticate(secret)
+        if result:
+            services.api_key_touch_last_used(key_id=result.key_id)
+        services.api_key_authenticate(secret[:-1] + "!")
+    client.delete(f"/api/v1/keys/{created['id']}/")
+    client.post(f"/keys/{laptop.public_id}/delete/")
+
+    assert len(set(secrets)) == 5
+    text = _log_text(everything_logged)
+    assert "SELECT" in text  # SQL really was captured
+    assert "api key created" in text  # and our own events
+    _assert_absent(secrets, text, "the logs")
+
+
+def test_rest_responses_other_than_create_regenerate_reveal_hold_no_secret(
+    alice_client, alice_key, alice_secret
+):
+    detail = f"/api/v1/keys/{alice_key.public_id}/"
+    responses = [
+        alice_client.get("/api/v1/keys/"),
+        alice_client.get(detail),
+        alice_client.patch(detail, {"name": "renamed"}, content_type="application/json"),
+        alice_client.put(
+            detail, {"name": "renamed", "is_active": True}, content_type="application/json"
+        ),
+        alice_client.patch(detail, {"name": ""}, content_type="application/json"),
+        alice_client.post("/api/v1/keys/", {"name": "renamed"}, content_type="application/json"),
+        alice_client.get("/api/schema/"),
+    ]
+    for response in responses:
+        _assert_absent([alice_secret], response.content.decode(), response.request["PATH_INFO"])
+
+
+def test_pages_other_than_reveal_hold_no_secret(alice_client, alice_key, alice_secret):
+    base = f"/keys/{alice_key.public_id}"
+    for url in [
+        "/keys/",
+        f"{base}/rename/",
+        f"{base}/regenerate/",
+        f"{base}/delete/",
+        f"{base}/reveal/",
+    ]:
+        _assert_absent([alice_secret], alice_client.get(url).content.decode(), url)
+
+
+def _crash(*args, **kwargs):
+    raise RuntimeError("the template engine fell over")
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/json"])
+def test_a_crash_while_revealing_leaks_nothing(
+    alice, alice_key, alice_secret, everything_logged, monkeypatch, settings, accept
+):
+    settings.DEBUG = False
+    monkeypatch.setattr("keys.views.render", _crash)
+    monkeypatch.setattr("keys.views.JsonResponse", _crash)
+    client = Client(raise_request_exception=False)
+    client.force_login(alice)
+
+    response = client.post(f"/keys/{alice_key.public_id}/reveal/", headers={"accept": accept})
+
+    assert response.status_code == 500
+    _assert_absent([alice_secret], response.content.decode(), "the error page")
+    _assert_absent([alice_secret], _log_text(everything_logged), "the logs")
+    # What an AdminEmailHandler would mail: frame variables included, but cleansed.
+    record = next(r for r in everything_logged.records if r.name == "django.request")
+    report = ExceptionReporter(record.request, *record.exc_info, is_email=True)
+    assert "the template engine fell over" in report.get_traceback_text()
+    _assert_absent([alice_secret], report.get_traceback_text(), "the error report")
+    _assert_absent([alice_secret], report.get_traceback_html(), "the error report")
+
+
+def test_a_crash_in_the_rest_create_leaks_nothing(alice, everything_logged, monkeypatch, settings):
+    settings.DEBUG = False
+    monkeypatch.setattr("keys.api.views.ApiKeyWithSecretSerializer", _crash)
+    client = Client(raise_request_exception=False)
+    client.force_login(alice)
+
+    response = client.post("/api/v1/keys/", {"name": "ci"}, content_type="application/json")
+
+    assert response.status_code == 500
+    secret = services.api_key_reveal(api_key=ApiKey.objects.get(user=alice, name="ci"))
+    _assert_absent([secret], response.content.decode(), "the error page")
+    _assert_absent([secret], _log_text(everything_logged), "the logs")
+    record = next(r for r in everything_logged.records if r.name == "django.request")
+    report = ExceptionReporter(record.request, *record.exc_info, is_email=True)
+    _assert_absent([secret], report.get_traceback_text(), "the error report")
+    _assert_absent([secret], report.get_traceback_html(), "the error report")
+
+
+def test_a_crash_inside_authenticate_does_not_carry_the_secret(alice_secret, monkeypatch):
+    monkeypatch.setattr(crypto, "digests_match", _crash)
+    try:
+        services.api_key_authenticate(alice_secret)
+    except RuntimeError as error:
+        kind, value, traceback = sys.exc_info()
+        exc_info = (kind, value, traceback.tb_next)  # from authenticate down, not this test
+        assert alice_secret not in str(error)
+    else:
+        pytest.fail("the patched comparison should have raised")
+    report = ExceptionReporter(None, *exc_info, is_email=True)
+    # No request: Django's filter still applies (DEBUG is False under pytest).
+    assert "local vars" in report.get_traceback_html().lower()
+    _assert_absent([alice_secret], report.get_traceback_text(), "the error report")
+    _assert_absent([alice_secret], report.get_traceback_html(), "the error report")
