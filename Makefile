@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench messages clean install install-dev
+.PHONY: run run-prod test lint format bench messages clean install install-dev
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -26,6 +26,11 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	HOST=$(HOST) PORT=$(PORT) BIN=$(BIN) bash scripts/run-dev.sh
+
+# The production topology on this machine: PostgreSQL + Redis, DEBUG=false, real secrets
+# (README "Deploying"). WEB_PORTS, WEB_WORKERS, CELERY_WORKERS tune it.
+run-prod: install
+	BIN=$(BIN) bash scripts/run-prod.sh
 
 test: install-dev
 	$(BIN)/python manage.py compilemessages --ignore=.venv -v0

@@ -217,7 +217,8 @@ USE_TZ = True
 
 # --- Static files -----------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=str(VAR_DIR / "static"))
+# An empty value (as in a copied .env.example) means the default too.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or VAR_DIR / "static")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Development serves straight from the source folders; production from collected, hashed files.
 WHITENOISE_USE_FINDERS = DEBUG
@@ -380,7 +381,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # json: one JSON object per line (production default); plain: readable lines (development).
 # Both mask anything shaped like an API key (portal.logging).
-LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "plain")
+LOG_FORMAT = env.str("LOG_FORMAT", default="") or ("json" if PRODUCTION else "plain")
 # One line per HTTP request from portal.logging.RequestContextMiddleware (uvicorn's own access
 # log is switched off in production: ours carries the request id, account and key prefix).
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)

@@ -1,0 +1,203 @@
+"""The container files describe the production topology (no engine is needed to check that).
+
+Where a Compose implementation is installed, it validates the file too; where a Docker engine
+answers, the image is built and its health check run.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    # Join continuation lines so that each instruction is one string.
+    text = (ROOT / "Dockerfile").read_text()
+    return [line for line in re.sub(r"\\\n\s*", " ", text).splitlines() if line.strip()]
+
+
+def _instructions(dockerfile, name):
+    return [line for line in dockerfile if line.split(" ", 1)[0] == name]
+
+
+def test_the_image_is_a_slim_official_python_and_runs_as_a_non_root_user(dockerfile):
+    (base,) = _instructions(dockerfile, "FROM")
+    match = re.fullmatch(r"FROM python:3\.(\d+)-slim(-\w+)?", base)
+    assert match and int(match.group(1)) >= 11
+    users = _instructions(dockerfile, "USER")
+    assert users and users[-1] not in ("USER root", "USER 0")
+
+
+def test_the_image_installs_the_lock_and_collects_static_files_at_build(dockerfile):
+    runs = " ".join(_instructions(dockerfile, "RUN"))
+    assert "pip install -r requirements.lock" in runs
+    collect = next(line for line in dockerfile if "collectstatic" in line)
+    # Throwaway values for the build step only, never ENV (which would stay in the image).
+    assert collect.startswith("RUN ")
+    assert "SECRET_KEY=" in collect and "KEY_ENCRYPTION_KEY=" in collect
+    assert not any("SECRET" in line for line in _instructions(dockerfile, "ENV"))
+
+
+def test_the_image_checks_its_health_on_healthz_and_serves_with_uvicorn(dockerfile):
+    (health,) = _instructions(dockerfile, "HEALTHCHECK")
+    assert "scripts/healthcheck.py" in health
+    assert "/healthz" in (ROOT / "scripts/healthcheck.py").read_text()
+    (cmd,) = _instructions(dockerfile, "CMD")
+    assert "scripts/serve-web.sh" in cmd
+    serve = (ROOT / "scripts/serve-web.sh").read_text()
+    assert "portal.asgi:application" in serve
+    for flag in ("--workers", "--loop uvloop", "--http httptools", "--no-access-log"):
+        assert flag in serve
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".env", ".git", ".venv", "var"):
+        assert entry in ignored
+
+
+def test_compose_has_the_whole_topology(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", "migrate", "web", "worker", "beat", "upstream"} <= set(services)
+    web = services["web"]
+    assert web["command"][-1] == "scripts/serve-web.sh"
+    assert int(re.search(r"\d+", str(web["environment"]["WEB_WORKERS"])).group()) > 1
+    assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert "worker" in services["worker"]["command"]
+    assert "beat" in services["beat"]["command"]
+
+
+def test_compose_runs_exactly_one_beat(compose):
+    beat = compose["services"]["beat"]
+    assert beat["deploy"]["replicas"] == 1
+
+
+def test_compose_migrates_before_anything_serves(compose):
+    services = compose["services"]
+    assert "migrate" in " ".join(services["migrate"]["command"])
+    assert services["migrate"]["restart"] == "no"
+    for name in ("web", "worker", "beat"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_takes_settings_from_env_and_points_at_its_own_database(compose):
+    for name in ("migrate", "web", "worker", "beat"):
+        service = compose["services"][name]
+        assert service["env_file"] == ".env"
+        env = service["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert "@postgres:5432/" in env["DATABASE_URL"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["DEBUG"] == "false"
+
+
+def test_compose_keeps_the_demo_upstream_optional(compose):
+    upstream = compose["services"]["upstream"]
+    assert upstream["profiles"] == ["demo"]
+    assert "demo_upstream" in upstream["command"]
+
+
+def test_env_example_documents_the_deployment_variables():
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    needed = {
+        "POSTGRES_PASSWORD",
+        "WEB_WORKERS",
+        "WORKER_CONCURRENCY",
+        "LOG_FORMAT",
+        "METRICS_ENABLED",
+        "METRICS_TOKEN",
+        "METRICS_ALLOWED_IPS",
+        "SENTRY_DSN",
+        "CELERY_DEFAULT_QUEUE",
+        "STATIC_ROOT",
+    }
+    assert needed <= documented, needed - documented
+
+
+def test_the_shell_scripts_parse():
+    for script in ("scripts/run-prod.sh", "scripts/serve-web.sh"):
+        result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def _compose_command():
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_validates_where_compose_is_installed(tmp_path):
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    # A project folder of its own: compose reads .env beside the file.
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=pw\nALLOWED_HOSTS=api.example.com\n")
+    result = subprocess.run(
+        [*command, "-f", "compose.yaml", "--profile", "demo", "config", "--services"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == {
+        "postgres", "redis", "migrate", "web", "worker", "beat", "upstream",
+    }  # fmt: skip
+
+
+def _docker_engine_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_image_builds_where_a_docker_engine_answers():
+    if not _docker_engine_answers():
+        pytest.skip("no Docker engine answers here (docker info fails)")
+    tag = f"llm-portal-test:{os.getpid()}"
+    try:
+        build = subprocess.run(
+            ["docker", "build", "-t", tag, "."], cwd=ROOT, capture_output=True, text=True,
+            timeout=1800,
+        )  # fmt: skip
+        assert build.returncode == 0, build.stderr[-4000:]
+        user = subprocess.run(
+            ["docker", "run", "--rm", tag, "id", "-u"], capture_output=True, text=True
+        )
+        assert user.stdout.strip() not in ("", "0")
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_the_health_check_script_reports_a_refused_connection(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    env = {**os.environ, "PORT": str(free_port), "ALLOWED_HOSTS": ".example.com,*"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/healthcheck.py")],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "unhealthy" in result.stderr
