@@ -53,3 +53,25 @@ def bob_key(transactional_db):
     from accounts.services import account_create_with_key
 
     return account_create_with_key(phone="+8613800138000", region="CN")
+
+
+@pytest.fixture
+def ledger(transactional_db):
+    """The ledger for this database (PostgreSQL's or the ORM's), and a loop to drive it."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from usage.ledger import ledger_for_database
+
+    runner = asyncio.Runner()
+    store = ledger_for_database()
+    runner.run(store.open())
+    store.run = runner.run
+    try:
+        yield store
+    finally:
+        runner.run(store.close())
+        runner.run(sync_to_async(connections.close_all)())
+        runner.close()
