@@ -1,0 +1,209 @@
+"""Each SMS backend against a local fake of its provider's API: no network."""
+
+import json
+import logging
+
+import pytest
+
+from accounts import sms
+from accounts.sms.aliyun import aliyun_phone_number
+from tests.accounts.fake_sms import FakeProvider, start_fake
+
+
+@pytest.fixture
+def fake():
+    provider = FakeProvider()
+    server = start_fake(provider)
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_it_keeps_console_messages_in_the_outbox(settings, sms_outbox, capsys):
+    settings.SMS_BACKEND = "console"
+    sms.send_code(phone="+8613800138000", code="123456")
+
+    assert [(m.to, m.code) for m in sms_outbox] == [("+8613800138000", "123456")]
+    assert "123456" in capsys.readouterr().out
+
+
+def test_it_loads_a_backend_by_dotted_path(settings, sms_outbox):
+    settings.SMS_BACKEND = "accounts.sms.console.ConsoleBackend"
+    sms.send_code(phone="+8613800138000", code="654321")
+    assert sms_outbox[-1].code == "654321"
+
+
+# --- Alibaba Cloud ------------------------------------------------------------------------
+@pytest.fixture
+def aliyun(settings, fake):
+    settings.SMS_BACKEND = "aliyun"
+    settings.SMS_ALIYUN_ACCESS_KEY_ID = "test-ak"
+    settings.SMS_ALIYUN_ACCESS_KEY_SECRET = "test-secret"
+    settings.SMS_ALIYUN_SIGN_NAME = "Portal"
+    settings.SMS_ALIYUN_TEMPLATE_CODE = "SMS_000001"
+    settings.SMS_ALIYUN_ENDPOINT = fake.url
+    fake.reply = {"Code": "OK", "Message": "OK", "BizId": "b-1", "RequestId": "r-1"}
+    return fake
+
+
+def test_it_sends_through_aliyun(aliyun):
+    sms.send_code(phone="+8613800138000", code="123456")
+
+    [request] = aliyun.requests
+    assert request.method == "POST"
+    assert request.headers["x-acs-action"] == "SendSms"
+    assert request.headers["x-acs-version"] == "2017-05-25"
+    assert request.query["PhoneNumbers"] == "13800138000"
+    assert request.query["SignName"] == "Portal"
+    assert request.query["TemplateCode"] == "SMS_000001"
+    assert json.loads(request.query["TemplateParam"]) == {"code": "123456"}
+    assert "Credential=test-ak," in request.headers["authorization"]  # signed, not in clear
+    assert "test-secret" not in str(request.headers) + str(request.query)
+
+
+def test_it_reports_an_aliyun_refusal_without_the_code(aliyun, caplog):
+    aliyun.reply = {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "limit", "RequestId": "r"}
+    with caplog.at_level(logging.INFO), pytest.raises(sms.SmsDeliveryError) as caught:
+        sms.send_code(phone="+8613800138000", code="123456")
+    assert "BUSINESS_LIMIT_CONTROL" in str(caught.value)
+    assert "123456" not in str(caught.value) + caplog.text
+    assert "13800138000" not in caplog.text  # numbers are masked in logs
+
+
+def test_it_reports_an_aliyun_http_error(aliyun):
+    aliyun.status = 500
+    aliyun.reply = {"Code": "InternalError", "Message": "boom"}
+    with pytest.raises(sms.SmsDeliveryError) as caught:
+        sms.send_code(phone="+8613800138000", code="123456")
+    assert "123456" not in str(caught.value)
+
+
+def test_it_formats_numbers_the_aliyun_way():
+    assert aliyun_phone_number("+8613800138000") == "13800138000"
+    assert aliyun_phone_number("+85261234567") == "85261234567"
+
+
+# --- Tencent Cloud ------------------------------------------------------------------------
+@pytest.fixture
+def tencent(settings, fake):
+    settings.SMS_BACKEND = "tencent"
+    settings.SMS_TENCENT_SECRET_ID = "test-id"
+    settings.SMS_TENCENT_SECRET_KEY = "test-key"
+    settings.SMS_TENCENT_SDK_APP_ID = "1400000000"
+    settings.SMS_TENCENT_SIGN_NAME = "Portal"
+    settings.SMS_TENCENT_TEMPLATE_ID = "100001"
+    settings.SMS_TENCENT_ENDPOINT = fake.url
+    fake.reply = {
+        "Response": {
+            "SendStatusSet": [
+                {
+                    "SerialNo": "s-1",
+                    "PhoneNumber": "+8613800138000",
+                    "Fee": 1,
+                    "SessionContext": "",
+                    "Code": "Ok",
+                    "Message": "send success",
+                    "IsoCode": "CN",
+                }
+            ],
+            "RequestId": "r-1",
+        }
+    }
+    return fake
+
+
+def test_it_sends_through_tencent(tencent):
+    sms.send_code(phone="+8613800138000", code="123456")
+
+    [request] = tencent.requests
+    assert request.headers["x-tc-action"] == "SendSms"
+    assert "test-id" in request.headers["authorization"]
+    assert request.json == {
+        "PhoneNumberSet": ["+8613800138000"],
+        "SmsSdkAppId": "1400000000",
+        "SignName": "Portal",
+        "TemplateId": "100001",
+        "TemplateParamSet": ["123456"],
+    }
+
+
+def test_it_reports_a_tencent_refusal(tencent):
+    tencent.reply["Response"]["SendStatusSet"][0]["Code"] = "LimitExceeded.PhoneNumberDailyLimit"
+    with pytest.raises(sms.SmsDeliveryError) as caught:
+        sms.send_code(phone="+8613800138000", code="123456")
+    assert "PhoneNumberDailyLimit" in str(caught.value)
+
+
+def test_it_reports_a_tencent_api_error(tencent):
+    tencent.reply = {
+        "Response": {
+            "Error": {"Code": "AuthFailure.SignatureFailure", "Message": "bad"},
+            "RequestId": "r",
+        }
+    }
+    with pytest.raises(sms.SmsDeliveryError) as caught:
+        sms.send_code(phone="+8613800138000", code="123456")
+    assert "AuthFailure" in str(caught.value)
+    assert "123456" not in str(caught.value)
+
+
+# --- Twilio -------------------------------------------------------------------------------
+@pytest.fixture
+def twilio(settings, fake):
+    settings.SMS_BACKEND = "twilio"
+    settings.SMS_TWILIO_ACCOUNT_SID = "AC00000000000000000000000000000000"
+    settings.SMS_TWILIO_AUTH_TOKEN = "test-token"
+    settings.SMS_TWILIO_FROM = "+15005550006"
+    settings.SMS_TWILIO_API_BASE_URL = fake.url
+    fake.status = 201
+    fake.reply = {"sid": "SM1", "status": "queued", "to": "+447911123456", "body": "x"}
+    return fake
+
+
+def test_it_sends_through_twilio(twilio, settings):
+    sms.send_code(phone="+447911123456", code="123456")
+
+    [request] = twilio.requests
+    assert request.path == f"/2010-04-01/Accounts/{settings.SMS_TWILIO_ACCOUNT_SID}/Messages.json"
+    assert request.headers["authorization"].startswith("Basic ")
+    assert request.form["To"] == "+447911123456"
+    assert request.form["From"] == "+15005550006"
+    assert "123456" in request.form["Body"]
+    assert settings.PLATFORM_NAME in request.form["Body"]
+
+
+def test_it_uses_a_twilio_messaging_service(twilio, settings):
+    settings.SMS_TWILIO_FROM = "MG00000000000000000000000000000000"
+    sms.send_code(phone="+447911123456", code="123456")
+    assert twilio.requests[0].form["MessagingServiceSid"] == settings.SMS_TWILIO_FROM
+
+
+def test_it_reports_a_twilio_refusal(twilio):
+    twilio.status = 400
+    twilio.reply = {"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400}
+    with pytest.raises(sms.SmsDeliveryError) as caught:
+        sms.send_code(phone="+447911123456", code="123456")
+    assert "21211" in str(caught.value)
+    assert "123456" not in str(caught.value)
+
+
+# --- the sign-in flow survives a provider failure ----------------------------------------
+@pytest.mark.django_db
+def test_it_keeps_the_sign_in_page_when_the_provider_fails(client, bob, aliyun, caplog):
+    aliyun.reply = {"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "bad", "RequestId": "r"}
+    with caplog.at_level(logging.INFO):
+        response = client.post("/accounts/login/", {"region": "CN", "login": "13800138000"})
+    assert response.status_code == 302
+    assert "MOBILE_NUMBER_ILLEGAL" in caplog.text
+    assert "13800138000" not in caplog.text
+
+
+def test_it_requires_provider_settings(settings):
+    from accounts.checks import sms_settings_check
+
+    settings.SMS_BACKEND = "twilio"
+    settings.SMS_TWILIO_ACCOUNT_SID = ""
+    [error] = [m for m in sms_settings_check(None) if m.id == "accounts.E001"]
+    assert "SMS_TWILIO_ACCOUNT_SID" in error.msg
