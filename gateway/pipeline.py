@@ -35,6 +35,7 @@ from gateway.upstream import (
     upstream_http_error,
     usage_from,
 )
+from portal import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
 from usage.quota import quota_day, seconds_until_reset
 
@@ -271,6 +272,14 @@ class Gateway:
 
     def _record(self, key, dialect, model_name, stream, started, status, error_code, outcome):
         now = datetime.now(UTC)
+        metrics.record_gateway_request(
+            dialect=dialect.name,
+            model=model_name[:128],
+            status=status,
+            error_code=error_code,
+            input_tokens=outcome.input if outcome else 0,
+            output_tokens=outcome.output if outcome else 0,
+        )
         self.recorder.add(
             RecordRow(
                 user_id=key.user_id,
@@ -312,9 +321,10 @@ class Gateway:
         upstream_sent = False
         try:
             async with self.upstream.post_chat(model, body, extra) as upstream:
-                upstream_sent = True
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
+                # From here on the upstream is producing: a failure still costs what it made.
+                upstream_sent = True
                 if not chat.stream:
                     obj = json.loads(await upstream.read())
                     usage = usage_from(obj)

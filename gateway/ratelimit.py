@@ -118,7 +118,7 @@ class RateLimiter:
                 return RateState(rpm, rpm, tpm, tpm, reset)
         else:
             verdict, used_r, used_t = self._check_local(key_id, window, rpm, tpm, tokens, pending)
-        state = RateState(rpm, rpm - used_r, tpm, tpm - used_t, reset)
+        state = RateState(rpm, max(0, rpm - used_r), tpm, max(0, tpm - used_t), reset)
         if verdict == 0:
             error = errors.rate_limited(retry_after=reset, what="requests")
         elif verdict == 1:

@@ -36,6 +36,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flushing = asyncio.Lock()
+        self.batches = 0  # writes made, for tests and benchmarks
 
     def add(self, row: RecordRow) -> None:
         self._rows.append(row)
@@ -66,6 +67,7 @@ class Recorder:
             rows, self._rows = self._rows, []
             touched, self._touched = self._touched, {}
             try:
+                self.batches += 1
                 await self.ledger.write_batch(rows, touched)
             except Exception:
                 # Keep them for the next attempt (bounded), rather than lose the ledger.

@@ -1,0 +1,145 @@
+import asyncio
+import uuid
+
+import pytest
+import time_machine
+
+from gateway.errors import GatewayError
+from gateway.ratelimit import RateLimiter
+from keys.models import ApiKey
+
+# 30 s into a minute, so that the window's reset is known.
+MID_MINUTE = 1_800_000_030.0
+
+
+@pytest.fixture(params=["local", "redis"])
+def limiter(request, settings):
+    if request.param == "redis" and not settings.REDIS_URL:
+        pytest.skip("REDIS_URL is not set")
+    limiter = (
+        RateLimiter()
+        if request.param == "local"
+        else RateLimiter(redis_url=settings.REDIS_URL, prefix=f"test:{uuid.uuid4().hex}")
+    )
+    runner = asyncio.Runner()
+    runner.run(limiter.open())
+    limiter.run = runner.run
+    yield limiter
+    runner.run(limiter.close())
+    runner.close()
+
+
+def _check(limiter, *, rpm=3, tpm=1000, tokens=10, key_id=1):
+    return limiter.run(limiter.check(key_id=key_id, rpm=rpm, tpm=tpm, tokens=tokens))
+
+
+@time_machine.travel(MID_MINUTE, tick=False)
+def test_it_refuses_the_request_beyond_the_rpm(limiter):
+    states = [_check(limiter) for _ in range(3)]
+    assert [s.remaining_requests for s in states] == [2, 1, 0]
+    with pytest.raises(GatewayError) as refused:
+        _check(limiter)
+    error = refused.value
+    assert (error.status, error.code, error.retry_after) == (429, "rate_limit_exceeded", 30)
+    headers = dict(error.response_headers())
+    assert headers[b"retry-after"] == b"30"
+    assert headers[b"retry-after-ms"] == b"30000"
+    assert headers[b"x-ratelimit-remaining-requests"] == b"0"
+    # Another key has its own window.
+    assert _check(limiter, key_id=2).remaining_requests == 2
+
+
+@time_machine.travel(MID_MINUTE, tick=False)
+def test_it_refuses_the_request_beyond_the_tpm(limiter):
+    _check(limiter, rpm=100, tpm=100, tokens=60)
+    with pytest.raises(GatewayError) as refused:
+        _check(limiter, rpm=100, tpm=100, tokens=60)
+    assert refused.value.code == "rate_limit_exceeded"
+    assert "tokens" in refused.value.message
+
+
+@time_machine.travel(MID_MINUTE, tick=False)
+def test_it_counts_settled_output_tokens_at_the_next_check(limiter):
+    _check(limiter, rpm=100, tpm=100, tokens=10)
+    limiter.add_output(1, 85)
+    with pytest.raises(GatewayError):
+        _check(limiter, rpm=100, tpm=100, tokens=10)
+
+
+@time_machine.travel(MID_MINUTE, tick=False)
+def test_it_admits_one_large_request_into_an_empty_window(limiter):
+    assert _check(limiter, rpm=100, tpm=100, tokens=500).remaining_tokens == 0
+
+
+def test_it_starts_a_new_window_each_minute(limiter):
+    with time_machine.travel(MID_MINUTE, tick=False):
+        _check(limiter, rpm=1)
+        with pytest.raises(GatewayError):
+            _check(limiter, rpm=1)
+    with time_machine.travel(MID_MINUTE + 31, tick=False):
+        assert _check(limiter, rpm=1).remaining_requests == 0
+
+
+def test_it_fails_open_when_redis_is_down(caplog):
+    limiter = RateLimiter(redis_url="redis://127.0.0.1:1/0", prefix="test:down")
+    runner = asyncio.Runner()
+    try:
+        runner.run(limiter.open())
+        for _ in range(5):
+            state = runner.run(limiter.check(key_id=1, rpm=1, tpm=10, tokens=5))
+            assert state.remaining_requests == 1
+        assert caplog.text.count("Redis unavailable") == 1
+    finally:
+        runner.run(limiter.close())
+        runner.close()
+
+
+# --- through the gateway -------------------------------------------------------------------
+def test_it_answers_the_documented_429_body_and_headers(gw, alice_key):
+    user, key = alice_key
+    ApiKey.objects.filter(user=user).update(rate_limit_rpm=2)
+    for _ in range(2):
+        ok = gw.chat(key)
+        assert ok.status == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+    result = gw.chat(key)
+    assert result.status == 429
+    body = result.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "type", "retry_after"}
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert body["error"]["type"] == "rate_limit_error"
+    assert 1 <= body["error"]["retry_after"] <= 60
+    assert result.headers["retry-after"] == str(body["error"]["retry_after"])
+    assert 0 < int(result.headers["retry-after-ms"]) <= 60_000
+    assert result.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-should-retry" not in result.headers  # retrying later is the right thing
+
+
+def test_it_sends_rate_limit_headers_on_success_and_streams(gw, alice_key):
+    _user, key = alice_key
+    for stream in (False, True):
+        payload = {
+            "model": "LongCat-Flash-Chat",
+            "messages": [{"role": "user", "content": "Hello!"}],
+            "max_tokens": 3,
+            "stream": stream,
+        }
+        result = gw.chat(key, payload)
+        for name in (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ):
+            assert name in result.headers
+
+
+def test_it_uses_the_per_key_token_override(gw, alice_key):
+    user, key = alice_key
+    ApiKey.objects.filter(user=user).update(rate_limit_tpm=12)
+    assert gw.chat(key).headers["x-ratelimit-limit-tokens"] == "12"
+    result = gw.chat(key)  # the window now holds 8 input + 10 output tokens
+    assert result.status == 429
