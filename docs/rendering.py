@@ -144,7 +144,7 @@ def _add_code_toolbars(body: str) -> str:
         label = _LANGUAGE_LABELS.get(lang, lang)
         return (
             f'<div class="highlight"><div class="code-toolbar"><span class="code-lang">{label}'
-            f'</span><button type="button" class="button button-small code-copy" '
+            f'</span><button type="button" class="button button-small code-copy" hidden '
             f'data-copy-target="#code-{counter}" data-copied-label="{copied_label}">'
             f"{copy_label}</button></div>"
             f'<pre id="code-{counter}"><span></span><code class="language-{lang}">'

@@ -84,9 +84,11 @@ def page(request, slug=None):
             "lang_query": f"?lang={language}" if pinned else "",
             "title": _plain(rendered.title, variables),
             "description": _plain(rendered.description, variables),
-            "body": _pin_links(
-                rendering.fill(rendered.html, variables, {"model_table": model_table}),
-                language if pinned else None,
+            **_split_heading(
+                _pin_links(
+                    rendering.fill(rendered.html, variables, {"model_table": model_table}),
+                    language if pinned else None,
+                )
             ),
             "toc": rendering.fill_toc(rendered.toc, variables),
             "sidebar": sidebar,
@@ -116,6 +118,16 @@ def _pin_links(body: str, language: str | None) -> str:
     return _DOCS_LINK.sub(
         lambda match: f'href="{match.group(1)}?lang={language}{match.group(2) or ""}"', body
     )
+
+
+def _split_heading(body: str) -> dict:
+    """The page's leading <h1> apart from the rest, so the template can put the key bar and the
+    table of contents between the title and the text."""
+    if body.startswith("<h1"):
+        heading, end, rest = body.partition("</h1>")
+        if end:
+            return {"heading": heading + end, "body": rest}
+    return {"heading": "", "body": body}
 
 
 def _plain(text: str, variables: dict) -> str:

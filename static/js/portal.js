@@ -20,7 +20,9 @@
   // Docs: "Use my key" asks the API Keys reveal endpoint for the secret and writes it into
   // every example (.api-key-slot). The secret lives only in this page; the server never
   // renders it into the docs HTML.
+  document.querySelectorAll(".code-copy[hidden]").forEach(function (button) { button.hidden = false; });
   document.querySelectorAll("[data-key-fill]").forEach(function (form) {
+    form.hidden = false;
     var button = form.querySelector("[data-key-fill-button]");
     var select = form.querySelector("[data-key-select]");
     var status = form.querySelector("[data-key-fill-status]");
