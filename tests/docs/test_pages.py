@@ -1,3 +1,4 @@
+import os
 import re
 from html.parser import HTMLParser
 
@@ -256,3 +257,37 @@ def test_the_fill_buttons_reveal_url_returns_the_readers_key_as_json(client, ali
     key = key_selectors.api_keys_for_user(alice).get(name="default")
     assert response.status_code == 200
     assert response.json()["key"] == key_services.api_key_reveal(api_key=key)
+
+
+def test_a_docs_page_costs_one_query_anonymous_and_four_signed_in(
+    client, alice, django_assert_num_queries
+):
+    client.get("/docs/api/")  # warm the render cache
+    with django_assert_num_queries(1):  # the model catalog
+        assert client.get("/docs/api/").status_code == 200
+    client.force_login(alice)
+    with django_assert_num_queries(4):  # session, user, catalog, the reader's keys
+        assert client.get("/docs/api/").status_code == 200
+
+
+def test_rendering_is_cached_per_file_language_and_mtime(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("title: One\n\n# One\n", encoding="utf-8")
+    first = rendering.render_file(page, "en")
+    assert rendering.render_file(page, "en") is first
+    assert rendering.render_file(page, "zh-hans") is not first
+
+    page.write_text("title: Two\n\n# Two\n", encoding="utf-8")
+    stat = page.stat()
+    os.utime(page, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert rendering.render_file(page, "en").title == "Two"
+
+
+def test_variables_are_escaped_and_unknown_ones_stay_visible():
+    rendered = rendering.render_markdown(
+        "Hello {{ name }} and {{ typo }}.\n\n```python\nprint('{{ name }}')\n```\n"
+    )
+    html = rendering.fill(rendered.html, {"name": "<b>&</b>"})
+    assert "&lt;b&gt;&amp;&lt;/b&gt;" in html
+    assert "<b>&</b>" not in html
+    assert "{{ typo }}" in html
