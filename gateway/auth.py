@@ -12,6 +12,7 @@ import time
 
 from gateway import errors
 from keys.crypto import key_digest, key_prefix, looks_like_key
+from portal.logging import bind as bind_log_context
 from usage.ledger import KeyRow, Ledger
 
 AUTH_CACHE_TTL_SECONDS = 30.0
@@ -85,6 +86,8 @@ class KeyCache:
             raise errors.invalid_key()
         if not row.user_active:
             raise errors.account_disabled()
+        # Log lines of this request name the account and the key's public prefix (never the key).
+        bind_log_context(account_id=row.user_id, key_prefix=prefix)
         if not row.key_active:
             raise errors.key_disabled()
         return row, digest

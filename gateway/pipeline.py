@@ -121,7 +121,15 @@ def _keepalive(send, renderer) -> asyncio.Task | None:
 class _Outcome:
     """What happened to one admitted request, filled in as it goes."""
 
-    __slots__ = ("error_code", "estimated", "first_token_ms", "input", "output", "status")
+    __slots__ = (
+        "error_code",
+        "estimated",
+        "first_token_ms",
+        "input",
+        "output",
+        "settled",
+        "status",
+    )
 
     def __init__(self):
         self.status = 200
@@ -130,6 +138,14 @@ class _Outcome:
         self.output = 0
         self.estimated = False
         self.first_token_ms: int | None = None
+        self.settled = False
+
+    def charge(self, usage: Usage) -> None:
+        self.input, self.output, self.estimated = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.estimated,
+        )
 
 
 class Gateway:
@@ -242,15 +258,9 @@ class Gateway:
         )
         outcome = _Outcome()
         try:
-            await self._relay(dialect, request, send, chat, model, target, rate, outcome)
+            await self._relay(dialect, request, send, chat, model, target, rate, outcome, reserved)
         finally:
-            settle = asyncio.get_running_loop().create_task(
-                self.ledger.settle(
-                    reserved=reserved, input_tokens=outcome.input, output_tokens=outcome.output
-                )
-            )
-            self._settling.add(settle)
-            settle.add_done_callback(self._settled)
+            settle = self._settle(reserved, outcome)
             self.limiter.add_output(key.key_id, outcome.output)
             self._record(
                 key,
@@ -262,8 +272,23 @@ class Gateway:
                 outcome.error_code,
                 outcome,
             )
-            # The settlement runs to the end even if this task is cancelled while waiting.
-            await asyncio.shield(settle)
+            if settle is not None:
+                # The settlement runs to the end even if this task is cancelled while waiting.
+                await asyncio.shield(settle)
+
+    def _settle(self, reserved: Reserved, outcome: _Outcome) -> asyncio.Task | None:
+        """Replace the reservation by the charge, once, in a task the request does not own."""
+        if outcome.settled:
+            return None
+        outcome.settled = True
+        task = asyncio.get_running_loop().create_task(
+            self.ledger.settle(
+                reserved=reserved, input_tokens=outcome.input, output_tokens=outcome.output
+            )
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+        return task
 
     def _settled(self, task: asyncio.Task) -> None:
         self._settling.discard(task)
@@ -300,7 +325,9 @@ class Gateway:
             )
         )
 
-    async def _relay(self, dialect, request, send, chat, model, target, rate, outcome) -> None:
+    async def _relay(
+        self, dialect, request, send, chat, model, target, rate, outcome, reserved
+    ) -> None:
         started = time.perf_counter()
         rate_headers = rate.headers() if rate else []
         extra = None
@@ -332,6 +359,10 @@ class Gateway:
                         usage = Usage(chat.input_tokens, _completion_output_estimate(obj), True)
                     payload = dialect.render_completion(chat, obj, target)
                     outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
+                    # Settled before the answer leaves: a client that got its answer sees it
+                    # counted (the dashboard, its next request).
+                    outcome.charge(usage)
+                    await asyncio.shield(self._settle(reserved, outcome))
                     watcher.done = True
                     await send_response(send, Response(200, payload, rate_headers))
                     return
@@ -361,6 +392,10 @@ class Gateway:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                 if not reader.done:
                     raise errors.upstream_unavailable("the stream ended early")
+                if usage is None:
+                    usage = Usage(chat.input_tokens, _streamed_output_estimate(delivered), True)
+                outcome.charge(usage)
+                await asyncio.shield(self._settle(reserved, outcome))
                 watcher.done = True
                 await send({"type": "http.response.body", "body": renderer.finish(usage)})
         except asyncio.CancelledError:
@@ -384,12 +419,10 @@ class Gateway:
             watcher.stop()
             if keepalive is not None:
                 keepalive.cancel()
-            if usage is not None:
-                outcome.input, outcome.output, outcome.estimated = (
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.estimated,
-                )
+            if outcome.settled:
+                pass
+            elif usage is not None:
+                outcome.charge(usage)
             elif upstream_sent:
                 # No report: charge the prompt and what was delivered, by estimate.
                 outcome.input = chat.input_tokens

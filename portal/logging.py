@@ -21,8 +21,9 @@ import re
 import time
 import uuid
 
-# Anything shaped like one of our keys ("sk-" + URL-safe randomness), wherever it appears.
-_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
+# Anything shaped like one of our keys ("sk-" + 43 URL-safe characters), wherever it appears.
+# A key's public prefix ("sk-" + 9) is shorter than the threshold and stays readable.
+_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{20,}")
 _KEY_MASK = "sk-***"
 # A client's request id is echoed into logs and headers, so only a short, plain token is taken.
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}")

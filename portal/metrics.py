@@ -4,8 +4,8 @@ What is counted:
 
 - every HTTP request by route (the URL pattern, never the raw path), method and status, and its
   duration (``RequestContextMiddleware`` in ``portal.logging`` calls ``observe_request``);
-- the gateway's tokens, upstream errors, quota and rate-limit rejections (the gateway calls the
-  ``record_*`` functions below at the point where each happens).
+- the model API's outcomes: tokens charged, upstream failures, quota and rate-limit rejections
+  (the gateway calls ``record_gateway_request`` once per authenticated request).
 
 Several processes (``uvicorn --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
 folder, the same for all workers of one server and emptied before it starts
@@ -73,6 +73,11 @@ HTTP_LATENCY = Histogram(
     ["route", "method"],
     buckets=LATENCY_BUCKETS_SECONDS,
 )
+GATEWAY_REQUESTS = Counter(
+    "portal_gateway_requests_total",
+    "Model API requests that got past authentication, by dialect, status and error code.",
+    ["dialect", "status", "code"],
+)
 GATEWAY_TOKENS = Counter(
     "portal_gateway_tokens_total",
     "Tokens charged to accounts, by direction (input/output) and model.",
@@ -80,8 +85,8 @@ GATEWAY_TOKENS = Counter(
 )
 GATEWAY_UPSTREAM_ERRORS = Counter(
     "portal_gateway_upstream_errors_total",
-    "Failed upstream calls, by model and kind (timeout, connect, status, protocol, ...).",
-    ["model", "kind"],
+    "Requests that failed at the model server, by model and error code.",
+    ["model", "code"],
 )
 GATEWAY_QUOTA_REJECTIONS = Counter(
     "portal_gateway_quota_rejections_total",
@@ -90,9 +95,12 @@ GATEWAY_QUOTA_REJECTIONS = Counter(
 )
 GATEWAY_RATE_LIMIT_REJECTIONS = Counter(
     "portal_gateway_rate_limit_rejections_total",
-    "Requests refused by a per-key rate limit, by limit (rpm/tpm).",
-    ["dialect", "limit"],
+    "Requests refused by the key's requests-per-minute or tokens-per-minute limit.",
+    ["dialect"],
 )
+QUOTA_CODE = "insufficient_quota"
+RATE_LIMIT_CODE = "rate_limit_exceeded"
+UPSTREAM_CODES = frozenset({"upstream_error", "upstream_timeout", "overloaded_error"})
 
 
 def _enabled() -> bool:
@@ -122,29 +130,33 @@ def observe_request(*, path: str, method: str, status: int, seconds: float) -> N
     HTTP_LATENCY.labels(route, method).observe(seconds)
 
 
-def record_tokens(*, model: str, input_tokens: int, output_tokens: int) -> None:
-    """Tokens charged for one request (after settlement)."""
+def record_gateway_request(
+    *,
+    dialect: str,
+    model: str,
+    status: int,
+    error_code: str,
+    input_tokens: int,
+    output_tokens: int,
+) -> None:
+    """One authenticated model API request's outcome (the gateway calls this once per request).
+
+    ``model`` is used as a label only for charged tokens and upstream failures, where it is a
+    catalog model; a client's unknown model names never become series.
+    """
     if not _enabled():
         return
+    GATEWAY_REQUESTS.labels(dialect, str(status), error_code or "").inc()
     if input_tokens:
         GATEWAY_TOKENS.labels("input", model).inc(input_tokens)
     if output_tokens:
         GATEWAY_TOKENS.labels("output", model).inc(output_tokens)
-
-
-def record_upstream_error(*, model: str, kind: str) -> None:
-    if _enabled():
-        GATEWAY_UPSTREAM_ERRORS.labels(model, kind).inc()
-
-
-def record_quota_rejection(*, dialect: str) -> None:
-    if _enabled():
+    if error_code == QUOTA_CODE:
         GATEWAY_QUOTA_REJECTIONS.labels(dialect).inc()
-
-
-def record_rate_limit_rejection(*, dialect: str, limit: str) -> None:
-    if _enabled():
-        GATEWAY_RATE_LIMIT_REJECTIONS.labels(dialect, limit).inc()
+    elif error_code == RATE_LIMIT_CODE:
+        GATEWAY_RATE_LIMIT_REJECTIONS.labels(dialect).inc()
+    elif error_code in UPSTREAM_CODES or error_code.startswith("upstream"):
+        GATEWAY_UPSTREAM_ERRORS.labels(model, error_code).inc()
 
 
 def render_latest() -> bytes:

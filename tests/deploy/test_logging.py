@@ -52,6 +52,7 @@ def test_the_plain_formatter_masks_keys_too():
 def test_it_masks_every_key_shaped_string():
     assert redact(f"a {KEY} b {KEY}") == "a sk-*** b sk-***"
     assert redact("sk-short") == "sk-short"  # not a key: too short to be one
+    assert redact(f"prefix {KEY[:12]}") == f"prefix {KEY[:12]}"  # the public prefix stays
 
 
 def test_bind_outside_a_request_does_nothing(json_log):

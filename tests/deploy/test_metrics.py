@@ -113,39 +113,54 @@ def test_it_labels_routes_with_a_bounded_set_of_values(path, route):
     assert metrics.route_label(path) == route
 
 
+def _gateway(**outcome):
+    request = {"dialect": "openai", "model": "m", "status": 200, "error_code": ""}
+    request |= {"input_tokens": 0, "output_tokens": 0} | outcome
+    metrics.record_gateway_request(**request)
+
+
 def test_gateway_counters_move_only_when_enabled(settings):
     settings.METRICS_ENABLED = False
     before = metrics.render_latest().decode()
-    metrics.record_tokens(model="m-off", input_tokens=5, output_tokens=7)
-    metrics.record_quota_rejection(dialect="openai")
-    assert _value(
-        metrics.render_latest().decode(),
-        "portal_gateway_tokens_total",
-        direction="input",
-        model="m-off",
-    ) == _value(before, "portal_gateway_tokens_total", direction="input", model="m-off")
+    _gateway(model="m-off", input_tokens=5, output_tokens=7)
+    after = metrics.render_latest().decode()
+    tokens = {"direction": "input", "model": "m-off"}
+    assert _value(after, "portal_gateway_tokens_total", **tokens) == _value(
+        before, "portal_gateway_tokens_total", **tokens
+    )
 
+
+def test_gateway_outcomes_land_in_their_counters(settings):
     settings.METRICS_ENABLED = True
-    metrics.record_tokens(model="m-on", input_tokens=5, output_tokens=7)
-    metrics.record_upstream_error(model="m-on", kind="timeout")
-    metrics.record_quota_rejection(dialect="anthropic")
-    metrics.record_rate_limit_rejection(dialect="openai", limit="rpm")
+    before = metrics.render_latest().decode()
+    _gateway(model="m-on", input_tokens=5, output_tokens=7)
+    _gateway(model="m-on", status=504, error_code="upstream_timeout", input_tokens=5)
+    _gateway(model="m-on", status=502, error_code="upstream_error")
+    _gateway(dialect="anthropic", model="m-on", status=429, error_code="insufficient_quota")
+    _gateway(model="whatever-a-client-sent", status=429, error_code="rate_limit_exceeded")
     after = metrics.render_latest().decode()
 
     def delta(name, **labels):
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    assert delta("portal_gateway_tokens_total", direction="input", model="m-on") == 5
+    assert delta("portal_gateway_tokens_total", direction="input", model="m-on") == 10
     assert delta("portal_gateway_tokens_total", direction="output", model="m-on") == 7
-    assert delta("portal_gateway_upstream_errors_total", model="m-on", kind="timeout") == 1
+    assert delta("portal_gateway_upstream_errors_total", model="m-on", code="upstream_timeout") == 1
+    assert delta("portal_gateway_upstream_errors_total", model="m-on", code="upstream_error") == 1
     assert delta("portal_gateway_quota_rejections_total", dialect="anthropic") == 1
-    assert delta("portal_gateway_rate_limit_rejections_total", dialect="openai", limit="rpm") == 1
+    assert delta("portal_gateway_rate_limit_rejections_total", dialect="openai") == 1
+    ok = {"dialect": "openai", "status": "200", "code": ""}
+    assert delta("portal_gateway_requests_total", **ok) == 1
+    # A rejected request's model name (whatever the client sent) makes no token series.
+    assert "whatever-a-client-sent" not in after
 
 
 _RECORD = """
 import django; django.setup()
 from portal import metrics
-metrics.record_tokens(model="shared", input_tokens={n}, output_tokens=1)
+metrics.record_gateway_request(
+    dialect="openai", model="shared", status=200, error_code="", input_tokens={n}, output_tokens=1
+)
 metrics.observe_request(path="/healthz", method="GET", status=200, seconds=0.01)
 """
 
