@@ -41,7 +41,10 @@ def load_dialects(modules=DIALECT_MODULES) -> list[Dialect]:
 def build_gateway() -> Gateway:
     return Gateway(
         ledger=ledger_for_database(),
-        limiter=RateLimiter(redis_url=settings.REDIS_URL),
+        # Under the cache prefix: deployments (and test runs) sharing a Redis count apart.
+        limiter=RateLimiter(
+            redis_url=settings.REDIS_URL, prefix=f"{settings.CACHE_KEY_PREFIX}:gw:rl"
+        ),
         upstream=Upstream(),
         catalog=Catalog(),
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,

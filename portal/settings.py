@@ -129,12 +129,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (and, through it, allauth's rate limits) --------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Everything this deployment keeps in Redis is under this prefix (cache, rate-limit windows).
+CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="portal")
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="portal"),
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
