@@ -291,3 +291,24 @@ def test_variables_are_escaped_and_unknown_ones_stay_visible():
     assert "&lt;b&gt;&amp;&lt;/b&gt;" in html
     assert "<b>&</b>" not in html
     assert "{{ typo }}" in html
+
+
+def test_every_error_code_in_the_api_docs_exists_in_the_gateway():
+    """The error table must not drift from what the gateway really sends."""
+    from django.conf import settings
+
+    gateway_source = "\n".join(
+        path.read_text(encoding="utf-8") for path in (settings.BASE_DIR / "gateway").rglob("*.py")
+    )
+    for language in LANGUAGES:
+        source = (pages.CONTENT_DIR / language / "api.md").read_text(encoding="utf-8")
+        table = source[source.index("{#errors}") :]
+        rows = [line for line in table.splitlines() if re.match(r"\| \d{3}", line)]
+        assert len(rows) >= 12
+        names = set()
+        for row in rows:
+            cells = row.split("|")[2:5]  # OpenAI code, OpenAI type, Anthropic type
+            names.update(re.findall(r"`([a-z_]+)`", "".join(cells)))
+        assert "rate_limit_exceeded" in names
+        for name in names:
+            assert f'"{name}"' in gateway_source, name
