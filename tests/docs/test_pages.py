@@ -312,3 +312,25 @@ def test_every_error_code_in_the_api_docs_exists_in_the_gateway():
         assert "rate_limit_exceeded" in names
         for name in names:
             assert f'"{name}"' in gateway_source, name
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_link_between_pages_and_to_the_portal_resolves(client, language):
+    from urllib.parse import urlsplit
+
+    from django.urls import resolve
+
+    htmls = {slug: _get(client, f"/docs/{slug}/?lang={language}")[1] for slug in SLUGS}
+    for slug, html in htmls.items():
+        content = html[html.index('class="docs-content"') :]
+        for href in re.findall(r'href="([^"]+)"', content):
+            url = urlsplit(href)
+            if url.scheme:  # external (Anthropic's docs)
+                continue
+            if not url.path:  # an anchor on this page
+                assert f'id="{url.fragment}"' in html, (slug, href)
+                continue
+            resolve(url.path)  # raises Resolver404 for a broken link
+            target = url.path.removeprefix("/docs/").strip("/")
+            if url.path.startswith("/docs/") and url.fragment:
+                assert f'id="{url.fragment}"' in htmls[target], (slug, href)
