@@ -3,6 +3,7 @@
 from urllib.parse import urlparse
 
 import pytest
+from django.db import connections
 from django.test import Client
 
 from keys import services
@@ -45,6 +46,10 @@ def browser_page(live_server, monkeypatch):
             yield page
         finally:
             browser.close()
+            # Inside Playwright's loop Django keeps the ORM connection in a context-local slot,
+            # apart from the thread's usual one; close it here or PostgreSQL refuses to drop
+            # the test database later ("being accessed by other users").
+            connections.close_all()
 
 
 def _console_error(errors, message):
