@@ -334,3 +334,24 @@ def test_every_link_between_pages_and_to_the_portal_resolves(client, language):
             target = url.path.removeprefix("/docs/").strip("/")
             if url.path.startswith("/docs/") and url.fragment:
                 assert f'id="{url.fragment}"' in htmls[target], (slug, href)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_json_example_parses_and_claude_codes_settings_are_complete(client, language):
+    import json
+
+    from tests.docs.examples import extract_examples
+
+    for slug in SLUGS:
+        html = _get(client, f"/docs/{slug}/?lang={language}")[1]
+        for example in extract_examples(html):
+            if example.language == "json":
+                json.loads(example.code)
+    html = _get(client, f"/docs/claude-code/?lang={language}")[1]
+    settings_json = next(json.loads(e.code) for e in extract_examples(html) if e.language == "json")
+    env = settings_json["env"]
+    assert env["ANTHROPIC_BASE_URL"] == "http://testserver/anthropic"
+    assert env["ANTHROPIC_AUTH_TOKEN"] == "YOUR_API_KEY"
+    assert env["ANTHROPIC_MODEL"] == env["ANTHROPIC_SMALL_FAST_MODEL"] == "LongCat-Flash-Chat"
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8192"
+    assert env["DISABLE_TELEMETRY"] == env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
