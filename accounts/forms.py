@@ -104,10 +104,6 @@ class LoginForm(allauth_forms.LoginForm):
         return dict(self._credentials)
 
 
-class RequestLoginCodeForm(allauth_forms.RequestLoginCodeForm):
-    """allauth's "send me a code" form; the sign-in page is the usual way in."""
-
-
 class ConfirmLoginCodeForm(allauth_forms.ConfirmLoginCodeForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -312,3 +312,20 @@ def test_it_refuses_sign_in_to_a_closed_account(client, alice, mailoutbox):
     account_delete(user=alice)
     login(client, "alice@example.com")
     assert not [m for m in mailoutbox if re.search(r"\b\d{6}\b", m.body)]
+
+
+def test_it_returns_to_the_page_that_asked_for_sign_in(client, alice, mailoutbox):
+    response = client.get(reverse("account"))
+    assert response["Location"] == f"{LOGIN}?next=/account/"
+
+    response = client.post(
+        LOGIN, {"region": Region.OTHER, "login": "alice@example.com", "next": "/account/"}
+    )
+    response = client.post(response["Location"], {"code": last_mail_code(mailoutbox)})
+
+    assert response["Location"] == "/account/"
+
+
+def test_it_sends_the_separate_code_request_page_to_sign_in(client):
+    response = client.get(reverse("account_request_login_code") + "?next=/usage/")
+    assert response["Location"] == f"{LOGIN}?next=/usage/"
