@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -69,12 +70,33 @@ class Recorder:
             try:
                 self.batches += 1
                 await self.ledger.write_batch(rows, touched)
-            except Exception:
-                # Keep them for the next attempt (bounded), rather than lose the ledger.
-                log.exception("usage records: write of %d rows failed; will retry", len(rows))
-                self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
-                for key_id, when in touched.items():
-                    self._touched.setdefault(key_id, when)
+            except Exception as error:
+                if not _is_integrity_error(error):
+                    # The database is unreachable or failing: keep everything for the next try.
+                    log.exception("usage records: write of %d rows failed; will retry", len(rows))
+                    self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
+                    for key_id, when in touched.items():
+                        self._touched.setdefault(key_id, when)
+                    return
+                # A row points at an account or key deleted since its request: write the rows
+                # one by one so that one of them cannot hold back the others.
+                await self._write_one_by_one(rows)
+                if touched:
+                    with contextlib.suppress(Exception):
+                        await self.ledger.write_batch([], touched)
+
+    async def _write_one_by_one(self, rows: list[RecordRow]) -> None:
+        for row in rows:
+            for attempt in (row, dataclasses.replace(row, api_key_id=None)):
+                try:
+                    await self.ledger.write_batch([attempt], {})
+                    break
+                except Exception as error:
+                    if not _is_integrity_error(error):
+                        self._rows.append(row)
+                        break
+            else:
+                log.warning("usage records: dropped a record of a deleted account")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -83,3 +105,10 @@ class Recorder:
                 await self._task
             self._task = None
         await self.flush()
+
+
+def _is_integrity_error(error: BaseException) -> bool:
+    # django.db.IntegrityError (the ORM ledger) or psycopg's (the PostgreSQL ledger).
+    return any(
+        cls.__name__ in ("IntegrityError", "ForeignKeyViolation") for cls in type(error).__mro__
+    )

@@ -171,3 +171,26 @@ def test_it_counts_usage_in_the_day_the_request_was_reserved(gw, alice_key):
     record = UsageRecord.objects.get()
     assert record.day == DailyUsage.objects.get().day
     assert isinstance(record.day, dt.date)
+
+
+def test_it_keeps_writing_records_when_an_account_or_key_is_deleted(gw, alice_key, bob_key):
+    from keys.services import api_key_create
+
+    alice, alice_secret = alice_key
+    bob, bob_secret = bob_key
+    spare, spare_secret = api_key_create(user=alice, name="spare")
+    gw.run(gw.app._started())
+    gw.run(gw.gateway.recorder.stop())  # no timer: nothing is written until flush() below
+    assert gw.chat(alice_secret).status == 200
+    assert gw.chat(spare_secret).status == 200
+    assert gw.chat(bob_secret).status == 200
+    spare.delete()
+    bob.delete()
+    gw.flush()
+    records = UsageRecord.objects.filter(user=alice)
+    assert records.count() == 2
+    assert sorted(records.values_list("key_name", "api_key")) == [
+        ("default", ApiKey.objects.get(user=alice).pk),
+        ("spare", None),
+    ]
+    assert gw.gateway.recorder._rows == []
