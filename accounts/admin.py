@@ -1,10 +1,11 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import AdminAccountCreationForm
 from accounts.models import User
+from accounts.services import account_delete
 
 
 class AccountChangeForm(UserChangeForm):
@@ -41,6 +42,21 @@ class AccountAdmin(DjangoUserAdmin):
         ),
     ]
     filter_horizontal = ["groups", "user_permissions"]
+    actions = ["close_accounts"]
+
+    def has_delete_permission(self, request, obj=None):
+        # Usage records, rollups and quota history point at accounts: close, never delete.
+        return False
+
+    @admin.action(description=_("Close the selected accounts (keys disabled, history kept)"))
+    def close_accounts(self, request, queryset):
+        closed = 0
+        for user in queryset.filter(is_active=True).exclude(pk=request.user.pk):
+            account_delete(user=user)
+            closed += 1
+        self.message_user(
+            request, _("%(count)d accounts closed.") % {"count": closed}, messages.SUCCESS
+        )
 
     def save_model(self, request, obj, form, change):
         if not change:

@@ -1,7 +1,7 @@
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext
 
@@ -34,10 +34,6 @@ class SmsMessage:
             "%(platform)s verification code: %(code)s. It expires in %(minutes)d minutes. "
             "Do not share it with anyone."
         ) % {"platform": settings.PLATFORM_NAME, "code": self.code, "minutes": minutes}
-
-    def body_in(self, language: str | None) -> str:
-        with translation.override(language or translation.get_language()):
-            return self.body
 
 
 class SmsBackend:

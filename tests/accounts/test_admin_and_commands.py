@@ -117,3 +117,18 @@ def test_it_refuses_bad_input_in_the_command(alice, args):
 def test_it_requires_exactly_one_identifier_in_the_command():
     with pytest.raises(CommandError):
         call_command("create_account", stdout=StringIO())
+
+
+def test_it_closes_accounts_from_the_admin_instead_of_deleting(client, superuser, alice):
+    client.force_login(superuser)
+    response = client.post(
+        reverse("admin:accounts_user_changelist"),
+        {"action": "close_accounts", "_selected_action": [alice.pk, superuser.pk]},
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    superuser.refresh_from_db()
+    assert not alice.is_active
+    assert not ApiKey.objects.filter(user=alice, is_active=True).exists()
+    assert superuser.is_active  # not the one doing it
+    assert client.get(reverse("admin:accounts_user_delete", args=[alice.pk])).status_code == 403
