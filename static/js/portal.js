@@ -126,6 +126,15 @@
         .then(function () { button.disabled = false; });
     });
   });
+  // Times are rendered in UTC; show them in the visitor's own time zone instead.
+  document.querySelectorAll("time[data-key-local-time]").forEach(function (el) {
+    var when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when)) return;
+    function pad(n) { return (n < 10 ? "0" : "") + n; }
+    el.title = el.textContent;
+    el.textContent = when.getFullYear() + "-" + pad(when.getMonth() + 1) + "-" + pad(when.getDate()) +
+      " " + pad(when.getHours()) + ":" + pad(when.getMinutes());
+  });
   document.querySelectorAll("[data-key-copy]").forEach(function (button) {
     button.hidden = false;
     button.addEventListener("click", function () {
