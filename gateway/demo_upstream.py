@@ -21,6 +21,7 @@ headers to demo models only):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -130,6 +131,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         tail = f',"usage":{usage_value}' if include_usage else ""
         return f'data: {head}"choices":{choices}{tail}}}\n\n'.encode()
 
+    # ConnectionError: the gateway (or its client) went away, nothing more to say.
+    with contextlib.suppress(ConnectionError):
+        await _stream(request, response, event, pieces, delay, fault, finish, include_usage, usage)
+    return response
+
+
+async def _stream(request, response, event, pieces, delay, fault, finish, include_usage, usage):
     await response.write(
         event('[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]')
     )
@@ -138,7 +146,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(delay)
         if fault == "cut" and i >= len(pieces) // 2:
             request.transport.close()
-            return response
+            return
         delta = json.dumps({"content": piece})
         await response.write(event(f'[{{"index":0,"delta":{delta},"finish_reason":null}}]'))
     await response.write(event(f'[{{"index":0,"delta":{{}},"finish_reason":"{finish}"}}]'))
@@ -146,7 +154,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await response.write(event("[]", json.dumps(usage)))
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
-    return response
 
 
 async def list_models(request: web.Request) -> web.Response:
