@@ -1,6 +1,7 @@
 """The API Keys page and Swagger UI in real Chromium, under the real CSP."""
 
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connections
@@ -33,7 +34,9 @@ def browser_page(live_server, monkeypatch):
             executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
         )
         try:
-            context = browser.new_context(viewport={"width": 1200, "height": 900})
+            context = browser.new_context(
+                viewport={"width": 1200, "height": 900}, timezone_id="Asia/Shanghai"
+            )
             page = context.new_page()
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
@@ -84,10 +87,12 @@ def test_it_reveals_copies_creates_and_deletes_keys_in_chromium(
     _sign_in(page, live_server, alice)
 
     page.goto(f"{live_server.url}/keys/")
+    row = page.locator(f"#key-{alice_key.public_id}")
+    created = alice_key.created_at.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    assert row.locator("time").first.inner_text() == created  # in the visitor's time zone
     cell = page.locator(f"#secret-{alice_key.public_id}")
     assert cell.inner_text() == alice_key.masked
 
-    row = page.locator(f"#key-{alice_key.public_id}")
     row.get_by_role("button", name="Reveal").click()
     page.wait_for_function(
         "([id, secret]) => document.getElementById(id).textContent === secret",
