@@ -88,6 +88,11 @@ def _dashboard_context(request, *, application_form) -> dict:
         cursor=request.GET.get("cursor", ""),
         size=RECENT_PAGE_SIZE,
     )
+    token_chart = charts.stacked_bars(
+        series,
+        [("input_tokens", "bar-input"), ("output_tokens", "bar-output")],
+        _token_title,
+    )
     applications = list(selectors.quota_applications_of(user=user))
     pending = next((a for a in applications if a.status == QuotaApplication.Status.PENDING), None)
     totals = selectors.DayTotals(
@@ -105,15 +110,11 @@ def _dashboard_context(request, *, application_form) -> dict:
         "end": end,
         "series": series,
         "range_totals": totals,
-        "token_chart": charts.stacked_bars(
-            series,
-            [("input_tokens", "bar-input"), ("output_tokens", "bar-output")],
-            _token_title,
-        ),
-        "request_chart": charts.stacked_bars(
-            series,
-            [("requests", "bar-requests")],
-            _request_title,
+        "token_chart": token_chart,
+        "token_chart_svg": charts.svg(token_chart, _("Tokens per day, input and output stacked")),
+        "request_chart_svg": charts.svg(
+            charts.stacked_bars(series, [("requests", "bar-requests")], _request_title),
+            _("Requests per day"),
         ),
         "by_key": selectors.usage_breakdown(user=user, start=start, end=end, by="key_name"),
         "by_model": selectors.usage_breakdown(user=user, start=start, end=end, by="model"),
