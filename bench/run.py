@@ -1,5 +1,8 @@
 """`make bench`: every benchmark of the project, one after the other."""
 
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,3 +12,8 @@ from bench import gateway
 
 if __name__ == "__main__":
     gateway.main()
+    # In its own process: it points Django at a throwaway database before setting Django up.
+    # Extra arguments (e.g. "--records 1000000") come from BENCH_USAGE_ARGS.
+    usage_args = shlex.split(os.environ.get("BENCH_USAGE_ARGS", ""))
+    usage_script = str(Path(__file__).with_name("usage.py"))
+    subprocess.run([sys.executable, usage_script, *usage_args], check=False)

@@ -316,6 +316,9 @@ def time_urls(client, urls: list[tuple[str, str]], samples: int) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if "django" in sys.modules and __import__("django.conf").conf.settings.configured:
+        # Django already points at some database here; this script must choose its own.
+        raise SystemExit("run bench/usage.py in its own process (python bench/usage.py)")
     server_url, database_url, name = bench_database_url()
     admin(server_url, f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = database_url
