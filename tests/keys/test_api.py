@@ -214,3 +214,9 @@ def test_reveal_returns_the_secret_to_its_owner(alice_client, alice_key, alice_s
 
 def test_reveal_refuses_get(alice_client, alice_key):
     assert alice_client.get(f"{_detail(alice_key)}reveal/").status_code == 405
+
+
+def test_staff_cannot_reveal_a_customers_key(staff_client, alice_key, alice_secret):
+    response = staff_client.post(f"{_detail(alice_key)}reveal/")
+    assert response.status_code == 404
+    assert alice_secret not in response.content.decode()

@@ -300,3 +300,12 @@ def test_a_fresh_client_can_follow_the_whole_cycle(alice):
     client.post(f"/keys/{key.public_id}/status/", {"is_active": "0"})
     client.post(f"/keys/{key.public_id}/delete/")
     assert not ApiKey.objects.filter(pk=key.pk).exists()
+
+
+def test_staff_cannot_reach_a_customers_key_pages_either(staff_client, alice_key, alice_secret):
+    # Staff manage keys in the admin, which never shows a secret; the pages are owner-only.
+    for url in _key_pages(alice_key):
+        assert staff_client.get(url).status_code == 404, url
+    response = staff_client.post(f"/keys/{alice_key.public_id}/reveal/")
+    assert response.status_code == 404
+    assert alice_secret not in response.content.decode()
