@@ -123,3 +123,50 @@ def run_example_logged(example, key, log_dir):
     assert key not in result.stdout
     assert key not in result.stderr
     return result
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code is not installed")
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_claude_code_works_with_the_settings_json_from_the_docs(
+    transactional_db, client, settings, tmp_path, language
+):
+    """Claude Code configured only by the docs' settings.json, checked with the docs' command."""
+    import os
+
+    from django.db import connection
+
+    from accounts.services import account_create_with_key
+    from gateway.services import catalog_bootstrap
+    from usage.selectors import usage_today
+
+    catalog_bootstrap()
+    reader, key = account_create_with_key(email="claude-reader@example.com")
+    with live_platform(connection.settings_dict, tmp_path) as base_url:
+        settings.PUBLIC_BASE_URL = base_url
+        response = client.get(f"/docs/claude-code/?lang={language}")
+        examples = extract_examples(response.content.decode())
+        settings_json = next(e for e in examples if e.language == "json")
+        check = next(e for e in examples if e.code.lstrip().startswith("claude -p"))
+
+        home = tmp_path / "home"
+        (home / ".claude").mkdir(parents=True)
+        (home / ".claude" / "settings.json").write_text(settings_json.with_key(key))
+        # Nothing from this machine's environment: the settings file alone must be enough.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "CLAUDE"))}
+        env.update(HOME=str(home), DISABLE_AUTOUPDATER="1")
+        result = subprocess.run(
+            ["bash", "-c", check.code],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    output = json.loads(result.stdout)
+    assert output["is_error"] is False, output
+    assert output["result"], output
+    assert key not in result.stdout + result.stderr
+    assert usage_today(user=reader).output_tokens > 0
