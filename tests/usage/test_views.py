@@ -311,3 +311,18 @@ def test_it_answers_404_for_an_unknown_application(staff_client, db):
         {"decision": "approve"},
     )
     assert response.status_code == 404
+
+
+def test_the_live_panel_starts_from_zero_at_midnight_beijing_time(alice_client, alice):
+    before = dt.datetime(2026, 3, 1, 15, 59, 59, tzinfo=dt.UTC)  # 23:59:59 in Beijing
+    with time_machine.travel(before, tick=False):
+        record_request(alice, input_tokens=4_000, output_tokens=1_000)
+        panel = alice_client.get(reverse("usage:live"))
+        assert panel.context["today"].used_tokens == 5_000
+        assert "in 0 h 0 min" in panel.content.decode()
+    with time_machine.travel(before + dt.timedelta(seconds=1), tick=False):
+        panel = alice_client.get(reverse("usage:live"))
+        assert panel.context["today"].day == dt.date(2026, 3, 2)
+        assert panel.context["today"].used_tokens == 0
+        assert panel.context["today"].remaining_tokens == 500_000
+        assert "2026-03-03 00:00 Beijing time" in panel.content.decode()
