@@ -32,6 +32,11 @@ def browser_page(monkeypatch):
             yield page, errors
         finally:
             browser.close()
+            # The ORM reads made while Playwright's loop runs use their own connection; close it
+            # so that the test database can be dropped at the end of the run.
+            from django.db import connections
+
+            connections.close_all()
 
 
 def _code_from(text: str) -> str:
