@@ -379,6 +379,8 @@ def usage_daily_reset() -> QuotaReset | None:
     up after missed runs), and prunes usage records older than ``USAGE_RETENTION_DAYS``.
     Idempotent: a second run finds nothing left to close. Returns ``None`` when another run
     holds the lock. Enforcement never waits for this: counters are keyed by quota day.
+    Quota changes are never scheduled for the new day: approvals and staff changes apply the
+    moment they are made (``quota_set``), so there is nothing for the reset to apply.
     """
     with _exclusive("usage-daily-reset") as acquired:
         if not acquired:

@@ -326,3 +326,19 @@ def test_the_live_panel_starts_from_zero_at_midnight_beijing_time(alice_client, 
         assert panel.context["today"].used_tokens == 0
         assert panel.context["today"].remaining_tokens == 500_000
         assert "2026-03-03 00:00 Beijing time" in panel.content.decode()
+
+
+def test_it_warns_when_the_quota_is_nearly_used(alice_client, alice, frozen):
+    record_request(alice, input_tokens=460_000, output_tokens=1_000)
+    body = alice_client.get(reverse("usage:live")).content.decode()
+    assert "Most of today" in body
+    record_request(alice, input_tokens=39_000, output_tokens=0)
+    body = alice_client.get(reverse("usage:live")).content.decode()
+    assert "You have used today" in body
+
+
+def test_it_renders_in_simplified_chinese(alice_client, alice, frozen):
+    record_request(alice)
+    response = alice_client.get(reverse("usage:page"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert response.status_code == 200
+    assert '<html lang="zh-hans">' in response.content.decode()
