@@ -141,3 +141,25 @@ def test_swagger_ui_renders_the_key_endpoints_under_the_csp(browser_page, live_s
     page.get_by_text("/api/v1/keys/{public_id}/reveal/").first.wait_for(timeout=15_000)
     assert page.get_by_text("API keys").first.is_visible()
     assert not [e for e in page.errors if "Content Security Policy" in e and "script" in e]
+
+
+def test_without_javascript_reveal_is_a_page_and_copy_is_hidden(
+    browser_page, live_server, alice, alice_key
+):
+    page = browser_page.context.browser.new_context(java_script_enabled=False).new_page()
+    secret = services.api_key_reveal(api_key=alice_key)
+    _sign_in(page, live_server, alice)
+    page.goto(f"{live_server.url}/keys/")
+    row = page.locator(f"#key-{alice_key.public_id}")
+    assert not row.get_by_role("button", name="Copy").is_visible()
+
+    row.get_by_role("button", name="Reveal").click()
+    page.wait_for_url(f"**/keys/{alice_key.public_id}/reveal/")
+    assert page.locator("#revealed-secret").inner_text() == secret
+
+    page.goto(f"{live_server.url}/keys/")
+    row.get_by_role("button", name="Disable").click()
+    page.get_by_text("is disabled").wait_for()
+    alice_key.refresh_from_db()
+    assert not alice_key.is_active
+    page.context.close()
