@@ -329,3 +329,14 @@ def test_it_returns_to_the_page_that_asked_for_sign_in(client, alice, mailoutbox
 def test_it_sends_the_separate_code_request_page_to_sign_in(client):
     response = client.get(reverse("account_request_login_code") + "?next=/usage/")
     assert response["Location"] == f"{LOGIN}?next=/usage/"
+
+
+def test_it_signs_a_known_phone_in_from_the_sign_up_form(client, bob, sms_outbox):
+    response = signup(client, region=Region.MAINLAND_CHINA, phone="13800138000")
+
+    assert response["Location"] == CONFIRM
+    assert User.objects.filter(phone=bob.phone).count() == 1
+    code = last_sms_code(sms_outbox)
+    assert re.fullmatch(r"\d{6}", code)
+    assert confirm(client, code)["Location"] == "/keys/"
+    assert client.get(reverse("account")).context["account"] == bob

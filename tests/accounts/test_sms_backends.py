@@ -207,3 +207,13 @@ def test_it_requires_provider_settings(settings):
     settings.SMS_TWILIO_ACCOUNT_SID = ""
     [error] = [m for m in sms_settings_check(None) if m.id == "accounts.E001"]
     assert "SMS_TWILIO_ACCOUNT_SID" in error.msg
+
+
+def test_it_warns_about_console_codes_in_production(settings):
+    from accounts.checks import sms_settings_check
+
+    settings.SMS_BACKEND = "console"
+    settings.PRODUCTION = True
+    assert [m.id for m in sms_settings_check(None)] == ["accounts.W001"]
+    settings.PRODUCTION = False
+    assert sms_settings_check(None) == []
