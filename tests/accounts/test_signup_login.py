@@ -340,3 +340,20 @@ def test_it_signs_a_known_phone_in_from_the_sign_up_form(client, bob, sms_outbox
     assert re.fullmatch(r"\d{6}", code)
     assert confirm(client, code)["Location"] == "/keys/"
     assert client.get(reverse("account")).context["account"] == bob
+
+
+def test_it_never_logs_a_code(client, alice, sms_outbox, mailoutbox, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        signup(client, region=Region.MAINLAND_CHINA, phone="13800138007")
+        phone_code = last_sms_code(sms_outbox)
+        confirm(client, "000000" if phone_code != "000000" else "111111")
+        confirm(client, phone_code)
+        client.post(reverse("account_logout"))
+        login(client, "alice@example.com")
+        email_code = last_mail_code(mailoutbox)
+        confirm(client, email_code)
+
+    assert phone_code not in caplog.text
+    assert email_code not in caplog.text
