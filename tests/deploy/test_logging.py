@@ -151,3 +151,22 @@ def test_no_configured_handler_prints_a_key_unmasked(tmp_path, debug):
     assert result.returncode == 0, result.stderr
     assert "RuntimeError: refused sk-***" in result.stderr
     assert KEY not in result.stderr + result.stdout
+
+
+def test_the_access_line_can_be_switched_off(json_log, db):
+    import httpx
+    from asgiref.sync import async_to_sync
+    from django.core.handlers.asgi import ASGIHandler
+
+    from portal.logging import RequestContextMiddleware
+
+    app = RequestContextMiddleware(ASGIHandler(), access_log=False)
+
+    async def call():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            return await c.get("/no-such-page/")
+
+    response = async_to_sync(call)()
+    assert response.headers["x-request-id"]  # the id is still given
+    assert not [line for line in _lines(json_log) if line["logger"] == "portal.access"]
