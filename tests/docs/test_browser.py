@@ -134,3 +134,14 @@ def test_without_javascript_the_js_only_controls_stay_hidden(live_server, alice,
             assert set(_slot_texts(page)) == {"YOUR_API_KEY"}
         finally:
             browser.close()
+
+
+def test_no_docs_page_scrolls_sideways_on_a_phone(browser_page, live_server):
+    page = browser_page
+    page.set_viewport_size({"width": 390, "height": 844})
+    for slug in ("quick-start", "api", "claude-code", "faq", "changelog"):
+        for language in ("en", "zh-hans"):
+            page.goto(f"{live_server.url}/docs/{slug}/?lang={language}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (slug, language, width)
+    assert page.errors == []
