@@ -355,3 +355,11 @@ def test_every_json_example_parses_and_claude_codes_settings_are_complete(client
     assert env["ANTHROPIC_MODEL"] == env["ANTHROPIC_SMALL_FAST_MODEL"] == "LongCat-Flash-Chat"
     assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8192"
     assert env["DISABLE_TELEMETRY"] == env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+
+
+def test_the_language_switcher_leaves_a_pinned_docs_address_for_the_plain_one(client):
+    _response, html = _get(client, "/docs/api/?lang=en")
+    assert '<input name="next" type="hidden" value="/docs/api/">' in html
+    response = client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/docs/api/"})
+    assert response["Location"] == "/docs/api/"
+    assert '<html lang="zh-hans">' in _get(client, "/docs/api/")[1]
