@@ -291,3 +291,24 @@ def test_touch_last_used_skips_a_row_another_process_just_wrote(alice_key):
     assert services.api_key_touch_last_used(key_id=alice_key.pk, now=now) is False
     alice_key.refresh_from_db()
     assert alice_key.last_used_at == now - dt.timedelta(seconds=10)
+
+
+def test_deleting_a_key_keeps_its_usage_history(alice, alice_key):
+    from usage.models import UsageRecord
+
+    now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+    record = UsageRecord.objects.create(
+        user=alice,
+        api_key=alice_key,
+        key_name=alice_key.name,
+        model="demo",
+        endpoint=UsageRecord.Endpoint.OPENAI_CHAT,
+        input_tokens=10,
+        output_tokens=5,
+        status_code=200,
+        day=now.date(),
+        created_at=now,
+    )
+    services.api_key_delete(api_key=alice_key)
+    record.refresh_from_db()
+    assert (record.api_key_id, record.key_name, record.input_tokens) == (None, "default", 10)
