@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from allauth.account.models import EmailAddress
 from django.urls import reverse
@@ -188,3 +190,13 @@ def test_it_lets_a_closed_accounts_address_sign_up_afresh(client, alice, mailout
     fresh = User.objects.get(email="alice@example.com")
     assert fresh.pk != alice.pk
     assert ApiKey.objects.filter(user=fresh, name="default").exists()
+
+
+def test_it_offers_sign_in_in_the_header_to_visitors(client, alice):
+    def nav(response):
+        return re.search(r'<nav class="main-nav".*?</nav>', response.content.decode(), re.S)[0]
+
+    sign_in_link = f'href="{reverse("account_login")}"'
+    assert sign_in_link in nav(client.get("/"))
+    client.force_login(alice)
+    assert sign_in_link not in nav(client.get("/"))
