@@ -64,9 +64,13 @@ def page(request, slug=None):
         models = selectors.catalog_models()
         variables = selectors.doc_variables(request, models)
         rendered = rendering.render_file(pages.page_path(doc, language), language)
-        model_table = render_to_string(
-            "docs/_model_table.html", {"models": models, **variables}, request=request
-        )
+        # Blocks of HTML a page may place as a paragraph of its own ({{ model_table }}).
+        blocks = {
+            "model_table": render_to_string(
+                "docs/_model_table.html", {"models": models, **variables}, request=request
+            ),
+            "support_phone_note": render_to_string("docs/_support_phone.html", request=request),
+        }
         sidebar = [
             {
                 "page": entry,
@@ -86,7 +90,7 @@ def page(request, slug=None):
             "description": _plain(rendered.description, variables),
             **_split_heading(
                 _pin_links(
-                    rendering.fill(rendered.html, variables, {"model_table": model_table}),
+                    rendering.fill(rendered.html, variables, blocks),
                     language if pinned else None,
                 )
             ),

@@ -363,3 +363,16 @@ def test_the_language_switcher_leaves_a_pinned_docs_address_for_the_plain_one(cl
     response = client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/docs/api/"})
     assert response["Location"] == "/docs/api/"
     assert '<html lang="zh-hans">' in _get(client, "/docs/api/")[1]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_faq_offers_the_support_phone_only_when_one_is_configured(client, settings, language):
+    settings.SUPPORT_PHONE = ""
+    html = _get(client, f"/docs/faq/?lang={language}")[1]
+    assert 'href="tel:' not in html.split('class="docs-content"', 1)[1].split("</article>")[0]
+    assert "<p></p>" not in html
+
+    settings.SUPPORT_PHONE = "+86 400 000 0000"
+    html = _get(client, f"/docs/faq/?lang={language}")[1]
+    content = html.split('class="docs-content"', 1)[1].split("</article>")[0]
+    assert '<a href="tel:+86 400 000 0000">+86 400 000 0000</a>' in content
