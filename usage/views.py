@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -145,10 +145,16 @@ def usage_page(request):
 
 
 @never_cache
-@login_required
 @require_GET
 def usage_live(request):
     """Today's figures only: what the page polls every few seconds."""
+    if not request.user.is_authenticated:
+        login = redirect_to_login(reverse("usage:page"))
+        if request.htmx:
+            # A redirect would be followed and the login page swapped into the panel;
+            # htmx turns this header into a full-page visit instead.
+            return HttpResponse(status=204, headers={"HX-Redirect": login["Location"]})
+        return login
     return render(request, "usage/_today.html", _today_context(request))
 
 

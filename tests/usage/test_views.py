@@ -342,3 +342,10 @@ def test_it_renders_in_simplified_chinese(alice_client, alice, frozen):
     response = alice_client.get(reverse("usage:page"), HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert response.status_code == 200
     assert '<html lang="zh-hans">' in response.content.decode()
+
+
+def test_the_live_panel_sends_a_signed_out_poller_to_the_login_page(client, db):
+    response = client.get(reverse("usage:live"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    assert response["HX-Redirect"].startswith("/accounts/login/?next=/usage/")
+    assert b"input" not in response.content
