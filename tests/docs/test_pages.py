@@ -376,3 +376,13 @@ def test_the_faq_offers_the_support_phone_only_when_one_is_configured(client, se
     html = _get(client, f"/docs/faq/?lang={language}")[1]
     content = html.split('class="docs-content"', 1)[1].split("</article>")[0]
     assert '<a href="tel:+86 400 000 0000">+86 400 000 0000</a>' in content
+
+
+def test_the_change_log_is_newest_first_and_the_same_dates_in_both_languages():
+    dates = {}
+    for language in LANGUAGES:
+        source = (pages.CONTENT_DIR / language / "changelog.md").read_text(encoding="utf-8")
+        dates[language] = re.findall(r"^## (\d{4}-\d{2}-\d{2})", source, flags=re.MULTILINE)
+        assert dates[language], language
+        assert dates[language] == sorted(dates[language], reverse=True), language
+    assert dates["en"] == dates["zh-hans"]
