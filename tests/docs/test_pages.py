@@ -386,3 +386,13 @@ def test_the_change_log_is_newest_first_and_the_same_dates_in_both_languages():
         assert dates[language], language
         assert dates[language] == sorted(dates[language], reverse=True), language
     assert dates["en"] == dates["zh-hans"]
+
+
+def test_a_reader_without_an_enabled_key_is_sent_to_the_keys_page(client, alice):
+    from keys import services as key_services
+
+    key_services.api_keys_deactivate_for_user(user=alice)
+    client.force_login(alice)
+    html = _get(client, "/docs/quick-start/")[1]
+    assert "data-key-fill" not in html
+    assert "You have no enabled API key" in html
