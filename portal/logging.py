@@ -38,7 +38,8 @@ CONTEXT_FIELDS = ("request_id", "account_id", "key_prefix")
 
 # LogRecord's own attributes; anything else on a record came in through ``extra=``.
 _RECORD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "color_message"}  # uvicorn's copy of the message with ANSI colours
 )
 _EXTRA_TYPES = (str, int, float, bool, type(None))
 

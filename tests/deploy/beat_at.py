@@ -1,21 +1,35 @@
-"""Run ``celery beat`` with its clock moved to a given moment (and ticking on from there).
+"""Run ``celery beat`` with its clock set just before the next midnight in Beijing.
 
-    python tests/deploy/beat_at.py 2026-01-01T23:59:56+08:00 -A portal beat --loglevel INFO
+    python -m tests.deploy.beat_at SECONDS -A portal beat --loglevel INFO
 
-Lets a test watch beat fire the midnight (Asia/Shanghai) reset a few seconds after start,
-without touching the static schedule. Only beat's clock moves; the workers keep real time.
+The clock is moved when beat starts its scheduler (the ``beat_init`` signal), to SECONDS before
+the next 00:00 Asia/Shanghai, and ticks on from there; so however long start-up takes, beat fires
+the midnight reset a few seconds later. The static schedule is untouched, and only beat's clock
+moves: the workers keep real time.
 """
 
 import datetime as dt
 import sys
+from zoneinfo import ZoneInfo
 
 import time_machine
 
 
+def _before_next_midnight_in_beijing(seconds: float) -> dt.datetime:
+    beijing = ZoneInfo("Asia/Shanghai")
+    now = dt.datetime.now(beijing)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(0), tzinfo=beijing)
+    return midnight - dt.timedelta(seconds=seconds)
+
+
 def main() -> None:
-    moment = dt.datetime.fromisoformat(sys.argv[1])
-    time_machine.travel(moment, tick=True).start()
+    seconds = float(sys.argv[1])
     from celery.__main__ import main as celery_main
+    from celery.signals import beat_init
+
+    @beat_init.connect(weak=False)
+    def move_the_clock(**kwargs):
+        time_machine.travel(_before_next_midnight_in_beijing(seconds), tick=True).start()
 
     sys.argv = ["celery", *sys.argv[2:]]
     celery_main()

@@ -170,3 +170,9 @@ def test_the_access_line_can_be_switched_off(json_log, db):
     response = async_to_sync(call)()
     assert response.headers["x-request-id"]  # the id is still given
     assert not [line for line in _lines(json_log) if line["logger"] == "portal.access"]
+
+
+def test_it_leaves_out_uvicorns_coloured_copy_of_the_message(json_log):
+    logging.getLogger("portal.test").info("Started", extra={"color_message": "\x1b[36mStarted"})
+    (line,) = _lines(json_log)
+    assert "color_message" not in line
