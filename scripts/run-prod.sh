@@ -25,6 +25,10 @@ if [ -f .env ]; then
 fi
 
 export DEBUG=${DEBUG:-false}
+case "$DEBUG" in
+  [Ff]alse | 0 | [Nn]o | [Oo]ff) ;;
+  *) echo "run-prod: DEBUG must be false (production settings); use make run for development" >&2; exit 2 ;;
+esac
 HOST=${HOST:-127.0.0.1}
 WEB_PORTS=${WEB_PORTS:-8000}
 WEB_WORKERS=${WEB_WORKERS:-2}
@@ -72,13 +76,13 @@ for port in $WEB_PORTS; do
   pids+=($!)
 done
 for n in $(seq "$CELERY_WORKERS"); do
-  "$BIN/celery" -A portal worker --loglevel INFO --concurrency "$CELERY_CONCURRENCY" \
+  "$BIN/celery" -A portal --quiet worker --loglevel INFO --concurrency "$CELERY_CONCURRENCY" \
     -n "worker$n@%h" &
   pids+=($!)
 done
 if [ "$RUN_BEAT" = "true" ]; then
   # Exactly one beat for the whole deployment: two would send every scheduled task twice.
-  "$BIN/celery" -A portal beat --loglevel INFO &
+  "$BIN/celery" -A portal --quiet beat --loglevel INFO &
   pids+=($!)
 fi
 
