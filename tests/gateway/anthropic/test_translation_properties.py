@@ -4,6 +4,7 @@ and no input whatsoever makes the parser raise anything but a 400 naming a field
 
 import itertools
 import json
+import os
 
 from anthropic.types import Message
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,12 @@ from gateway.dialects.anthropic_translate import (
 
 from .helpers import assert_valid_chat_request, sdk_message
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# More examples for a deeper local run: HYPOTHESIS_MAX_EXAMPLES=2000 pytest ...
+SETTINGS = settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 text = st.text(min_size=1, max_size=40)
 names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,20}", fullmatch=True)
@@ -361,6 +367,8 @@ def _paths(node, prefix=()):
 @SETTINGS
 @given(messages_request(), st.data())
 def test_a_valid_request_with_one_part_replaced_is_refused_or_still_valid(body, data):
+    # A copy: sampled_from hands out shared objects that must not change between examples.
+    body = json.loads(json.dumps(body))
     path = data.draw(st.sampled_from(list(_paths(body))[1:]))
     replacement = data.draw(json_values)
     node = body
