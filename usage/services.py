@@ -260,12 +260,17 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
 
 
 def usage_day_finalise(*, day: dt.date) -> int:
-    """Make the day's rollups agree with its usage records; returns the rollup rows written.
+    """Make the day's rollups agree with its usage records; returns the rollup slots corrected.
 
     The gateway updates rollups as requests settle, in batches; this recomputes the closed day
-    from the ledger in one statement and writes only slots that differ (normally none), so a
+    from the ledger in one statement and touches only slots that differ (normally none), so a
     lost batch or a crash between the record and the rollup cannot leave the charts wrong.
-    ``errors`` counts records with an HTTP status of 400 or more.
+    ``errors`` counts records with an HTTP status of 400 or more, as the gateway does.
+
+    It adds the *difference* between the ledger and the rollup, both read in one snapshot,
+    rather than overwriting: a request of that day that settles while this runs (a stream
+    still going at midnight) commits its record and its rollup increment together, after the
+    snapshot, and overwriting would drop that increment.
     """
     start, end = _day_bounds(day)
     rollup = DailyRollup._meta.db_table
@@ -277,21 +282,31 @@ def usage_day_finalise(*, day: dt.date) -> int:
         INSERT INTO {rollup}
             (user_id, api_key_id, key_name, model, day, requests, errors,
              input_tokens, output_tokens)
-        SELECT user_id, MAX(api_key_id), key_name, model, day, COUNT(*),
-               SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END),
-               SUM(input_tokens), SUM(output_tokens)
-        FROM {record}
-        WHERE day = %s AND created_at >= %s AND created_at < %s
-        GROUP BY user_id, key_name, model, day
+        SELECT t.user_id, t.api_key_id, t.key_name, t.model, t.day,
+               t.requests - COALESCE(r.requests, 0),
+               t.errors - COALESCE(r.errors, 0),
+               t.input_tokens - COALESCE(r.input_tokens, 0),
+               t.output_tokens - COALESCE(r.output_tokens, 0)
+        FROM (
+            SELECT user_id, MAX(api_key_id) AS api_key_id, key_name, model, day,
+                   COUNT(*) AS requests,
+                   SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END) AS errors,
+                   SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens
+            FROM {record}
+            WHERE day = %s AND created_at >= %s AND created_at < %s
+            GROUP BY user_id, key_name, model, day
+        ) t
+        LEFT JOIN {rollup} r
+            ON r.user_id = t.user_id AND r.key_name = t.key_name AND r.model = t.model
+           AND r.day = t.day
+        WHERE r.id IS NULL
+           OR r.requests <> t.requests OR r.errors <> t.errors
+           OR r.input_tokens <> t.input_tokens OR r.output_tokens <> t.output_tokens
         ON CONFLICT (user_id, key_name, model, day) DO UPDATE SET
-            requests = excluded.requests,
-            errors = excluded.errors,
-            input_tokens = excluded.input_tokens,
-            output_tokens = excluded.output_tokens
-        WHERE {rollup}.requests <> excluded.requests
-           OR {rollup}.errors <> excluded.errors
-           OR {rollup}.input_tokens <> excluded.input_tokens
-           OR {rollup}.output_tokens <> excluded.output_tokens
+            requests = {rollup}.requests + excluded.requests,
+            errors = {rollup}.errors + excluded.errors,
+            input_tokens = {rollup}.input_tokens + excluded.input_tokens,
+            output_tokens = {rollup}.output_tokens + excluded.output_tokens
     """  # noqa: S608  (table names come from model metadata, values are parameters)
     with transaction.atomic(), connection.cursor() as cursor:
         ops = connection.ops

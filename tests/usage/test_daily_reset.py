@@ -6,7 +6,7 @@ import time
 import pytest
 import time_machine
 from django.db import connection
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from usage import services, tasks
 from usage.models import DailyRollup, DailyUsage, QuotaReset, Reservation, UsageRecord
@@ -188,3 +188,50 @@ def test_the_ledger_and_the_counter_agree_after_a_reset(alice, bob):
             counter.output_tokens,
             counter.requests,
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finalising_keeps_a_settlement_that_commits_while_it_runs(alice):
+    """A request of the closed day settles while the day is finalised (a stream across
+    midnight): its record and rollup increment commit together, after finalising took its
+    snapshot and while it waits for the rollup row. The increment must survive."""
+    from django.db import transaction
+
+    day = dt.date(2026, 3, 1)
+    when = ONE_SECOND_BEFORE - dt.timedelta(minutes=1)
+    record_request(alice, input_tokens=5, output_tokens=5, when=when)
+    # A lost batch, so that finalising has this slot to correct.
+    record_request(alice, input_tokens=1_000, output_tokens=0, when=when, rollup=False)
+    holding, commit = threading.Event(), threading.Event()
+
+    def settle_late():
+        try:
+            with transaction.atomic():
+                record_request(alice, input_tokens=70, output_tokens=7, when=when)
+                holding.set()  # the rollup row is locked, the record not yet visible
+                commit.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def finalise():
+        try:
+            services.usage_day_finalise(day=day)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=settle_late)
+    writer.start()
+    assert holding.wait(timeout=30)
+    finaliser = threading.Thread(target=finalise)
+    finaliser.start()
+    time.sleep(1.0)  # let it take its snapshot and wait on the row (PostgreSQL; SQLite waits)
+    commit.set()
+    writer.join(timeout=30)
+    finaliser.join(timeout=30)
+
+    ledger = UsageRecord.objects.filter(day=day).aggregate(
+        n=Count("id"), i=Sum("input_tokens"), o=Sum("output_tokens")
+    )
+    assert (ledger["n"], ledger["i"], ledger["o"]) == (3, 1_075, 12)
+    slot = DailyRollup.objects.get(user=alice, day=day)
+    assert (slot.requests, slot.input_tokens, slot.output_tokens) == (3, 1_075, 12)
