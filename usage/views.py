@@ -109,6 +109,17 @@ def _dashboard_context(request, *, application_form) -> dict:
         "start": start,
         "end": end,
         "series": series,
+        # Pre-formatted: 90 rows of template filters were a visible share of the page's time.
+        "series_rows": [
+            (
+                row.day.isoformat(),
+                f"{row.requests:,}",
+                f"{row.errors:,}",
+                f"{row.input_tokens:,}",
+                f"{row.output_tokens:,}",
+            )
+            for row in reversed(series)
+        ],
         "range_totals": totals,
         "token_chart": token_chart,
         "token_chart_svg": charts.svg(token_chart, _("Tokens per day, input and output stacked")),
