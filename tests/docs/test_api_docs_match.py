@@ -107,3 +107,26 @@ def test_the_openai_chunk_sequence_in_the_docs_is_what_the_gateway_streams(gatew
 
     for language in ("en", "zh-hans"):
         assert shape(_documented_openai_chunks(language)) == shape(sent)
+
+
+def test_the_documented_429_body_and_headers_are_what_the_gateway_sends(gateway_client, settings):
+    client, key = gateway_client
+    settings.RATE_LIMIT_RPM = 1
+    first = client.chat(key)
+    assert first.status == 200
+    source = (pages.CONTENT_DIR / "en" / "api.md").read_text(encoding="utf-8")
+    documented_headers = set(re.findall(r"^\| `(x-ratelimit-[a-z-]+)` \|", source, re.MULTILINE))
+    assert len(documented_headers) == 6
+    assert documented_headers <= set(first.headers)
+
+    limited = client.chat(key)
+    assert limited.status == 429
+    assert {"retry-after", "retry-after-ms"} <= set(limited.headers)
+    for language in ("en", "zh-hans"):
+        quick_start = (pages.CONTENT_DIR / language / "quick-start.md").read_text(encoding="utf-8")
+        block = re.search(r"```json\n(\{\n  \"error\".*?)```", quick_start, re.DOTALL).group(1)
+        documented = json.loads(block)["error"]
+        sent = limited.json()["error"]
+        assert set(documented) == set(sent)
+        assert (documented["code"], documented["type"]) == (sent["code"], sent["type"])
+        assert documented["message"].split(" Wait")[0] == sent["message"].split(" Wait")[0]
