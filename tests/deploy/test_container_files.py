@@ -228,3 +228,67 @@ def test_a_copy_of_env_example_with_secrets_filled_in_passes_the_deploy_check(tm
     assert result.returncode == 0, result.stderr[-3000:]
     # Development-only choices are named (SQLite, no Redis), but only as warnings.
     assert "portal.W001" in result.stderr
+
+
+def _build_context_files() -> list[Path]:
+    """The files `docker build .` sends, per .dockerignore (the patterns this file uses)."""
+    import fnmatch
+
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rules.append((line.startswith("!"), line.lstrip("!").removeprefix("**/")))
+
+    def ignored(relative: str) -> bool:
+        verdict = False
+        for negate, pattern in rules:
+            parts = relative.split("/")
+            prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+            hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes) or any(
+                fnmatch.fnmatch(part, pattern) for part in parts
+            )
+            if hit:
+                verdict = not negate
+        return verdict
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return [ROOT / name for name in listed if not ignored(name) and (ROOT / name).is_file()]
+
+
+@pytest.mark.slow
+def test_the_build_context_alone_collects_static_files_and_loads_the_app(tmp_path):
+    """What the image's build step runs, on a copy of exactly what the build context sends."""
+    context = tmp_path / "context"
+    for source in _build_context_files():
+        target = context / source.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    assert not (context / "tests").exists()
+    assert not (context / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # The Dockerfile's ENV and its collectstatic step's throwaway values.
+    env.update(
+        DJANGO_SETTINGS_MODULE="portal.settings",
+        DEBUG="false",
+        VAR_DIR=str(tmp_path / "build-var"),
+        STATIC_ROOT=str(tmp_path / "staticfiles"),
+        SECRET_KEY="build-only-not-used-at-run-time",
+        KEY_ENCRYPTION_KEY="build-only-not-used-at-run-time",
+        API_KEY_HMAC_SECRET="build-only-not-used-at-run-time",
+        ALLOWED_HOSTS="build.invalid",
+    )
+    collect = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=context, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert collect.returncode == 0, collect.stderr[-3000:]
+    assert (tmp_path / "staticfiles" / "staticfiles.json").exists()
+    load = subprocess.run(
+        [sys.executable, "-c", "import portal.asgi, django.urls; django.urls.resolve('/healthz')"],
+        cwd=context, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert load.returncode == 0, load.stderr[-3000:]
