@@ -108,7 +108,8 @@ class Recorder:
 
 
 def _is_integrity_error(error: BaseException) -> bool:
-    # django.db.IntegrityError (the ORM ledger) or psycopg's (the PostgreSQL ledger).
+    # django.db.IntegrityError (the ORM ledger) or asyncpg's IntegrityConstraintViolationError.
     return any(
-        cls.__name__ in ("IntegrityError", "ForeignKeyViolation") for cls in type(error).__mro__
+        cls.__name__ in ("IntegrityError", "IntegrityConstraintViolationError")
+        for cls in type(error).__mro__
     )
