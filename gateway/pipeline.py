@@ -76,15 +76,16 @@ class _DisconnectWatcher:
 def _streamed_output_estimate(chunks: list[bytes]) -> int:
     tokens = 0
     for data in chunks:
+        # Runs while settling a failed stream too: a chunk of the wrong shape counts nothing
+        # instead of raising out of the settlement.
         try:
-            obj = json.loads(data)
-        except ValueError:
+            for choice in json.loads(data).get("choices") or ():
+                delta = choice.get("delta") or {}
+                tokens += estimate_text_tokens(delta.get("content") or "")
+                if delta.get("tool_calls"):
+                    tokens += estimate_text_tokens(json.dumps(delta["tool_calls"]))
+        except (ValueError, TypeError, AttributeError):
             continue
-        for choice in obj.get("choices") or ():
-            delta = choice.get("delta") or {}
-            tokens += estimate_text_tokens(delta.get("content") or "")
-            if delta.get("tool_calls"):
-                tokens += estimate_text_tokens(json.dumps(delta["tool_calls"]))
     return tokens
 
 
@@ -413,6 +414,15 @@ class Gateway:
         except (aiohttp.ClientError, ValueError, OSError) as failure:
             log.warning("upstream %s failed: %s", model.name, failure.__class__.__name__)
             error = errors.upstream_unavailable()
+            outcome.status, outcome.error_code = error.status, error.code
+            await self._fail(dialect, send, error, response_started, renderer)
+        except (TypeError, AttributeError, KeyError, IndexError):
+            # JSON that is not a chat completion (a list, "choices": 7 …) breaks the renderers.
+            # With its traceback: a bug of ours would land here too.
+            log.exception(
+                "upstream %s answered something that is not a chat completion", model.name
+            )
+            error = errors.upstream_unavailable("the answer was not a chat completion")
             outcome.status, outcome.error_code = error.status, error.code
             await self._fail(dialect, send, error, response_started, renderer)
         finally:
