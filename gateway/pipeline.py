@@ -347,6 +347,9 @@ class Gateway:
         delivered: list[bytes] = []
         usage: Usage | None = None
         upstream_sent = False
+        # The upstream cannot have produced more than the budget it was given; the estimate
+        # (which errs high) must not charge more either, or it could spend past the quota.
+        cap = target.max_tokens
         try:
             async with self.upstream.post_chat(model, body, extra) as upstream:
                 if upstream.status >= 400:
@@ -357,7 +360,9 @@ class Gateway:
                     obj = json.loads(await upstream.read())
                     usage = usage_from(obj)
                     if usage is None:
-                        usage = Usage(chat.input_tokens, _completion_output_estimate(obj), True)
+                        usage = Usage(
+                            chat.input_tokens, min(_completion_output_estimate(obj), cap), True
+                        )
                     payload = dialect.render_completion(chat, obj, target)
                     outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
                     # Settled before the answer leaves: a client that got its answer sees it
@@ -394,7 +399,9 @@ class Gateway:
                 if not reader.done:
                     raise errors.upstream_unavailable("the stream ended early")
                 if usage is None:
-                    usage = Usage(chat.input_tokens, _streamed_output_estimate(delivered), True)
+                    usage = Usage(
+                        chat.input_tokens, min(_streamed_output_estimate(delivered), cap), True
+                    )
                 outcome.charge(usage)
                 await asyncio.shield(self._settle(reserved, outcome))
                 watcher.done = True
@@ -436,7 +443,7 @@ class Gateway:
             elif upstream_sent:
                 # No report: charge the prompt and what was delivered, by estimate.
                 outcome.input = chat.input_tokens
-                outcome.output = _streamed_output_estimate(delivered)
+                outcome.output = min(_streamed_output_estimate(delivered), cap)
                 outcome.estimated = True
 
     async def _fail(self, dialect, send, error, response_started, renderer) -> None:
