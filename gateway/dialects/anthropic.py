@@ -10,6 +10,7 @@ sends before its first request.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -37,6 +38,13 @@ from gateway.http import ClientGone, Request, Response, json_response
 from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# A chunk whose only news is text (most chunks of most streams), as OpenAI-compatible servers
+# write it; its JSON string is relayed as is instead of decoded and encoded again.
+_TEXT_ONLY_CHUNK = re.compile(
+    rb'"choices":\[\{"index":0,"delta":\{(?:"role":"assistant",)?"content":("(?:[^"\\]|\\.)*")\}'
+    rb'(?:,"logprobs":null)?,"finish_reason":null(?:,"stop_reason":null)?\}\]'
+)
 
 # Upstreams known to refuse parameters outside OpenAI's own set (``top_k``, ...).
 _STRICT_OPENAI_HOSTS = frozenset({"api.openai.com"})
@@ -77,6 +85,8 @@ class AnthropicStream(StreamRenderer):
             stop_sequences=translation.stop_sequences,
             thinking=translation.thinking,
         )
+        # Stop sequences need the text itself (to find them across chunks): no fast path.
+        self._fast = not translation.stop_sequences
         self.chunks = 0
         self._chunks_at_last_beat = 0
         self.keepalive_seconds = settings.GATEWAY_STREAM_PING_SECONDS
@@ -87,6 +97,10 @@ class AnthropicStream(StreamRenderer):
     def chunk(self, data: bytes, parsed: dict | None) -> bytes:
         self.chunks += 1
         if parsed is None:
+            if self._fast:
+                text_only = _TEXT_ONLY_CHUNK.search(data)
+                if text_only is not None:
+                    return self.translator.feed_text_literal(text_only.group(1))
             try:
                 parsed = json.loads(data)
             except ValueError:

@@ -540,6 +540,21 @@ class MessageStreamTranslator:
         emit, self._held = (buffer[:-keep], buffer[-keep:]) if keep else (buffer, "")
         return self._text_delta(emit) if emit else b""
 
+    def feed_text_literal(self, literal: bytes) -> bytes:
+        """The same as ``feed`` for a chunk that carries nothing but text, given as the JSON
+        string literal the upstream wrote (quotes included): relayed without decoding it, since
+        that is most chunks of most streams. Not for streams with stop sequences."""
+        if self._finished or self.stop_sequence is not None or literal == b'""':
+            return b""
+        out = b""
+        if self._block_kind != "text":
+            out = self._open_block("text", {"type": "text", "text": ""})
+        self.output_chars += len(literal) - 2
+        return out + (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+            b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._index, literal)
+        )
+
     def _thinking_delta(self, text: str) -> bytes:
         out = b""
         if self._block_kind != "thinking":

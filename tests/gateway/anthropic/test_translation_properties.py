@@ -16,8 +16,9 @@ from gateway.dialects.anthropic_translate import (
     chat_request_from_messages,
     message_from_chat_response,
 )
+from gateway.dialects.base import Usage
 
-from .helpers import assert_valid_chat_request, sdk_message
+from .helpers import assert_valid_chat_request, sdk_message, sse_events
 
 # More examples for a deeper local run: HYPOTHESIS_MAX_EXAMPLES=2000 pytest ...
 SETTINGS = settings(
@@ -376,3 +377,69 @@ def test_a_valid_request_with_one_part_replaced_is_refused_or_still_valid(body, 
         node = node[part]
     node[path[-1]] = replacement
     assert_refused_or_parsed(json.dumps(body).encode())
+
+
+# --- the renderer's fast path for text-only chunks --------------------------------------------
+def _renderer(stop_sequences=()):
+    from gateway.dialects.anthropic import AnthropicStream
+    from gateway.dialects.anthropic_translate import ChatTranslation
+    from gateway.dialects.base import ChatRequest, UpstreamTarget
+
+    translation = ChatTranslation(body={}, stop_sequences=tuple(stop_sequences))
+    request = ChatRequest(model="m", stream=True, max_tokens=5, input_tokens=3, body=translation)
+    return AnthropicStream(request, UpstreamTarget("m", "m", 5))
+
+
+CHUNK_FORMATS = [
+    # the demo upstream
+    '{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{{"index":0,"delta":{{"content":{text}}},"finish_reason":null}}],"usage":null}}',
+    # vLLM
+    '{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":null,'
+    '"stop_reason":null}}]}}',
+    # OpenAI's first chunk
+    '{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{{"index":0,"delta":{{"role":"assistant","content":{text}}},"logprobs":null,'
+    '"finish_reason":null}}]}}',
+]
+
+
+@SETTINGS
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=6), st.data())
+def test_the_fast_path_emits_what_the_full_translation_emits(pieces, data):
+    fast, slow = _renderer(), _renderer()
+    slow._fast = False
+    raw_fast, raw_slow = fast.start(), slow.start()
+    for piece in pieces:
+        template = data.draw(st.sampled_from(CHUNK_FORMATS))
+        literal = json.dumps(piece, ensure_ascii=data.draw(st.booleans()))
+        chunk = template.format(text=literal).encode()
+        raw_fast += fast.chunk(chunk, None)
+        raw_slow += slow.chunk(chunk, None)
+    # (With usage from the upstream: the fallback estimate may differ, it counts raw escapes.)
+    raw_fast += fast.finish(Usage(3, 5))
+    raw_slow += slow.finish(Usage(3, 5))
+    strip = lambda events: [(n, d) for n, d in events if n != "message_start"]  # noqa: E731
+    assert strip(sse_events(raw_fast)) == strip(sse_events(raw_slow))
+    assert sdk_message(raw_fast).content == sdk_message(raw_slow).content
+
+
+def test_the_fast_path_leaves_other_chunks_to_the_full_translation():
+    renderer = _renderer()
+    renderer.start()
+    tool = (
+        b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":'
+        b'{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}'
+    )
+    assert b'"type":"tool_use"' in renderer.chunk(tool, None)
+    both = (
+        b'{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null},'
+        b'{"index":1,"delta":{"content":"b"},"finish_reason":null}]}'
+    )
+    assert b'"text":"a"' in renderer.chunk(both, None)
+    # With stop sequences the text must be seen, so it is decoded.
+    stopping = _renderer(stop_sequences=("STOP",))
+    stopping.start()
+    chunk = CHUNK_FORMATS[0].format(text='"one STOP two"').encode()
+    assert b'"text":"one "' in stopping.chunk(chunk, None)
