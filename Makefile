@@ -25,6 +25,7 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py bootstrap_demo
 	HOST=$(HOST) PORT=$(PORT) BIN=$(BIN) bash scripts/run-dev.sh
 
 # The production topology on this machine: PostgreSQL + Redis, DEBUG=false, real secrets

@@ -18,6 +18,12 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# The built-in demo upstream (an OpenAI-compatible server behind the demo model), unless the
+# catalog points at a real server (UPSTREAM_BASE_URL).
+if [ -z "${UPSTREAM_BASE_URL:-}" ]; then
+  "$BIN/python" manage.py demo_upstream --host 127.0.0.1 --port "$DEMO_PORT" &
+  pids+=($!)
+fi
 "$BIN/celery" -A portal worker --loglevel INFO --concurrency 2 &
 pids+=($!)
 "$BIN/celery" -A portal beat --loglevel INFO &
