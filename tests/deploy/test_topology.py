@@ -33,6 +33,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 
 pytestmark = [
     pytest.mark.slow,
+    # One topology for the module: under `pytest -n 2 --dist loadgroup` all of it on one worker.
+    pytest.mark.xdist_group("deploy-topology"),
     pytest.mark.skipif(
         not DATABASE_URL.startswith(("postgres://", "postgresql://")),
         reason="the topology test needs DATABASE_URL to be PostgreSQL",
@@ -347,3 +349,31 @@ def test_logs_are_json_lines_with_request_context_and_never_a_key(topology):
     # uvicorn's own lines are JSON too (its start-up), so are the workers'.
     assert any(line["logger"].startswith("uvicorn") for line in lines)
     assert any(line["logger"].startswith("celery") for line in lines)
+
+
+def test_upstream_failures_are_counted_by_the_server_that_saw_them(topology):
+    env, port = topology["env"], topology["ports"][1]
+    account = _create_account(env, email="faults@example.com", rpm=100_000)
+
+    def upstream_errors():
+        _s, _h, body = http(
+            "GET",
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        )
+        pattern = re.compile(
+            r'^portal_gateway_upstream_errors_total\{[^}]*model="' + MODEL + r'"[^}]*\} (\S+)$',
+            re.M,
+        )
+        return sum(float(v) for v in pattern.findall(body.decode()))
+
+    before = upstream_errors()
+    status, _h, body = http(
+        "POST",
+        f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+        headers={"Authorization": f"Bearer {account['key']}", "x-demo-fault": "error500"},
+        body={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+    )
+    assert status == 502, body
+    assert json.loads(body)["error"]["code"].startswith("upstream")
+    assert upstream_errors() == before + 1
