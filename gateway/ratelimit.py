@@ -81,16 +81,14 @@ class RateLimiter:
 
     async def open(self) -> None:
         if self.redis_url:
-            import redis.asyncio as redis
+            from gateway.resp import RespClient, Script
 
-            self._redis = redis.Redis.from_url(
-                self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
-            )
-            self._script = self._redis.register_script(_LUA)
+            self._redis = RespClient(self.redis_url)
+            self._script = Script(self._redis, _LUA)
 
     async def close(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.close()
             self._redis = None
 
     def add_output(self, key_id: int, tokens: int) -> None:
@@ -109,7 +107,7 @@ class RateLimiter:
         if self._redis is not None:
             try:
                 verdict, used_r, used_t = await self._script(
-                    keys=[f"{self.prefix}:{key_id}:{window}"], args=[rpm, tpm, tokens, pending]
+                    [f"{self.prefix}:{key_id}:{window}"], [rpm, tpm, tokens, pending]
                 )
             except Exception as error:
                 if now - self._warned_at > _WARN_EVERY_SECONDS:

@@ -143,3 +143,50 @@ def test_it_uses_the_per_key_token_override(gw, alice_key):
     assert gw.chat(key).headers["x-ratelimit-limit-tokens"] == "12"
     result = gw.chat(key)  # the window now holds 8 input + 10 output tokens
     assert result.status == 429
+
+
+@pytest.fixture
+def resp_client(settings):
+    from gateway.resp import RespClient
+
+    if not settings.REDIS_URL:
+        pytest.skip("REDIS_URL is not set")
+    runner = asyncio.Runner()
+    client = RespClient(settings.REDIS_URL)
+    client.run = runner.run
+    yield client
+    runner.run(client.close())
+    runner.close()
+
+
+def test_it_matches_concurrent_redis_replies_to_their_callers(resp_client):
+    prefix = f"test:{uuid.uuid4().hex}"
+
+    async def many():
+        return await asyncio.gather(
+            *(resp_client.call("INCRBY", f"{prefix}:{n}", n) for n in range(200))
+        )
+
+    assert resp_client.run(many()) == list(range(200))
+    resp_client.run(resp_client.call("DEL", *(f"{prefix}:{n}" for n in range(200))))
+
+
+def test_it_loads_a_script_redis_does_not_know(resp_client):
+    from gateway.resp import Script
+
+    # A source never seen before: the first EVALSHA gets NOSCRIPT (as after a Redis restart).
+    script = Script(resp_client, f"-- {uuid.uuid4().hex}\nreturn {{1, tonumber(ARGV[1]) + 1}}")
+    assert resp_client.run(script([], [41])) == [1, 42]
+    assert resp_client.run(script([], [1])) == [1, 2]
+
+
+def test_it_reads_the_redis_url():
+    from gateway.resp import RespClient
+
+    client = RespClient("redis://:s%40cret@redis.internal:6380/3")
+    assert (client.host, client.port, client.password, client.db) == (
+        "redis.internal",
+        6380,
+        "s@cret",
+        3,
+    )
