@@ -98,3 +98,91 @@ def test_claude_code_stops_at_once_on_a_bad_key(platform, tmp_path):
     assert time.monotonic() - started < 60
     output = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
     assert result.returncode != 0 or output.get("is_error") is True, result.stdout[-2000:]
+
+
+def scripted_upstream(received: list):
+    """An OpenAI-compatible upstream that asks for Claude Code's Read tool on the first turn and,
+    once the tool's result comes back, answers with what it read."""
+    from aiohttp import web
+
+    async def chat(request):
+        body = await request.json()
+        received.append(body)
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            delta = {"content": f"The note says: {last['content'][-200:]}"}
+            finish = "stop"
+        else:
+            path = body["messages"][-1]["content"].split("READ ")[-1].split()[0]
+            arguments = json.dumps({"file_path": path})
+            delta = {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_read_1",
+                        "type": "function",
+                        "function": {"name": "Read", "arguments": arguments},
+                    }
+                ]
+            }
+            finish = "tool_calls"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for choice in (
+            {"index": 0, "delta": delta, "finish_reason": None},
+            {"index": 0, "delta": {}, "finish_reason": finish},
+        ):
+            await response.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        usage = {"prompt_tokens": 100, "completion_tokens": 12}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+def test_claude_code_runs_a_tool_through_the_translation_and_answers(transactional_db, tmp_path):
+    from django.db import connection
+
+    from accounts.services import account_create_with_key
+    from gateway.models import Model
+    from gateway.services import catalog_bootstrap
+    from tests.gateway.harness import DemoUpstreamThread
+    from usage.models import UsageRecord
+
+    received: list = []
+    upstream = DemoUpstreamThread(app_factory=lambda: scripted_upstream(received)).start()
+    try:
+        catalog_bootstrap()
+        Model.objects.filter(name=MODEL).update(
+            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE, upstream_base_url=upstream.url
+        )
+        user, key = account_create_with_key(email="claude-tools@example.com")
+        home = tmp_path / "home"
+        home.mkdir()
+        note = home / "note.txt"
+        note.write_text("pineapple-42\n")
+        with live_platform(connection.settings_dict, tmp_path) as base_url:
+            result = claude(base_url, key, f"READ {note} and tell me what it says", home)
+    finally:
+        upstream.stop()
+
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    output = json.loads(result.stdout)
+    assert "pineapple-42" in output["result"], output
+    assert len(received) == 2
+    # The second upstream request carries the assistant's call and the tool's result, paired.
+    messages = received[1]["messages"]
+    call = next(m for m in messages if m.get("tool_calls"))
+    assert call["tool_calls"][0]["id"] == "call_read_1"
+    assert call["tool_calls"][0]["function"]["name"] == "Read"
+    tool = next(m for m in messages if m["role"] == "tool")
+    assert tool["tool_call_id"] == "call_read_1"
+    assert "pineapple-42" in tool["content"]
+    assert messages.index(tool) == messages.index(call) + 1
+    deadline = time.monotonic() + 10
+    while UsageRecord.objects.filter(user=user, status_code=200).count() < 2:
+        assert time.monotonic() < deadline, "the two turns were not recorded"
+        time.sleep(0.1)
