@@ -3,6 +3,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,10 +70,25 @@ def test_beat_starts_and_loads_the_static_schedule(tmp_path):
         [CELERY, "-A", "portal", "beat", "--loglevel", "DEBUG"],
         env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(6)
-    beat.terminate()
-    output, _ = beat.communicate(timeout=30)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(beat.stdout), daemon=True)
+    reader.start()
+    try:
+        # Beat logs its whole schedule at DEBUG once it has loaded it; wait for that, not a guess.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(
+            any(name in line for line in lines) for name in settings.CELERY_BEAT_SCHEDULE
+        ):
+            assert beat.poll() is None, "".join(lines)
+            time.sleep(0.2)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert "beat: Starting..." in output
+    for name in settings.CELERY_BEAT_SCHEDULE:
+        assert name in output, output
     assert "Traceback" not in output, output
 
 
