@@ -152,3 +152,14 @@ def upstream_unavailable(detail: str = "") -> GatewayError:
 
 def upstream_timeout() -> GatewayError:
     return GatewayError(504, "upstream_timeout", "The model server did not answer in time.")
+
+
+def service_unavailable() -> GatewayError:
+    # Quota and keys live in the database: without it nothing can be admitted, so say so at
+    # once (SDKs retry a 503 after Retry-After) instead of letting the client hang.
+    return GatewayError(
+        503,
+        "service_unavailable",
+        "The platform cannot reach its database right now. Retry in a few seconds.",
+        retry_after=2,
+    )

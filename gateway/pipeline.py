@@ -18,6 +18,10 @@ import time
 from datetime import UTC, datetime
 
 import aiohttp
+import asyncpg
+from django.conf import settings
+from django.db import InterfaceError as DjangoInterfaceError
+from django.db import OperationalError as DjangoOperationalError
 
 from gateway import errors
 from gateway.auth import KeyCache, api_key_from_headers
@@ -47,6 +51,17 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 CLIENT_CLOSED_REQUEST = 499
+# The database refused, dropped or never opened a connection (asyncpg on PostgreSQL, the ORM
+# for the catalog and on SQLite). Anything else from it is a bug and stays a 500.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    DjangoOperationalError,
+    DjangoInterfaceError,
+)
 
 
 class _DisconnectWatcher:
@@ -185,7 +200,19 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------
     async def authenticate(self, request: Request, *, fresh: bool = False) -> tuple[KeyRow, str]:
-        return await self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
+        return await self._database(
+            self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
+        )
+
+    async def _database(self, step):
+        """A step that needs the database, bounded: a database that is down or stalled gets
+        the client a quick 503 in its dialect instead of an error page or a hung request."""
+        try:
+            async with asyncio.timeout(settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
+                return await step
+        except DATABASE_UNAVAILABLE as failure:
+            log.warning("database unavailable: %s", failure.__class__.__name__)
+            raise errors.service_unavailable() from None
 
     async def _reserve(
         self, request: Request, key: KeyRow, digest: str, chat: ChatRequest, max_out: int
@@ -216,7 +243,7 @@ class Gateway:
             key, digest = await self.authenticate(request)
             chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
             model_name, stream = chat.model, chat.stream
-            model = await self.catalog.get(chat.model)
+            model = await self._database(self.catalog.get(chat.model))
             if model is None:
                 raise errors.model_not_found(chat.model)
             room = model.context_window - chat.input_tokens
@@ -243,7 +270,7 @@ class Gateway:
                 tpm=key.rate_limit_tpm,
                 tokens=chat.input_tokens,
             )
-            reserved = await self._reserve(request, key, digest, chat, max_out)
+            reserved = await self._database(self._reserve(request, key, digest, chat, max_out))
         except GatewayError as error:
             await send_response(send, error_response(error, dialect.render_error))
             if key is not None:

@@ -319,6 +319,9 @@ UPSTREAM_CONNECT_TIMEOUT_SECONDS = env.float("UPSTREAM_CONNECT_TIMEOUT_SECONDS",
 UPSTREAM_READ_TIMEOUT_SECONDS = env.float("UPSTREAM_READ_TIMEOUT_SECONDS", default=300.0)
 DEMO_UPSTREAM_URL = env.str("DEMO_UPSTREAM_URL", default="http://127.0.0.1:8100/v1")
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# A gateway step that needs the database (key lookup, catalog, quota reservation) gives up after
+# this long and answers 503, so a stalled database cannot hang every client.
+GATEWAY_DATABASE_TIMEOUT_SECONDS = env.float("GATEWAY_DATABASE_TIMEOUT_SECONDS", default=5.0)
 # Anthropic streams send a `ping` event after this long without an upstream chunk.
 GATEWAY_STREAM_PING_SECONDS = env.float("GATEWAY_STREAM_PING_SECONDS", default=10.0)
 
