@@ -32,7 +32,14 @@ from gateway.dialects.anthropic_translate import (
     error_type_for_status,
     message_from_chat_response,
 )
-from gateway.dialects.base import ChatRequest, Dialect, StreamRenderer, UpstreamTarget, Usage
+from gateway.dialects.base import (
+    ChatRequest,
+    Dialect,
+    StreamRenderer,
+    UpstreamTarget,
+    Usage,
+    refuse_unpaired_surrogates,
+)
 from gateway.errors import GatewayError, bad_request, model_not_found
 from gateway.http import ClientGone, Request, Response, json_response
 from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
@@ -138,6 +145,7 @@ class AnthropicDialect(Dialect):
             parsed = messages_request_parse(body)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
+        refuse_unpaired_surrogates(body)
         translation = chat_request_from_messages(parsed, reasoning=_MODELS_REASON)
         return ChatRequest(
             model=parsed.model,

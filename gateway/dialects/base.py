@@ -29,10 +29,11 @@ Usage is extracted by the pipeline from the upstream (``usage.prompt_tokens`` /
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, bad_request
 
 
 @dataclass(slots=True)
@@ -61,6 +62,28 @@ class UpstreamTarget:
     # Lets a dialect leave out parameters a particular server refuses (OpenAI's own API
     # rejects ``top_k``, which vLLM and SGLang take).
     base_url: str = ""
+
+
+def refuse_unpaired_surrogates(body: bytes) -> None:
+    """A 400 for a JSON body with half a UTF-16 surrogate pair escaped on its own ("\\ud800").
+
+    JSON allows the escape and Python decodes it into text that cannot be encoded again, so
+    the token estimate or the upstream call would fail later with a 500. Cheap: the body is
+    decoded a second time only when it holds such an escape at all (escaped emoji do).
+    """
+    if b"\\ud" not in body and b"\\uD" not in body:
+        return
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise bad_request(
+            "The request contains an unpaired surrogate escape (\\ud800 to \\udfff); "
+            "send valid Unicode text.",
+            param="body",
+            code="invalid_json",
+        ) from None
+    except (ValueError, RecursionError):
+        return  # not JSON at all: the dialect's own parsing says so
 
 
 class StreamRenderer:

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from gateway.dialects.base import ChatRequest, Dialect, StreamRenderer, UpstreamTarget, Usage
+from gateway.dialects.base import (
+    ChatRequest,
+    Dialect,
+    StreamRenderer,
+    UpstreamTarget,
+    Usage,
+    refuse_unpaired_surrogates,
+)
 from gateway.errors import GatewayError, bad_request
 from gateway.http import Request, Response, json_response
 from gateway.tokens import estimate_chat_tokens
@@ -128,8 +135,10 @@ class OpenAIDialect(Dialect):
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
         try:
             raw = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nested deeper than Python's decoder goes ("[[[[…").
             raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
+        refuse_unpaired_surrogates(body)
         if not isinstance(raw, dict):
             raise bad_request("The request body must be a JSON object.", code="invalid_json")
         try:
