@@ -7,6 +7,7 @@ portal- or operator-side and may take a few more queries.
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 # or its task was cancelled before the settle ran). Longer than the longest stream we allow.
 RESERVATION_STALE_SECONDS_DEFAULT = 15 * 60
 RESERVATION_SWEEP_BATCH = 500
+RESERVATION_SWEEP_BATCH_PG = 5_000
 PRUNE_BATCH = 10_000
 MAX_EXPECTED_DAILY_TOKENS = 10**12
 
@@ -209,36 +211,27 @@ def reservations_release_stale(
     ``FOR UPDATE SKIP LOCKED`` (a reservation the gateway is deleting right now is skipped,
     and one we hold makes the gateway's delete find nothing), and the row's deletion and the
     subtraction from ``DailyUsage.reserved_tokens`` commit together. Whoever deletes the row
-    subtracts its tokens, exactly once. Returns (reservations released, tokens released).
+    subtracts its tokens, exactly once. One sweeper runs at a time (a lock): the periodic
+    sweep and the daily reset may overlap. Returns (reservations released, tokens released).
     """
     cutoff = (now or timezone.now()) - older_than
-    batch_size = batch_size or RESERVATION_SWEEP_BATCH
     released = tokens_released = 0
-    while True:
-        with transaction.atomic():
-            rows = list(
-                Reservation.objects.select_for_update(skip_locked=True)
-                .filter(created_at__lt=cutoff)
-                .order_by("created_at", "id")
-                .values_list("id", "user_id", "day", "tokens")[:batch_size]
-            )
-            if not rows:
+    with _exclusive("usage-reservation-sweep") as acquired:
+        if not acquired:
+            logger.info("reservation sweep skipped: another sweep is running")
+            return 0, 0
+        if connection.vendor == "postgresql":
+            batch = _release_batch_pg
+            batch_size = batch_size or RESERVATION_SWEEP_BATCH_PG
+        else:
+            batch = _release_batch_orm
+            batch_size = batch_size or RESERVATION_SWEEP_BATCH
+        while True:
+            count, tokens = batch(cutoff, batch_size)
+            released += count
+            tokens_released += tokens
+            if count < batch_size:
                 break
-            Reservation.objects.filter(id__in=[row[0] for row in rows]).delete()
-            per_counter: dict[tuple[int, dt.date], int] = defaultdict(int)
-            for _id, user_id, day, tokens in rows:
-                per_counter[(user_id, day)] += tokens
-            # A fixed order keeps two sweepers from deadlocking on the counters.
-            for (user_id, day), tokens in sorted(per_counter.items()):
-                # Greatest() only matters if the invariant was already broken elsewhere; the
-                # check constraint would otherwise make every later sweep fail.
-                DailyUsage.objects.filter(user_id=user_id, day=day).update(
-                    reserved_tokens=Greatest(F("reserved_tokens") - tokens, Value(0))
-                )
-        released += len(rows)
-        tokens_released += sum(row[3] for row in rows)
-        if len(rows) < batch_size:
-            break
     if released:
         logger.warning(
             "released %d stale reservations (%d tokens) older than %s",
@@ -247,6 +240,59 @@ def reservations_release_stale(
             cutoff.isoformat(),
         )
     return released, tokens_released
+
+
+def _release_batch_orm(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
+    with transaction.atomic():
+        rows = list(
+            Reservation.objects.select_for_update(skip_locked=True)
+            .filter(created_at__lt=cutoff)
+            .order_by("created_at", "id")
+            .values_list("id", "user_id", "day", "tokens")[:batch_size]
+        )
+        if not rows:
+            return 0, 0
+        Reservation.objects.filter(id__in=[row[0] for row in rows]).delete()
+        per_counter: dict[tuple[int, dt.date], int] = defaultdict(int)
+        for _id, user_id, day, tokens in rows:
+            per_counter[(user_id, day)] += tokens
+        for (user_id, day), tokens in sorted(per_counter.items()):
+            # Greatest() only matters if the invariant was already broken elsewhere; the
+            # check constraint would otherwise make every later sweep fail.
+            DailyUsage.objects.filter(user_id=user_id, day=day).update(
+                reserved_tokens=Greatest(F("reserved_tokens") - tokens, Value(0))
+            )
+    return len(rows), sum(row[3] for row in rows)
+
+
+def _release_batch_pg(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
+    """One statement per batch: pick, delete and subtract together (thousands of rows a
+    second instead of one UPDATE per account)."""
+    reservation = Reservation._meta.db_table
+    counter = DailyUsage._meta.db_table
+    sql = f"""
+        WITH picked AS (
+            SELECT id FROM {reservation} WHERE created_at < %s
+            ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED
+        ), gone AS (
+            DELETE FROM {reservation} r USING picked WHERE r.id = picked.id
+            RETURNING r.user_id, r.day, r.tokens
+        ), sums AS (
+            SELECT user_id, day, SUM(tokens) AS tokens, COUNT(*) AS n
+            FROM gone GROUP BY user_id, day
+        ), counters AS (
+            UPDATE {counter} du
+            SET reserved_tokens = GREATEST(du.reserved_tokens - sums.tokens, 0),
+                updated_at = now()
+            FROM sums WHERE du.user_id = sums.user_id AND du.day = sums.day
+            RETURNING 1
+        )
+        SELECT COALESCE(SUM(n), 0), COALESCE(SUM(tokens), 0) FROM sums
+    """  # noqa: S608  (table names come from model metadata, values are parameters)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, [cutoff, batch_size])
+        count, tokens = cursor.fetchone()
+    return int(count), int(tokens)
 
 
 # --- the daily reset -----------------------------------------------------------------------
@@ -347,7 +393,7 @@ def _exclusive(name: str):
     SQLite (one machine by nature): an ``flock`` on a file in ``VAR_DIR``.
     """
     if connection.vendor == "postgresql":
-        key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big", signed=True)
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
             acquired = cursor.fetchone()[0]

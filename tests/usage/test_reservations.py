@@ -2,6 +2,7 @@ import datetime as dt
 import threading
 
 import pytest
+import time_machine
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -12,6 +13,7 @@ from usage.services import reservations_release_stale
 from .conftest import reserve
 
 
+@time_machine.travel(dt.datetime(2026, 3, 1, 4, 0, tzinfo=dt.UTC), tick=False)  # noon, Beijing
 def test_it_releases_exactly_the_stale_reservations(alice, bob):
     old = timezone.now() - dt.timedelta(hours=1)
     reserve(alice, 1_000, when=old)
@@ -84,3 +86,29 @@ def test_it_races_the_gateway_settle_without_double_release(alice):
     assert not Reservation.objects.exists()
     assert counter.reserved_tokens == 0  # every row subtracted exactly once
     assert counter.input_tokens == 10 * len(settled)
+
+
+def test_it_skips_while_another_sweep_runs(alice):
+    from usage import services
+
+    reserve(alice, 10, when=timezone.now() - dt.timedelta(hours=1))
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with services._exclusive("usage-reservation-sweep") as held:
+                assert held
+                taken.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(timeout=30)
+        assert reservations_release_stale(older_than=dt.timedelta(minutes=15)) == (0, 0)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert reservations_release_stale(older_than=dt.timedelta(minutes=15)) == (1, 10)
