@@ -114,24 +114,44 @@ def _completion_output_estimate(obj: dict) -> int:
     return tokens
 
 
-def _keepalive(send, renderer) -> asyncio.Task | None:
-    """For dialects that ping during long upstream silences: a task calling
-    ``renderer.keepalive()`` every ``keepalive_seconds`` and sending what it returns."""
-    seconds = renderer.keepalive_seconds
-    if not seconds:
-        return None
+class _Keepalive:
+    """For dialects that ping during long upstream silences: every ``keepalive_seconds`` asks
+    ``renderer.keepalive()`` and sends what it returns. A timer, not a task, while nothing is
+    due, so that a stream that keeps flowing pays next to nothing for it."""
 
-    async def beat():
+    __slots__ = ("_handle", "_loop", "_renderer", "_seconds", "_send", "_sending")
+
+    def __init__(self, send, renderer, seconds: float):
+        self._send = send
+        self._renderer = renderer
+        self._seconds = seconds
+        self._sending: asyncio.Task | None = None
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(seconds, self._beat)
+
+    def _beat(self) -> None:
+        data = self._renderer.keepalive()
+        if data and self._sending is None:
+            self._sending = self._loop.create_task(self._deliver(data))
+        self._handle = self._loop.call_later(self._seconds, self._beat)
+
+    async def _deliver(self, data: bytes) -> None:
         try:
-            while True:
-                await asyncio.sleep(seconds)
-                data = renderer.keepalive()
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-        except Exception:  # the response ended or the client left: nothing to keep alive
-            return
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except Exception:  # noqa: S110 - the response ended or the client left meanwhile
+            pass
+        finally:
+            self._sending = None
 
-    return asyncio.get_running_loop().create_task(beat())
+    def cancel(self) -> None:
+        self._handle.cancel()
+        if self._sending is not None:
+            self._sending.cancel()
+
+
+def _keepalive(send, renderer) -> _Keepalive | None:
+    seconds = renderer.keepalive_seconds
+    return _Keepalive(send, renderer, seconds) if seconds else None
 
 
 class _Outcome:

@@ -49,8 +49,9 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # A chunk whose only news is text (most chunks of most streams), as OpenAI-compatible servers
 # write it; its JSON string is relayed as is instead of decoded and encoded again.
 _TEXT_ONLY_CHUNK = re.compile(
-    rb'"choices":\[\{"index":0,"delta":\{(?:"role":"assistant",)?"content":("(?:[^"\\]|\\.)*")\}'
-    rb'(?:,"logprobs":null)?,"finish_reason":null(?:,"stop_reason":null)?\}\]'
+    rb'"choices":\s*\[\s*\{\s*"index":\s*0,\s*"delta":\s*\{\s*(?:"role":\s*"assistant",\s*)?'
+    rb'"content":\s*("(?:[^"\\]|\\.)*")\s*\}\s*(?:,\s*"logprobs":\s*null\s*)?'
+    rb',\s*"finish_reason":\s*null\s*(?:,\s*"stop_reason":\s*null\s*)?\}\s*\]'
 )
 
 # Upstreams known to refuse parameters outside OpenAI's own set (``top_k``, ...).

@@ -398,6 +398,22 @@ def sse_event(event: str, data: dict) -> bytes:
 
 PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'
 MESSAGE_STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+# The per-stream events, pre-formatted (id, model as JSON, input tokens).
+_MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"%s","type":"message",'
+    b'"role":"assistant","model":%s,"content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":%d,"output_tokens":0,"cache_creation_input_tokens":0,'
+    b'"cache_read_input_tokens":0}}}\n\n'
+)
+_TEXT_BLOCK_START = (
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+_MESSAGE_DELTA_AND_STOP = (
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"%s",'
+    b'"stop_sequence":%s},"usage":{"input_tokens":%d,"output_tokens":%d,'
+    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}\n\n' + MESSAGE_STOP_EVENT
+)
 
 
 def error_event(status: int, message: str, *, error_type: str | None = None) -> bytes:
@@ -475,22 +491,12 @@ class MessageStreamTranslator:
         return self.stop_sequence is not None
 
     def start(self) -> bytes:
-        message = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": self.input_estimate,
-                "output_tokens": 0,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            },
-        }
-        return sse_event("message_start", {"type": "message_start", "message": message})
+        # Formatted rather than encoded from a dict: this runs once per stream on the hot path.
+        return _MESSAGE_START % (
+            self.message_id.encode(),
+            _dumps(self.model).encode(),
+            self.input_estimate,
+        )
 
     # blocks
     def _close_block(self) -> bytes:
@@ -511,10 +517,17 @@ class MessageStreamTranslator:
         start = {"type": "content_block_start", "index": self._index, "content_block": block}
         return out + sse_event("content_block_start", start)
 
+    def _open_text_block(self) -> bytes:
+        out = self._close_block()
+        self._index += 1
+        self._block_open = True
+        self._block_kind = "text"
+        return out + _TEXT_BLOCK_START % self._index
+
     def _text_delta(self, text: str) -> bytes:
         out = b""
         if self._block_kind != "text":
-            out = self._open_block("text", {"type": "text", "text": ""})
+            out = self._open_text_block()
         self.output_chars += len(text)
         return out + (
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
@@ -548,7 +561,7 @@ class MessageStreamTranslator:
             return b""
         out = b""
         if self._block_kind != "text":
-            out = self._open_block("text", {"type": "text", "text": ""})
+            out = self._open_text_block()
         self.output_chars += len(literal) - 2
         return out + (
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
@@ -697,18 +710,12 @@ class MessageStreamTranslator:
             output_tokens = output_estimate if output_estimate is not None else 0
         if input_tokens is None:
             input_tokens = usage.get("prompt_tokens") or self.input_estimate
-        delta_usage = {
-            "input_tokens": int(input_tokens),
-            "output_tokens": int(output_tokens),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        }
-        message_delta = {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-            "usage": delta_usage,
-        }
-        return out + sse_event("message_delta", message_delta) + MESSAGE_STOP_EVENT
+        return out + _MESSAGE_DELTA_AND_STOP % (
+            stop_reason.encode(),
+            _dumps(stop_sequence).encode(),
+            int(input_tokens),
+            int(output_tokens),
+        )
 
     def fail(self, status: int, message: str, *, error_type: str | None = None) -> bytes:
         """A mid-stream failure: Anthropic sends an ``error`` event and nothing after it."""

@@ -10,6 +10,7 @@ from anthropic.types import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.dialects.anthropic import _TEXT_ONLY_CHUNK
 from gateway.dialects.anthropic_schema import MessagesRequestError, messages_request_parse
 from gateway.dialects.anthropic_translate import (
     MessageStreamTranslator,
@@ -391,7 +392,10 @@ def _renderer(stop_sequences=()):
 
 
 CHUNK_FORMATS = [
-    # the demo upstream
+    # the demo upstream (json.dumps with its default separators inside the delta)
+    '{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{{"index":0,"delta":{{"content": {text}}},"finish_reason":null}}],"usage":null}}',
+    # compact
     '{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
     '"choices":[{{"index":0,"delta":{{"content":{text}}},"finish_reason":null}}],"usage":null}}',
     # vLLM
@@ -415,6 +419,7 @@ def test_the_fast_path_emits_what_the_full_translation_emits(pieces, data):
         template = data.draw(st.sampled_from(CHUNK_FORMATS))
         literal = json.dumps(piece, ensure_ascii=data.draw(st.booleans()))
         chunk = template.format(text=literal).encode()
+        assert _TEXT_ONLY_CHUNK.search(chunk), chunk  # the fast path takes it
         raw_fast += fast.chunk(chunk, None)
         raw_slow += slow.chunk(chunk, None)
     # (With usage from the upstream: the fallback estimate may differ, it counts raw escapes.)
