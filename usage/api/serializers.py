@@ -48,17 +48,17 @@ class DailyQuerySerializer(serializers.Serializer):
 
 
 class DailySerializer(serializers.Serializer):
-    start = serializers.DateField(help_text="First day, inclusive.")
-    end = serializers.DateField(help_text="Last day, inclusive.")
     key = serializers.CharField(help_text="The key-name filter, or empty.")
     model = serializers.CharField(help_text="The model filter, or empty.")
     days = DayTotalsSerializer(many=True, help_text="One entry per day, zeros included.")
 
-    def to_representation(self, instance):
-        data = super().to_representation(instance)
-        data["from"] = data.pop("start")
-        data["to"] = data.pop("end")
-        return data
+    def get_fields(self):
+        # Named like the query parameters; ``from`` cannot be a class attribute. Declared
+        # here rather than renamed in to_representation so that the schema says so too.
+        fields = super().get_fields()
+        fields["from"] = serializers.DateField(source="start", help_text="First day, inclusive.")
+        fields["to"] = serializers.DateField(source="end", help_text="Last day, inclusive.")
+        return fields
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
