@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.serializers import ValidationError, as_serializer_error
@@ -89,6 +90,14 @@ class RecordCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def decode_cursor(self, request):
+        # A forged or stale cursor starts again from the newest page, as the Usage page does,
+        # instead of DRF's 404 (which the schema does not promise, and no id was missing).
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            return None
 
 
 class RequestsView(generics.ListAPIView):
