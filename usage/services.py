@@ -9,6 +9,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -449,14 +450,18 @@ def usage_daily_reset() -> QuotaReset | None:
             return None
         started_at = timezone.now()
         today = quota_day(started_at)
+        clock = time.monotonic()
         released, tokens = reservations_release_stale(
             older_than=reservation_stale_after(), now=started_at
         )
+        sweep_seconds, clock = time.monotonic() - clock, time.monotonic()
         days = _days_to_close(today)
         rollups = sum(usage_day_finalise(day=day) for day in days)
+        finalise_seconds, clock = time.monotonic() - clock, time.monotonic()
         pruned = usage_records_prune(
             before=started_at - dt.timedelta(days=settings.USAGE_RETENTION_DAYS)
         )
+        prune_seconds = time.monotonic() - clock
         run = QuotaReset.objects.create(
             day=days[-1] if days else today - dt.timedelta(days=1),
             days_closed=len(days),
@@ -468,12 +473,15 @@ def usage_daily_reset() -> QuotaReset | None:
             records_pruned=pruned,
         )
     logger.info(
-        "daily reset closed %d day(s) up to %s: %d reservations released, %d rollups "
-        "corrected, %d records pruned",
+        "daily reset closed %d day(s) up to %s: %d reservations released (%.1f s), "
+        "%d rollups corrected (%.1f s), %d records pruned (%.1f s)",
         run.days_closed,
         run.day,
         released,
+        sweep_seconds,
         rollups,
+        finalise_seconds,
         pruned,
+        prune_seconds,
     )
     return run
