@@ -22,6 +22,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 MODEL = "LongCat-Flash-Chat"
 CHUNKS = 20
+PATHS = {"openai": "/openai/v1/chat/completions", "anthropic": "/anthropic/v1/messages"}
 
 
 def free_port() -> int:
@@ -77,22 +78,37 @@ def uvicorn(app: str) -> list[str]:
     ]
 
 
-def bench_account() -> str:
-    """A benchmark account with room for any load, and its key (rate limits out of the way)."""
+def bench_account(accounts: int = 32) -> list[str]:
+    """Benchmark accounts with room for any load, and their keys (rate limits out of the way).
+
+    One account per concurrent client, as real traffic spreads over many accounts: requests of
+    one account queue on its counter row, whose lock lasts one commit (an fsync), which bounds
+    a single account at about 1 / (2 x commit time): ~150 requests/s on this machine's disk.
+    """
     from accounts.models import User
     from accounts.services import account_create_with_key
     from gateway.services import catalog_bootstrap
     from keys.models import ApiKey
 
     catalog_bootstrap()
-    email = f"bench-{int(time.time())}@example.invalid"
-    user, key = account_create_with_key(email=email)
-    User.objects.filter(pk=user.pk).update(daily_quota=10**15)
-    ApiKey.objects.filter(user=user).update(rate_limit_rpm=10**9, rate_limit_tpm=10**15)
-    return key
+    keys = []
+    for n in range(accounts):
+        user, key = account_create_with_key(email=f"bench-{time.time_ns()}-{n}@example.invalid")
+        User.objects.filter(pk=user.pk).update(daily_quota=10**15)
+        ApiKey.objects.filter(user=user).update(rate_limit_rpm=10**9, rate_limit_tpm=10**15)
+        keys.append(key)
+    return keys
 
 
-async def load(url: str, key: str, *, stream: bool, requests: int, concurrency: int) -> float:
+async def load(
+    url: str,
+    key: str | list[str],
+    *,
+    stream: bool,
+    requests: int,
+    concurrency: int,
+    dialect: str = "openai",
+) -> float:
     import aiohttp
 
     payload = json.dumps(
@@ -101,15 +117,24 @@ async def load(url: str, key: str, *, stream: bool, requests: int, concurrency: 
             "messages": [{"role": "user", "content": "Hello, please introduce yourself."}],
             "max_tokens": CHUNKS,
             "stream": stream,
-            **({"stream_options": {"include_usage": True}} if stream else {}),
+            # The same request in both dialects (Anthropic has no stream_options).
+            **(
+                {"stream_options": {"include_usage": True}}
+                if stream and dialect == "openai"
+                else {}
+            ),
         }
     ).encode()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    keys = key if isinstance(key, list) else [key]
     failures = 0
     queue = iter(range(requests))
 
-    async def worker(session):
+    async def worker(session, n):
         nonlocal failures
+        headers = {
+            "Authorization": f"Bearer {keys[n % len(keys)]}",
+            "Content-Type": "application/json",
+        }
         for _ in queue:
             async with session.post(url, data=payload, headers=headers) as response:
                 await response.read()
@@ -119,19 +144,136 @@ async def load(url: str, key: str, *, stream: bool, requests: int, concurrency: 
     connector = aiohttp.TCPConnector(limit=concurrency)
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, n) for n in range(concurrency)))
     elapsed = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"{failures} of {requests} requests failed against {url}")
     return elapsed
 
 
-def measure(pid: int, url: str, key: str, *, stream: bool, requests: int, concurrency: int):
-    asyncio.run(load(url, key, stream=stream, requests=min(300, requests), concurrency=concurrency))
+def measure(
+    pid: int,
+    url: str,
+    key: str | list[str],
+    *,
+    stream: bool,
+    requests: int,
+    concurrency: int,
+    dialect: str = "openai",
+):
+    kwargs = {"stream": stream, "concurrency": concurrency, "dialect": dialect}
+    asyncio.run(load(url, key, requests=min(300, requests), **kwargs))
     before = cpu_seconds(pid)
-    elapsed = asyncio.run(load(url, key, stream=stream, requests=requests, concurrency=concurrency))
+    elapsed = asyncio.run(load(url, key, requests=requests, **kwargs))
     cpu = cpu_seconds(pid) - before
     return {"rps": requests / elapsed, "cpu_ms": cpu * 1000 / requests}
+
+
+def compare_dialects(
+    pid: int, port: int, key: str | list[str], *, requests: int, concurrency: int
+) -> dict:
+    """The OpenAI and the Anthropic path of the same gateway process under the same load,
+    interleaved and best of three rounds: this machine's load moves a single figure by more than
+    the difference sought."""
+    best: dict = {}
+    for _round in range(3):
+        for stream in (False, True):
+            for dialect, path in PATHS.items():
+                figures = measure(
+                    pid,
+                    f"http://127.0.0.1:{port}{path}",
+                    key,
+                    stream=stream,
+                    requests=requests,
+                    concurrency=concurrency,
+                    dialect=dialect,
+                )
+                case = f"{dialect} {'streamed' if stream else 'non-streamed'}"
+                if case not in best or figures["cpu_ms"] < best[case]["cpu_ms"]:
+                    best[case] = figures
+    return best
+
+
+def dialect_costs(iterations: int = 5000) -> dict:
+    """CPU of the dialect's own work alone, in this process, for the benchmark's request: parse
+    and translate the request, render the answer, and render a 20-chunk stream (chunks as the
+    demo upstream writes them). Everything else on the path is the same code for both dialects,
+    so these differences are what the translation costs, free of the load's noise."""
+    from gateway.dialects.anthropic import dialect as anthropic
+    from gateway.dialects.base import UpstreamTarget, Usage
+    from gateway.dialects.openai import dialect as openai
+    from gateway.upstream import chunk_with_usage
+
+    target = UpstreamTarget(MODEL, MODEL, CHUNKS)
+    request = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hello, please introduce yourself."}],
+            "max_tokens": CHUNKS,
+        }
+    ).encode()
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "word " * CHUNKS},
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {"prompt_tokens": 14, "completion_tokens": CHUNKS},
+        }
+    )
+    head = '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+    chunks = [
+        f'{head}[{{"index":0,"delta":{{"content": " word{i}"}},"finish_reason":null}}],'
+        '"usage":null}'.encode()
+        for i in range(CHUNKS)
+    ]
+    costs = {}
+    for name, dialect in (("openai", openai), ("anthropic", anthropic)):
+        chat = dialect.parse_chat(request, b"")
+        started = time.process_time()
+        for _ in range(iterations):
+            chat = dialect.parse_chat(request, b"")
+            dialect.upstream_body(chat, target)
+            dialect.render_completion(chat, json.loads(answer), target)
+        per_request = (time.process_time() - started) / iterations
+        started = time.process_time()
+        for _ in range(iterations // 10):
+            renderer = dialect.stream_renderer(chat, target)
+            renderer.start()
+            for data in chunks:
+                renderer.chunk(data, chunk_with_usage(data)[0])
+            renderer.finish(Usage(14, CHUNKS))
+        per_stream = (time.process_time() - started) / (iterations // 10)
+        costs[name] = {"request_ms": per_request * 1000, "stream_ms": per_stream * 1000}
+    return costs
+
+
+def anthropic_summary(best: dict) -> str:
+    """What the Anthropic translation costs over the OpenAI path: CPU per request (target: at
+    most 0.3 ms more) and per streamed chunk (target: at most 1.5x the OpenAI path's)."""
+    cpu = {case: figures["cpu_ms"] for case, figures in best.items()}
+    extra_ms = cpu["anthropic non-streamed"] - cpu["openai non-streamed"]
+    per_chunk = {
+        dialect: (cpu[f"{dialect} streamed"] - cpu[f"{dialect} non-streamed"]) / CHUNKS
+        for dialect in PATHS
+    }
+    ratio = per_chunk["anthropic"] / max(per_chunk["openai"], 1e-9)
+    lines = [
+        f"  {case:<26} {figures['rps']:7.0f} req/s {figures['cpu_ms']:6.3f} ms CPU/req"
+        for case, figures in best.items()
+    ]
+    lines.append(
+        f"  anthropic translation: {extra_ms:+.3f} ms CPU per request over the OpenAI path "
+        f"(target <= 0.3); per chunk {per_chunk['anthropic'] * 1000:.1f} us vs "
+        f"{per_chunk['openai'] * 1000:.1f} us, {ratio:.2f}x (target <= 1.5x)"
+    )
+    return "\n".join(lines)
 
 
 def main(requests: int = 3000, concurrency: int = 32) -> dict:
@@ -148,7 +290,7 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
         demo, demo_port = start(["manage.py", "demo_upstream", "--port", "{port}"], env)
         processes.append(demo)
         upstream = f"http://127.0.0.1:{demo_port}/v1"
-        key = bench_account()
+        key = bench_account(concurrency)
         connection.close()
         gateway, gateway_port = start(
             uvicorn("portal.asgi:application"), {**env, "DEMO_UPSTREAM_URL": upstream}
@@ -183,6 +325,24 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
                 f"{row['gateway']['cpu_ms']:6.3f} ms CPU/req | bare {row['bare']['rps']:7.0f} "
                 f"req/s {row['bare']['cpu_ms']:6.3f} ms CPU/req | CPU ratio {ratio:4.2f}x"
             )
+        print("Anthropic vs OpenAI path, same gateway process (best of 3 interleaved rounds):")
+        results["anthropic"] = compare_dialects(
+            gateway.pid, gateway_port, key, requests=requests // 2, concurrency=concurrency
+        )
+        print(anthropic_summary(results["anthropic"]))
+        costs = results["anthropic_dialect"] = dialect_costs()
+        extra = costs["anthropic"]["request_ms"] - costs["openai"]["request_ms"]
+        extra_per_chunk = (costs["anthropic"]["stream_ms"] - costs["openai"]["stream_ms"]) / CHUNKS
+        openai_chunk = (
+            results[f"streamed ({CHUNKS} chunks)"]["gateway"]["cpu_ms"]
+            - results["non-streamed"]["gateway"]["cpu_ms"]
+        ) / CHUNKS
+        print(
+            f"  dialect work alone (no load noise): anthropic {extra:+.3f} ms CPU per request "
+            f"over openai (target <= 0.3); {extra_per_chunk * 1000:+.1f} us per chunk, i.e. "
+            f"{(openai_chunk + extra_per_chunk) / max(openai_chunk, 1e-9):.2f}x the OpenAI "
+            f"path's {openai_chunk * 1000:.1f} us per chunk measured above (target <= 1.5x)"
+        )
         return results
     finally:
         for process in reversed(processes):
