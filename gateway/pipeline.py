@@ -292,7 +292,9 @@ class Gateway:
             )
             reserved = await self._database(self._reserve(request, key, digest, chat, max_out))
         except GatewayError as error:
-            await send_response(send, error_response(error, dialect.render_error))
+            # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
+            extra = rate.headers() if rate is not None else ()
+            await send_response(send, error_response(error, dialect.render_error, extra))
             if key is not None:
                 self._record(
                     key, dialect, model_name, stream, started, error.status, error.code, None

@@ -45,7 +45,7 @@ def catalog_bootstrap(*, name: str = DEMO_MODEL_NAME) -> tuple[Model, str]:
         model.upstream_base_url = ""
         model.upstream_model = ""
         model.upstream_key_encrypted = ""
-        where = f"the demo upstream at {settings.DEMO_UPSTREAM_URL}"
+        where = "the built-in demo upstream (DEMO_UPSTREAM_URL)"
     model.enabled = True
     model.save()
     return model, f"{'Created' if created else 'Updated'} {model.name} on {where}."

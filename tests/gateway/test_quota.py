@@ -125,6 +125,7 @@ def test_it_answers_429_insufficient_quota_with_the_time_to_reset(gw, alice_key)
     assert "2 h 0 min" in error["message"]
     assert result.headers["x-should-retry"] == "false"
     assert result.headers["retry-after"] == str(2 * 3600)
+    assert "x-ratelimit-remaining-requests" in result.headers
 
 
 def test_it_starts_from_zero_at_midnight_beijing_time(gw, alice_key):
