@@ -182,6 +182,10 @@ STATUS_FILTERS = ("ok", "error")
 def usage_records(*, user, key_name: str = "", model: str = "", status: str = ""):
     """The account's usage records, newest first, filtered. ``status``: ok, error or a code."""
     rows = UsageRecord.objects.filter(user=user)
+    if "\x00" in key_name or "\x00" in model:
+        # No stored name holds a NUL (PostgreSQL text cannot), and PostgreSQL refuses the
+        # query outright: a filter typed with one matches nothing instead of failing.
+        return rows.none()
     if key_name:
         rows = rows.filter(key_name=key_name)
     if model:
