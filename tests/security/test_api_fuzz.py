@@ -117,3 +117,28 @@ def test_a_forged_cursor_starts_from_the_newest_page_instead_of_a_404(alice_clie
     response = alice_client.get("/api/v1/usage/requests/", {"cursor": "not-a-cursor"})
     assert response.status_code == 200
     assert len(response.json()["results"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/v1/usage/requests/", {"key": "a\x00b"}),
+        ("/api/v1/usage/requests/", {"model": "a\x00b"}),
+        ("/usage/", {"key": "a\x00b", "model": "a\x00b"}),
+        ("/usage/export/", {"kind": "requests", "key": "a\x00b", "model": "\x00"}),
+        ("/usage/export/", {"kind": "daily", "key": "a\x00b", "model": "\x00"}),
+    ],
+)
+def test_a_nul_character_in_a_filter_matches_nothing_instead_of_failing(
+    alice_client, alice, path, params
+):
+    # PostgreSQL refuses text with NUL in a query: this was a 500 there (found by the fuzzer).
+    from tests.usage.conftest import record_request
+    from usage.quota import quota_day
+
+    record_request(alice, input_tokens=3)
+    today = quota_day().isoformat()
+    response = alice_client.get(path, {**params, "start": today, "end": today})
+    assert response.status_code == 200
+    if path.startswith("/api/"):
+        assert response.json()["results"] == []
