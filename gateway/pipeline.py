@@ -347,6 +347,9 @@ class Gateway:
 
     def _record(self, key, dialect, model_name, stream, started, status, error_code, outcome):
         now = datetime.now(UTC)
+        # The client's text, recorded even for an unknown model: PostgreSQL refuses NUL in
+        # text, and a batch it refuses would be retried forever, holding up every record.
+        model_name = model_name[:128].replace("\x00", "\ufffd")
         metrics.record_gateway_request(
             dialect=dialect.name,
             model=model_name[:128],
