@@ -175,3 +175,21 @@ def test_hostile_bodies_through_the_whole_gateway_are_4xx_never_500(gw, alice_ke
             if dialect_name == "anthropic":
                 assert envelope["type"] == "error"
     assert not Reservation.objects.exists()
+
+
+@pytest.mark.parametrize("dialect_name", DIALECTS)
+def test_a_nul_in_the_model_name_does_not_hold_up_the_usage_records(gw, alice_key, dialect_name):
+    """The model name a client sends is recorded even when unknown (404). PostgreSQL refuses
+    text with NUL, and the batching writer keeps retrying a failed batch: one such record
+    must not keep every later record out of the database."""
+    from usage.models import UsageRecord
+
+    _user, key = alice_key
+    headers = {"anthropic-version": "2023-06-01"} if dialect_name == "anthropic" else {}
+    path = PATHS[dialect_name]
+    body = {**VALID[dialect_name], "model": "Long\x00Cat"}
+    assert gw.chat(key, body, path=path, headers=headers).status == 404
+    assert gw.chat(key, VALID[dialect_name], path=path, headers=headers).status == 200
+    gw.flush()
+    assert sorted(UsageRecord.objects.values_list("status_code", flat=True)) == [200, 404]
+    assert gw.gateway.recorder._rows == []
