@@ -326,6 +326,9 @@ GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1
 GATEWAY_DATABASE_TIMEOUT_SECONDS = env.float("GATEWAY_DATABASE_TIMEOUT_SECONDS", default=5.0)
 # Anthropic streams send a `ping` event after this long without an upstream chunk.
 GATEWAY_STREAM_PING_SECONDS = env.float("GATEWAY_STREAM_PING_SECONDS", default=10.0)
+# PostgreSQL connections per gateway worker process. The gateway borrows one per statement (not
+# per request), so a handful serves many in-flight calls; mind max_connections x workers.
+GATEWAY_DB_POOL_SIZE = env.int("GATEWAY_DB_POOL_SIZE", default=10)
 
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=False)
 # Protect /metrics: a bearer token the scraper sends, and/or the client addresses allowed.
