@@ -262,33 +262,43 @@ class _Connections:
         self._args = pg_connect_args()
 
     async def acquire(self):
-        if self._free:
-            return self._free.pop()
-        if self._size < self.max_size:
-            self._size += 1
+        while True:
+            if self._free:
+                return self._free.pop()
+            if self._size < self.max_size:
+                self._size += 1
+                try:
+                    return await asyncpg.connect(**self._args, statement_cache_size=256)
+                except BaseException:
+                    self._size -= 1
+                    self._make_room()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
-                return await asyncpg.connect(**self._args, statement_cache_size=256)
-            except BaseException:
-                self._size -= 1
+                conn = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self.release(waiter.result())
                 raise
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
-            raise
+            if conn is not None:
+                return conn
+            # A connection was dropped: there is room to open one now; go round again.
+
+    def _make_room(self) -> None:
+        # Wakes the waiters with None ("open one yourself"). Cancelling their futures instead
+        # raised CancelledError in requests nobody had cancelled: a dropped connection for the
+        # client instead of an answer.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def release(self, conn, *, broken: bool = False) -> None:
         if broken or conn.is_closed():
             self._size -= 1
             conn.terminate()
-            # A waiter, if any, may now open a fresh connection.
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.cancel()
+            self._make_room()
             return
         while self._waiters:
             waiter = self._waiters.popleft()
