@@ -188,3 +188,22 @@ def test_rate_limits_fail_open_without_redis_and_hold_again_when_it_returns(
     assert "rate limiter: Redis unavailable" in capfd.readouterr().err
     settled_records(user, 8)
     assert_books_balance(user)
+
+
+def test_many_requests_at_once_on_a_stalled_database_all_get_503(
+    postgres_proxy, gateway_behind_proxy, live_key
+):
+    """More requests than the gateway has database connections: those waiting for a
+    connection must get the same quick 503 as those holding one, not a dropped connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _user, key = live_key
+    postgres_proxy.stall()
+    try:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(lambda _: _chat(gateway_behind_proxy, key), range(24)))
+    finally:
+        postgres_proxy.up()
+    statuses = sorted(response.status_code for response, _ in answers)
+    assert statuses == [503] * 24
+    assert max(elapsed for _, elapsed in answers) < ANSWER_WITHIN_SECONDS * 2
