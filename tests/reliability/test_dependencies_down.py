@@ -180,11 +180,16 @@ def test_rate_limits_fail_open_without_redis_and_hold_again_when_it_returns(
             outage = [_chat(base_url, key) for _ in range(3)]
             assert [r.status_code for r, _ in outage] == [200, 200, 200]
             assert max(elapsed for _, elapsed in outage) < 3.0
+            status, checks = _health(base_url)
+            assert status == 503
+            assert checks["cache"]["ok"] is False
+            assert checks["database"]["ok"] is True
         finally:
             redis_proxy.up()
 
         # Back: the window Redis kept still holds the three admitted before the outage.
         assert _until(lambda: _chat(base_url, key)[0].status_code == 429, timeout=10)
+        assert _until(lambda: _health(base_url)[0] == 200), "/healthz never recovered"
     assert "rate limiter: Redis unavailable" in capfd.readouterr().err
     settled_records(user, 8)
     assert_books_balance(user)
