@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 
 import pytest
 import requests
@@ -168,7 +169,11 @@ def test_rate_limits_fail_open_without_redis_and_hold_again_when_it_returns(
     with (
         demo_upstream() as upstream,
         gateway_servers(
-            1, REDIS_URL=redis_proxy.url_for(settings.REDIS_URL), DEMO_UPSTREAM_URL=upstream
+            1,
+            REDIS_URL=redis_proxy.url_for(settings.REDIS_URL),
+            DEMO_UPSTREAM_URL=upstream,
+            # Key ids repeat across test databases (xdist workers, CI runs): count apart.
+            CACHE_KEY_PREFIX=f"test-{uuid.uuid4().hex}",
         ) as (base_url,),
     ):
         _wait_for_a_fresh_minute()

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from unittest import mock
 
 import pytest
@@ -137,6 +138,8 @@ def test_a_full_request_cycle_never_logs_a_key(live_key, bob_key, caplog, tmp_pa
                     LOG_LEVEL="DEBUG",
                     ACCESS_LOG="true",
                     RATE_LIMIT_RPM=100000,
+                    # Key ids repeat across test databases (xdist workers, CI runs).
+                    CACHE_KEY_PREFIX=f"test-{uuid.uuid4().hex}",
                 ),
                 stdout=stdout,
                 stderr=stderr,
