@@ -129,9 +129,7 @@ class GatewayApplication:
         request = Request(scope, receive, subpath)
         if subpath in mount.chat_paths:
             if request.method != "POST":
-                await send_response(
-                    send, error_response(errors.method_not_allowed(), dialect.render_error)
-                )
+                await send_response(send, error_response(errors.method_not_allowed(), dialect))
                 return
             await gateway.handle_chat(dialect, request, send)
             return
@@ -139,10 +137,10 @@ class GatewayApplication:
         if handler is None:
             known = any(path == subpath for _method, path in mount.routes)
             error = errors.method_not_allowed() if known else errors.not_found()
-            await send_response(send, error_response(error, dialect.render_error))
+            await send_response(send, error_response(error, dialect))
             return
         try:
             response = await handler(gateway, request)
         except GatewayError as error:
-            response = error_response(error, dialect.render_error)
+            response = error_response(error, dialect)
         await send_response(send, response)

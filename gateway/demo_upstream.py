@@ -10,9 +10,9 @@ stream chunk, and honours ``max_tokens``/``max_completion_tokens`` and
 Switches for tests and benchmarks, as request headers (the gateway forwards ``x-demo-*``
 headers to demo models only):
 
-* ``x-demo-fault``: ``slow`` (50 ms per chunk), ``error500``, ``error400``, ``hang`` (never
-  answers), ``cut`` (drops the connection halfway through a stream), ``nousage`` (reports no
-  usage).
+* ``x-demo-fault``: ``slow`` (50 ms per chunk), ``error500``, ``error400``, ``overloaded``
+  (503, as a saturated vLLM answers), ``hang`` (never answers), ``cut`` (drops the connection
+  halfway through a stream), ``nousage`` (reports no usage).
 * ``x-demo-delay-ms``: delay before each chunk (and before a plain answer).
 * ``x-demo-tokens``: length of the natural answer (default 48 tokens).
 * ``x-demo-echo: 1``: answer (not streamed) with the JSON the demo received, as the content.
@@ -72,6 +72,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "body is not JSON")
     if fault == "error500":
         return _error(500, "the demo upstream was told to fail", "server_error")
+    if fault == "overloaded":
+        return _error(503, "the demo upstream was told it is overloaded", "server_error")
     if fault == "error400":
         return _error(400, "the demo upstream was told to refuse this request")
     if fault == "hang":

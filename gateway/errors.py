@@ -150,6 +150,17 @@ def upstream_unavailable(detail: str = "") -> GatewayError:
     return GatewayError(502, "upstream_error", message)
 
 
+def upstream_overloaded() -> GatewayError:
+    # A saturated model server (its 429 or 503): worth retrying shortly, unlike a broken one.
+    # Anthropic clients expect this as 529 overloaded_error (see the dialect's error_status).
+    return GatewayError(
+        503,
+        "upstream_overloaded",
+        "The model server is overloaded right now. Retry in a few seconds.",
+        retry_after=5,
+    )
+
+
 def upstream_timeout() -> GatewayError:
     return GatewayError(504, "upstream_timeout", "The model server did not answer in time.")
 

@@ -86,5 +86,9 @@ async def send_response(send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def error_response(error: GatewayError, render, extra_headers=()) -> Response:
-    return Response(error.status, render(error), [*error.response_headers(), *extra_headers])
+def error_response(error: GatewayError, dialect, extra_headers=()) -> Response:
+    return Response(
+        dialect.error_status(error),
+        dialect.render_error(error),
+        [*error.response_headers(), *extra_headers],
+    )

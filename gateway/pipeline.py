@@ -294,7 +294,7 @@ class Gateway:
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
             extra = rate.headers() if rate is not None else ()
-            await send_response(send, error_response(error, dialect.render_error, extra))
+            await send_response(send, error_response(error, dialect, extra))
             if key is not None:
                 self._record(
                     key, dialect, model_name, stream, started, error.status, error.code, None
@@ -502,4 +502,4 @@ class Gateway:
         if response_started and renderer is not None:
             await send({"type": "http.response.body", "body": renderer.error(error)})
         elif not response_started:
-            await send_response(send, error_response(error, dialect.render_error))
+            await send_response(send, error_response(error, dialect))

@@ -111,7 +111,8 @@ def chunk_with_usage(data: bytes) -> tuple[dict | None, Usage | None]:
 
 
 def upstream_http_error(status: int, body: bytes) -> errors.GatewayError:
-    """An upstream refusal in our terms: its 4xx passed on, anything else a 502."""
+    """An upstream refusal in our terms: its 4xx passed on, saturation (429/503) as overloaded,
+    anything else a 502."""
     message = ""
     try:
         payload = json.loads(body)
@@ -119,7 +120,9 @@ def upstream_http_error(status: int, body: bytes) -> errors.GatewayError:
         message = detail.get("message", "") if isinstance(detail, dict) else str(detail)
     except ValueError:
         message = body[:200].decode("utf-8", "replace")
-    if status in (400, 404, 413, 422, 429) and message:
+    if status in (429, 503):
+        return errors.upstream_overloaded()
+    if status in (400, 404, 413, 422) and message:
         return errors.GatewayError(
             400 if status == 422 else status,
             "upstream_rejected",

@@ -64,6 +64,8 @@ _MODELS_REASON = False
 def _error_type(error: GatewayError) -> str:
     if error.code == "insufficient_quota":
         return "rate_limit_error"
+    if error.code == "upstream_overloaded":
+        return "overloaded_error"
     return error_type_for_status(error.status)
 
 
@@ -190,6 +192,10 @@ class AnthropicDialect(Dialect):
         return _dumps(
             error_body(error.status, error.message, error_type=_error_type(error))
         ).encode()
+
+    def error_status(self, error: GatewayError) -> int:
+        # Anthropic's SDKs and Claude Code know a saturated service as 529 overloaded_error.
+        return 529 if error.code == "upstream_overloaded" else error.status
 
     def routes(self) -> dict:
         return {

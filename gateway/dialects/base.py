@@ -139,5 +139,9 @@ class Dialect:
     def render_error(self, error: GatewayError) -> bytes:
         raise NotImplementedError
 
+    def error_status(self, error: GatewayError) -> int:
+        """The HTTP status of ``error`` in this dialect (most follow the gateway's own)."""
+        return error.status
+
     def routes(self) -> dict:
         return {}

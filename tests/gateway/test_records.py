@@ -70,6 +70,18 @@ def test_it_answers_502_and_charges_nothing_when_the_upstream_fails(gw, alice_ke
     assert UsageRecord.objects.get().status_code == 502
 
 
+def test_it_answers_503_with_retry_after_when_the_upstream_is_overloaded(gw, alice_key):
+    user, key = alice_key
+    result = gw.chat(key, headers={"x-demo-fault": "overloaded"})
+    assert result.status == 503
+    assert result.json()["error"]["code"] == "upstream_overloaded"
+    assert result.headers["retry-after"] == "5"
+    assert "x-should-retry" not in result.headers  # worth retrying, unlike a bad key
+    assert _counter(user).reserved_tokens == 0
+    gw.flush()
+    assert UsageRecord.objects.get().error_code == "upstream_overloaded"
+
+
 def test_it_passes_an_upstream_refusal_on(gw, alice_key):
     result = gw.chat(alice_key[1], headers={"x-demo-fault": "error400"})
     assert result.status == 400

@@ -220,6 +220,17 @@ def test_an_upstream_failure_is_502_api_error(gw, alice_key):
     assert result.json()["error"]["type"] == "api_error"
 
 
+def test_an_overloaded_upstream_is_529_overloaded_error(gw, alice_key):
+    _user, key = alice_key
+    result = post(gw, key, headers={"x-demo-fault": "overloaded"})
+    assert result.status == 529
+    assert result.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": result.json()["error"]["message"]},
+    }
+    assert result.headers["retry-after"] == "5"
+
+
 def test_a_stream_cut_midway_ends_with_an_error_event_and_charges_what_came(gw, alice_key):
     user, key = alice_key
     result = post(gw, key, {**HELLO, "stream": True}, headers={"x-demo-fault": "cut"})
