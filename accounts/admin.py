@@ -25,10 +25,21 @@ class AccountAdmin(DjangoUserAdmin):
     list_filter = ["is_active", "is_staff", "is_superuser", "region"]
     search_fields = ["email", "phone", "public_id"]
     ordering = ["-date_joined"]
-    readonly_fields = ["public_id", "date_joined", "last_login", "updated_at"]
+    # The quota is changed only through the audited quota service (usage: "Add quota change" or
+    # `manage.py set_quota`), never edited here without a record of who and why.
+    readonly_fields = ["public_id", "daily_quota", "date_joined", "last_login", "updated_at"]
     fieldsets = [
         (None, {"fields": ["public_id", "email", "phone", "phone_verified", "password"]}),
-        (_("Profile"), {"fields": ["region", "language", "daily_quota"]}),
+        (
+            _("Profile"),
+            {
+                "fields": ["region", "language", "daily_quota"],
+                "description": _(
+                    "The daily quota is changed with “Add quota change” under Usage or the "
+                    "set_quota command, so that every change is recorded with its reason."
+                ),
+            },
+        ),
         (
             _("Permissions"),
             {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},

@@ -80,6 +80,26 @@ def test_it_shows_accounts_in_the_admin(client, superuser, alice, bob):
     assert client.get(reverse("admin:accounts_user_change", args=[bob.pk])).status_code == 200
 
 
+def test_it_does_not_let_the_account_form_change_the_quota_without_an_audit_record(
+    client, superuser, alice
+):
+    client.force_login(superuser)
+    url = reverse("admin:accounts_user_change", args=[alice.pk])
+    form = client.get(url).context["adminform"].form
+    assert "daily_quota" not in form.fields
+    data = {
+        "email": alice.email,
+        "region": alice.region,
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "daily_quota": "99999999",
+    }
+    client.post(url, data)
+    alice.refresh_from_db()
+    assert alice.daily_quota is None
+
+
 def test_it_creates_an_account_from_the_command_and_prints_its_key_once():
     out = StringIO()
     call_command("create_account", "--email", "Ops@Example.com", stdout=out)
