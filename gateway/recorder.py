@@ -71,15 +71,16 @@ class Recorder:
                 self.batches += 1
                 await self.ledger.write_batch(rows, touched)
             except Exception as error:
-                if not _is_integrity_error(error):
+                if not _is_refused_row(error):
                     # The database is unreachable or failing: keep everything for the next try.
                     log.exception("usage records: write of %d rows failed; will retry", len(rows))
                     self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
                     for key_id, when in touched.items():
                         self._touched.setdefault(key_id, when)
                     return
-                # A row points at an account or key deleted since its request: write the rows
-                # one by one so that one of them cannot hold back the others.
+                # A row points at an account or key deleted since its request, or holds a
+                # value the database refuses: write the rows one by one so that one of them
+                # cannot hold back the others (a batch it refuses would be retried forever).
                 await self._write_one_by_one(rows)
                 if touched:
                     with contextlib.suppress(Exception):
@@ -92,11 +93,11 @@ class Recorder:
                     await self.ledger.write_batch([attempt], {})
                     break
                 except Exception as error:
-                    if not _is_integrity_error(error):
+                    if not _is_refused_row(error):
                         self._rows.append(row)
                         break
             else:
-                log.warning("usage records: dropped a record of a deleted account")
+                log.warning("usage records: dropped a record the database refuses")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -107,9 +108,10 @@ class Recorder:
         await self.flush()
 
 
-def _is_integrity_error(error: BaseException) -> bool:
-    # django.db.IntegrityError (the ORM ledger) or asyncpg's IntegrityConstraintViolationError.
+def _is_refused_row(error: BaseException) -> bool:
+    # A row the database will never take: a constraint (django.db.IntegrityError, asyncpg's
+    # IntegrityConstraintViolationError) or a value (DataError in both, e.g. NUL in text).
     return any(
-        cls.__name__ in ("IntegrityError", "IntegrityConstraintViolationError")
+        cls.__name__ in ("IntegrityError", "IntegrityConstraintViolationError", "DataError")
         for cls in type(error).__mro__
     )
