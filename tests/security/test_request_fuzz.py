@@ -193,3 +193,27 @@ def test_a_nul_in_the_model_name_does_not_hold_up_the_usage_records(gw, alice_ke
     gw.flush()
     assert sorted(UsageRecord.objects.values_list("status_code", flat=True)) == [200, 404]
     assert gw.gateway.recorder._rows == []
+
+
+def test_a_record_the_database_refuses_is_dropped_alone(gw, alice_key):
+    """Defence in depth behind the test above: whatever value PostgreSQL refuses in a batch
+    (here a NUL that got past the pipeline), the other records are still written."""
+    import dataclasses
+
+    from django.db import connection
+
+    from usage.models import UsageRecord
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite stores NUL in text: there is nothing to refuse")
+    _user, key = alice_key
+    gw.run(gw.app._started())
+    recorder = gw.gateway.recorder
+    gw.run(recorder.stop())  # no timer: nothing is written until flush() below
+    assert gw.chat(key, VALID["openai"], path=PATHS["openai"]).status == 200
+    good = recorder._rows[-1]
+    recorder.add(dataclasses.replace(good, model="bad\x00model"))
+    assert gw.chat(key, VALID["openai"], path=PATHS["openai"]).status == 200
+    gw.flush()
+    assert UsageRecord.objects.count() == 2
+    assert recorder._rows == []
