@@ -1,70 +1,26 @@
 """The docs in real Chromium under the real CSP: copy buttons and "Use my key"."""
 
-from urllib.parse import urlparse
-
 import pytest
-from django.test import Client
 
 from keys import selectors as key_selectors
 from keys import services as key_services
+from tests.browser import chromium, sign_in, watch_errors
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 def browser_page(live_server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1200, "height": 900})
-            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on(
-                "console",
-                lambda m: (
-                    errors.append(m.text)
-                    if m.type == "error" and not m.text.startswith("Failed to load resource")
-                    else None
-                ),
-            )
-            page.on(
-                "response",
-                lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-            )
-            page.errors = errors
-            yield page
-        finally:
-            browser.close()
+    with chromium(monkeypatch) as browser:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+        page = context.new_page()
+        watch_errors(page)
+        yield page
 
 
 def _sign_in(page, live_server, user):
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [
-            {
-                "name": "sessionid",
-                "value": client.cookies["sessionid"].value,
-                "domain": urlparse(live_server.url).hostname,
-                "path": "/",
-            }
-        ]
-    )
+    sign_in(page.context, live_server.url, user)
 
 
 def _slot_texts(page) -> list[str]:
@@ -115,25 +71,16 @@ def test_anonymous_readers_get_copy_buttons_but_no_key_button(browser_page, live
 
 
 def test_without_javascript_the_js_only_controls_stay_hidden(live_server, alice, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        try:
-            page = browser.new_context(java_script_enabled=False).new_page()
-            _sign_in(page, live_server, alice)
-            page.goto(f"{live_server.url}/docs/quick-start/")
-            assert page.locator(".code-copy:visible").count() == 0
-            assert page.locator("[data-key-fill]:visible").count() == 0
-            # (Playwright turns scripts off without switching the parser's scripting flag, so
-            # the <noscript> hint is present but not rendered here; real browsers show it.)
-            assert "<noscript>" in page.content()
-            assert set(_slot_texts(page)) == {"YOUR_API_KEY"}
-        finally:
-            browser.close()
+    with chromium(monkeypatch) as browser:
+        page = browser.new_context(java_script_enabled=False).new_page()
+        _sign_in(page, live_server, alice)
+        page.goto(f"{live_server.url}/docs/quick-start/")
+        assert page.locator(".code-copy:visible").count() == 0
+        assert page.locator("[data-key-fill]:visible").count() == 0
+        # (Playwright turns scripts off without switching the parser's scripting flag, so
+        # the <noscript> hint is present but not rendered here; real browsers show it.)
+        assert "<noscript>" in page.content()
+        assert set(_slot_texts(page)) == {"YOUR_API_KEY"}
 
 
 def test_no_docs_page_scrolls_sideways_on_a_phone(browser_page, live_server):

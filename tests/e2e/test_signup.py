@@ -4,39 +4,18 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+from tests.browser import chromium, watch_errors
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture
 def browser_page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM reads below are safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            # A phone-sized window: the pages must work there.
-            context = browser.new_context(viewport={"width": 390, "height": 844})
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page, errors
-        finally:
-            browser.close()
-            # The ORM reads made while Playwright's loop runs use their own connection; close it
-            # so that the test database can be dropped at the end of the run.
-            from django.db import connections
-
-            connections.close_all()
+    with chromium(monkeypatch) as browser:
+        # A phone-sized window: the pages must work there.
+        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        errors = watch_errors(page, failed_responses=False)
+        yield page, errors
 
 
 def _code_from(text: str) -> str:

@@ -1,81 +1,29 @@
 """The API Keys page and Swagger UI in real Chromium, under the real CSP."""
 
-from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connections
-from django.test import Client
 
 from keys import services
 from keys.models import ApiKey
+from tests.browser import chromium, sign_in, watch_errors
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 def browser_page(live_server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-    # still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+    with chromium(monkeypatch) as browser:
+        context = browser.new_context(
+            viewport={"width": 1200, "height": 900}, timezone_id="Asia/Shanghai"
         )
-        try:
-            context = browser.new_context(
-                viewport={"width": 1200, "height": 900}, timezone_id="Asia/Shanghai"
-            )
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("console", lambda message: _console_error(errors, message))
-            page.on(
-                "response",
-                lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-            )
-            page.errors = errors
-            yield page
-        finally:
-            browser.close()
-            # Inside Playwright's loop Django keeps the ORM connection in a context-local slot,
-            # apart from the thread's usual one; close it here or PostgreSQL refuses to drop
-            # the test database later ("being accessed by other users").
-            connections.close_all()
-
-
-def _console_error(errors, message):
-    # Chromium asks for /favicon.ico on its own, and its 404 shows up here as "Failed to load
-    # resource"; the resources the page itself loads are checked through "response" events.
-    if message.type != "error" or message.text.startswith("Failed to load resource"):
-        return
-    errors.append(message.text)
+        page = context.new_page()
+        watch_errors(page)
+        yield page
 
 
 def _sign_in(page, live_server, user):
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [
-            {
-                "name": "sessionid",
-                "value": client.cookies["sessionid"].value,
-                "domain": urlparse(live_server.url).hostname,
-                "path": "/",
-            }
-        ]
-    )
+    sign_in(page.context, live_server.url, user)
 
 
 def test_it_reveals_copies_creates_and_deletes_keys_in_chromium(
