@@ -569,5 +569,5 @@ class OrmLedger(Ledger):
 def ledger_for_database() -> Ledger:
     """The fast path on PostgreSQL, the ORM elsewhere."""
     if connection.vendor == "postgresql":
-        return PgLedger(max_size=getattr(settings, "GATEWAY_DB_POOL_SIZE", 10))
+        return PgLedger(max_size=settings.GATEWAY_DB_POOL_SIZE)
     return OrmLedger()
