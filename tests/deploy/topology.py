@@ -118,16 +118,27 @@ class Processes:
         return killed
 
     def any_alive(self) -> list[str]:
-        alive = []
-        for name, process in self.started.items():
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass
-            alive.append(name)
-        return alive
+        """Names whose process group still has a live member. Zombies do not count: a killed
+        server's children are reparented to init, which may reap them a moment later, and
+        ``killpg(pgid, 0)`` would still see them."""
+        groups = _live_process_groups()
+        return [name for name, process in self.started.items() if process.pid in groups]
+
+
+def _live_process_groups() -> set[int]:
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if state != "Z":
+            groups.add(int(pgrp))
+    return groups
 
 
 def _signal_group(process: subprocess.Popen, sig) -> None:
