@@ -65,7 +65,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -88,7 +88,30 @@ def demo_upstream():
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        _stop(process)
+        stop_process(process)
+
+
+def start_gateway_server(**env) -> tuple[subprocess.Popen, str]:
+    """One uvicorn process (one worker) on a free port; the caller waits for it and stops it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "portal.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=BASE_DIR,
+        env=server_env(**env),
+    )
+    return process, f"http://127.0.0.1:{port}"
 
 
 @contextmanager
@@ -97,30 +120,12 @@ def gateway_servers(count: int = 1, **env):
     processes, urls = [], []
     try:
         for _ in range(count):
-            port = free_port()
-            processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "portal.asgi:application",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ],
-                    cwd=BASE_DIR,
-                    env=server_env(**env),
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
+            process, url = start_gateway_server(**env)
+            processes.append(process)
+            urls.append(url)
         for process, url in zip(processes, urls, strict=True):
             wait_for_port(int(url.rsplit(":", 1)[1]), process)
         yield urls
     finally:
         for process in processes:
-            _stop(process)
+            stop_process(process)

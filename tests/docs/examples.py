@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from docs.rendering import KEY_PLACEHOLDER
+from tests.acceptance.live import stop_process
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE_TIMEOUT_SECONDS = 60
@@ -148,16 +149,6 @@ def _wait_until_up(url: str, process: subprocess.Popen, deadline: float) -> None
     raise RuntimeError(f"{url} did not come up")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 @contextlib.contextmanager
 def live_platform(settings_dict: dict, log_dir: Path):
     """Start the demo upstream and the portal + gateway under uvicorn on free ports, on the
@@ -214,4 +205,4 @@ def live_platform(settings_dict: dict, log_dir: Path):
         yield f"http://127.0.0.1:{app_port}"
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process(process)

@@ -16,7 +16,13 @@ import requests
 from django.db.models import Sum
 from django.utils import timezone
 
-from tests.acceptance.live import BASE_DIR, demo_upstream, free_port, server_env, wait_for_port
+from tests.acceptance.live import (
+    BASE_DIR,
+    demo_upstream,
+    server_env,
+    start_gateway_server,
+    wait_for_port,
+)
 from tests.reliability.conftest import assert_books_balance, wait_for
 from tests.usage.conftest import record_request, reserve
 from usage import services
@@ -95,26 +101,9 @@ def test_a_reset_killed_midway_is_finished_by_the_next_run_with_nothing_done_twi
 
 
 def _uvicorn(env: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portal.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=BASE_DIR,
-        env=server_env(**env),
-    )
-    wait_for_port(port, process)
-    return process, f"http://127.0.0.1:{port}"
+    process, base_url = start_gateway_server(**env)
+    wait_for_port(int(base_url.rsplit(":", 1)[1]), process)
+    return process, base_url
 
 
 def test_a_gateway_killed_with_requests_in_flight_leaves_nothing_reserved_for_good(live_key):
