@@ -74,3 +74,41 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def identifier(self) -> str:
         return self.email or self.phone or ""
+
+
+class UseCounter(models.Model):
+    """How many times a one-time thing (a sign-in code, a challenge) has been used.
+
+    Counted in the database with a conditional UPDATE, not in the session or the cache: the
+    session is read once per request, so parallel requests each saw a fresh count, and the
+    cache may be down. A database row is counted atomically by every process, and sign-in
+    already needs the database, so the limit can neither be raced nor fail open.
+    """
+
+    key = models.CharField(max_length=64, primary_key=True)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = _("use counter")
+        verbose_name_plural = _("use counters")
+
+
+class SmsBudgetDay(models.Model):
+    """Text messages sent on one day, overall (``scope="ALL"``) or to one country ("CN").
+
+    A conditional UPDATE keeps every process under the budget; ``alerted`` makes sure staff
+    hear about a spent budget once a day, not once per refused message.
+    """
+
+    day = models.DateField()
+    scope = models.CharField(max_length=8)
+    sent = models.PositiveIntegerField(default=0)
+    alerted = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = _("SMS budget day")
+        verbose_name_plural = _("SMS budget days")
+        constraints = [
+            models.UniqueConstraint(fields=["day", "scope"], name="accounts_smsbudget_day_scope")
+        ]

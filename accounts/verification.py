@@ -14,7 +14,7 @@ from allauth.account.adapter import get_adapter
 from allauth.core.internal.cryptokit import compare_user_code
 from django.conf import settings
 
-from accounts import selectors
+from accounts import codes, selectors
 
 SESSION_KEY = "accounts_pending_identifier"
 
@@ -71,7 +71,21 @@ def identifier_start(request, *, kind: str, value: str) -> PendingIdentifier:
 
 
 def identifier_check(request, pending: PendingIdentifier, code: str) -> bool:
-    """True when ``code`` is right. A wrong code uses up one attempt (and may end the check)."""
+    """True when ``code`` is right. A wrong code uses up one attempt (and may end the check).
+
+    Every entry is first counted against the code in the database: the session's count is a
+    snapshot that parallel requests would each see unchanged.
+    """
+    allowed = codes.code_attempt_consume(
+        purpose=f"identifier-{pending.kind}",
+        user_id=request.user.pk,
+        issued_at=pending.sent_at,
+        code=pending.code,
+    )
+    if not allowed:
+        pending.failed_attempts = settings.ACCOUNT_LOGIN_BY_CODE_MAX_ATTEMPTS
+        pending_clear(request)
+        return False
     if pending.code and compare_user_code(actual=code, expected=pending.code):
         pending_clear(request)
         return True

@@ -19,7 +19,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import selectors, services, verification
+from accounts import codes, selectors, services, verification
 from accounts.forms import (
     AddEmailForm,
     AddPhoneForm,
@@ -50,6 +50,24 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
             return redirect("account_login")
         # Skip allauth's own dispatch: it would repeat the lookups above without messages.
         return super(allauth_views.ConfirmLoginCodeView, self).dispatch(request, *args, **kwargs)
+
+    def post(self, request, *args, **kwargs):
+        # Count this entry against the code before looking at it. The session's own count
+        # cannot be trusted here: parallel requests each carry the same snapshot of it.
+        if self._action == "verify" and not self._attempt_allowed():
+            self._process.abort()
+            messages.error(request, _("Too many wrong codes. Ask for a new code to try again."))
+            return redirect("account_login")
+        return super().post(request, *args, **kwargs)
+
+    def _attempt_allowed(self) -> bool:
+        state = self._process.state
+        return codes.code_attempt_consume(
+            purpose="login",
+            user_id=state.get("user_id"),
+            issued_at=state.get("at"),
+            code=self._process.code,
+        )
 
     def _resend_form_valid(self, form):
         state = self._process.state
