@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
-from accounts import selectors, services, sms
+from accounts import codes, selectors, services, sms
 from accounts.identifiers import phone_mask
 from accounts.models import Region
 
@@ -77,6 +77,10 @@ class AccountAdapter(DefaultAccountAdapter):
         return selectors.account_get_by_phone(phone=phone)
 
     def send_verification_code_sms(self, user, phone: str, code: str, **kwargs) -> None:
+        if not codes.sms_budget_consume(phone=phone):
+            # Today's budget is spent (staff have been emailed): the page reads as usual.
+            logger.warning("SMS budget spent, no code sent to %s", phone_mask(phone))
+            return
         try:
             sms.send_code(phone=phone, code=code)
         except sms.SmsDeliveryError as exc:

@@ -137,6 +137,10 @@ def sms_budget_consume(*, phone: str) -> bool:
             sent=F("sent") + 1
         ):
             taken.append(scope)
+            # Staff hear when the budget is reached, not only when a message is refused:
+            # the sign-in forms stop asking for texts from that moment on.
+            if SmsBudgetDay.objects.filter(day=day, scope=scope, sent__gte=budget).exists():
+                _budget_spent(day=day, scope=scope, budget=budget)
             continue
         for earlier in taken:
             SmsBudgetDay.objects.filter(day=day, scope=earlier).update(sent=F("sent") - 1)

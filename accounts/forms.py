@@ -13,7 +13,8 @@ from django.core.exceptions import ValidationError
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
-from accounts import selectors
+from accounts import codes, selectors
+from accounts.challenge import ChallengeFormMixin
 from accounts.identifiers import email_normalize, identifier_parse, phone_normalize
 from accounts.models import Region
 
@@ -67,7 +68,7 @@ def default_region() -> str:
     return Region.MAINLAND_CHINA if language.startswith("zh") else Region.OTHER
 
 
-class LoginForm(allauth_forms.LoginForm):
+class LoginForm(ChallengeFormMixin, allauth_forms.LoginForm):
     """Sign in: a region and one box for a phone number or an email address; a code follows."""
 
     field_order = ["region", "login"]
@@ -96,6 +97,8 @@ class LoginForm(allauth_forms.LoginForm):
             self.add_error("login", error)
             return cleaned
         self._credentials = {kind: value}
+        if not code_send_checks(self, address=value):
+            return cleaned
         return self._clean_without_password(
             self._credentials.get("email"), self._credentials.get("phone")
         )
@@ -113,7 +116,7 @@ class ConfirmLoginCodeForm(allauth_forms.ConfirmLoginCodeForm):
         )
 
 
-class SignupForm(allauth_forms.SignupForm):
+class SignupForm(ChallengeFormMixin, allauth_forms.SignupForm):
     """Sign up with exactly one of: a mainland mobile number, another mobile number, an email.
 
     An address that already has an account gets a sign-in code for that account instead: the
@@ -165,6 +168,8 @@ class SignupForm(allauth_forms.SignupForm):
                 allauth_context.request, action="request_login_code", key=address.lower()
             ):
                 self.add_error(None, _("Please wait a few minutes before trying again."))
+            else:
+                code_send_checks(self, address=address)
         return cleaned
 
     def validate_unique_email(self, value):
@@ -186,12 +191,33 @@ class SignupForm(allauth_forms.SignupForm):
         return None, headed_redirect_response("account_confirm_login_code")
 
 
+def code_send_checks(form, *, address: str) -> bool:
+    """What every form that sends a code checks first, the same for known and unknown
+    addresses: the proof-of-work challenge (when on), the per-IP and per-address limits,
+    and, for a phone number, that today's SMS budget is not spent."""
+    if not form.challenge_check():
+        return False
+    if not codes.code_send_allowed(allauth_context.request, address=address):
+        form.add_error(None, _("Please wait a few minutes before trying again."))
+        return False
+    if address.startswith("+") and not codes.sms_budget_available(phone=address):
+        form.add_error(None, SMS_UNAVAILABLE)
+        return False
+    return True
+
+
+SMS_UNAVAILABLE = _(
+    "We cannot send text messages to this number right now. Try again tomorrow, use an "
+    "email address, or contact support."
+)
+
+
 # --- Account page -----------------------------------------------------------------------
 class LanguageForm(forms.Form):
     language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)
 
 
-class AddEmailForm(forms.Form):
+class AddEmailForm(ChallengeFormMixin, forms.Form):
     email = forms.EmailField(
         label=_("Email address"),
         max_length=254,
@@ -202,7 +228,7 @@ class AddEmailForm(forms.Form):
         return email_normalize(self.cleaned_data["email"])
 
 
-class AddPhoneForm(forms.Form):
+class AddPhoneForm(ChallengeFormMixin, forms.Form):
     phone = PhoneField()
 
 

@@ -93,6 +93,9 @@ class UseCounter(models.Model):
         verbose_name = _("use counter")
         verbose_name_plural = _("use counters")
 
+    def __str__(self):
+        return f"{self.key[:12]}…: {self.uses}"
+
 
 class SmsBudgetDay(models.Model):
     """Text messages sent on one day, overall (``scope="ALL"``) or to one country ("CN").
@@ -112,3 +115,6 @@ class SmsBudgetDay(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["day", "scope"], name="accounts_smsbudget_day_scope")
         ]
+
+    def __str__(self):
+        return f"{self.day} {self.scope}: {self.sent}"

@@ -20,7 +20,14 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import codes, selectors, services, verification
+from accounts.challenge import (
+    CHALLENGE_ERROR,
+    challenge_enabled,
+    challenge_issue,
+    challenge_passed,
+)
 from accounts.forms import (
+    SMS_UNAVAILABLE,
     AddEmailForm,
     AddPhoneForm,
     ConfirmCodeForm,
@@ -72,7 +79,15 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
     def _resend_form_valid(self, form):
         state = self._process.state
         address = (state.get("email") or state.get("phone") or "").lower()
-        if not ratelimit.consume(self.request, action="resend_login_code", key=address):
+        if not challenge_passed(self.request.POST):
+            messages.error(self.request, CHALLENGE_ERROR)
+            return HttpResponseRedirect(
+                self.passthrough_next_url(reverse("account_confirm_login_code"))
+            )
+        if not (
+            ratelimit.consume(self.request, action="resend_login_code", key=address)
+            and codes.code_send_allowed(self.request, address=address)
+        ):
             messages.error(self.request, _("Please wait a minute before asking for another code."))
             return HttpResponseRedirect(
                 self.passthrough_next_url(reverse("account_confirm_login_code"))
@@ -95,6 +110,7 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["attempts_left"] = getattr(self, "attempts_left", None)
+        context["resend_challenge"] = challenge_issue() if challenge_enabled() else ""
         return context
 
 
@@ -158,8 +174,17 @@ def identifier_add(request, kind):
         context = _account_context(request, **{f"add_{kind}_form": form})
         return render(request, "accounts/account.html", context, status=400)
     value = form.cleaned_data[kind]
-    if not ratelimit.consume(request, action="add_identifier", key=value.lower(), user=user):
+    if not form.challenge_check():
+        context = _account_context(request, **{f"add_{kind}_form": form})
+        return render(request, "accounts/account.html", context, status=400)
+    if not (
+        ratelimit.consume(request, action="add_identifier", key=value.lower(), user=user)
+        and codes.code_send_allowed(request, address=value)
+    ):
         messages.error(request, _("Please wait a minute before asking for another code."))
+        return redirect("account")
+    if kind == "phone" and not codes.sms_budget_available(phone=value):
+        messages.error(request, SMS_UNAVAILABLE)
         return redirect("account")
     verification.identifier_start(request, kind=kind, value=value)
     return redirect("account_identifier_confirm")

@@ -212,7 +212,25 @@ ACCOUNT_RATE_LIMITS = {
     "resend_login_code": "1/60s/key,10/h/ip",
     "add_identifier": "1/60s/key,10/h/user",
     "verify_phone": "1/60s/key,3/m/ip",
+    # Every path that sends a code (sign-in, sign-up, resend, adding a phone or email) also
+    # takes one of these (accounts.codes.code_send_allowed), and one "send_sms_code" more
+    # for a phone number: a text costs money, so SMS pumping meets the tightest limits.
+    "send_code": env.str("CODE_SEND_RATE_LIMIT", default="10/h/ip,40/d/ip,5/h/key,10/d/key"),
+    "send_sms_code": env.str("SMS_SEND_RATE_LIMIT", default="5/h/ip,20/d/ip,3/h/key,6/d/key"),
 }
+# Daily budgets for verification texts, counted in the database (accounts.codes): overall,
+# per country ("CN=5000,US=200"; ISO 3166 codes) and for every country not listed. Once one
+# is spent no more texts go there that day and staff (and ADMINS) get one email about it.
+SMS_DAILY_BUDGET = env.int("SMS_DAILY_BUDGET", default=2000)
+SMS_COUNTRY_DAILY_BUDGETS = {
+    country.strip().upper(): int(budget)
+    for country, budget in env.dict("SMS_COUNTRY_DAILY_BUDGETS", default={"CN": "2000"}).items()
+}
+SMS_OTHER_COUNTRY_DAILY_BUDGET = env.int("SMS_OTHER_COUNTRY_DAILY_BUDGET", default=100)
+# Proof of work before any code is sent (accounts.challenge): the browser spends about
+# 2**bits SHA-256 hashes (18 ≈ a second on a phone). 0 switches it off.
+CODE_CHALLENGE_BITS = env.int("CODE_CHALLENGE_BITS", default=0)
+CODE_CHALLENGE_MAX_AGE_SECONDS = env.int("CODE_CHALLENGE_MAX_AGE_SECONDS", default=600)
 
 # --- i18n -------------------------------------------------------------------------------
 LANGUAGE_CODE = "en"
