@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "portal.logging.request_user_middleware",
+    "accounts.middleware.security_context_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -308,6 +309,8 @@ DAILY_FREE_QUOTA = env.int("DAILY_FREE_QUOTA", default=500_000)
 INCREASED_DAILY_QUOTA = env.int("INCREASED_DAILY_QUOTA", default=5_000_000)
 QUOTA_TIMEZONE = env.str("QUOTA_TIMEZONE", default="Asia/Shanghai")
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+# How long the security log (sign-ins, key and quota changes) keeps an entry.
+SECURITY_LOG_RETENTION_DAYS = env.int("SECURITY_LOG_RETENTION_DAYS", default=365)
 # A reservation this old belongs to a request that died in flight; the sweeper releases it.
 RESERVATION_STALE_SECONDS = env.int("RESERVATION_STALE_SECONDS", default=900)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
@@ -388,6 +391,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-reservations-sweep": {
         "task": "usage.tasks.reservations_sweep",
         "schedule": crontab(minute="*/5"),
+    },
+    "accounts-security-log-prune": {
+        "task": "accounts.tasks.security_log_prune",
+        "schedule": crontab(hour=0, minute=30),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
