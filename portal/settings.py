@@ -6,6 +6,7 @@ console email and SMS, in-process cache, secrets generated into ``var/``). With
 only fit for development. Every variable is documented in ``.env.example``.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -16,7 +17,13 @@ from django.utils.translation import gettext_lazy as _
 from portal.dev_secrets import dev_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
+# pytest-xdist runs tests in several processes at once: unless a folder is named, each gets one
+# of its own, so that file locks, the embedded broker and the SQLite test database are never
+# shared between processes running different tests (servers a test starts inherit the worker's
+# variable, and so find the same folder).
+if not os.environ.get("VAR_DIR") and (_xdist_worker := os.environ.get("PYTEST_XDIST_WORKER")):
+    VAR_DIR = VAR_DIR / f"test-{_xdist_worker}"
 for _folder in ("static", "celery/queue", "celery/control", "celery/results"):
     (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 
