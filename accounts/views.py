@@ -129,6 +129,8 @@ def _account_context(request, *, add_email_form=None, add_phone_form=None) -> di
         "add_email_form": None if user.email else (add_email_form or AddEmailForm()),
         "add_phone_form": None if user.phone else (add_phone_form or AddPhoneForm()),
         "pending": pending if pending and not pending.expired else None,
+        "security_events": selectors.security_events_for_account(user=user),
+        "security_log_days": settings.SECURITY_LOG_RETENTION_DAYS,
     }
 
 

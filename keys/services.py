@@ -26,6 +26,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_variables
 
+from accounts.models import SecurityEvent
+from accounts.services import security_event_record
 from keys import crypto
 from keys.models import ApiKey
 
@@ -83,6 +85,15 @@ def _lock_account(user_id: int) -> None:
     get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk").first()
 
 
+def _log_event(action: str, api_key: ApiKey, **detail) -> None:
+    # The name and the public prefix identify the key to its owner; never the secret.
+    security_event_record(
+        action=action,
+        user_id=api_key.user_id,
+        detail={"key": api_key.name, "prefix": api_key.prefix, **detail},
+    )
+
+
 # --- key material -----------------------------------------------------------------------
 @sensitive_variables()
 def _material() -> tuple[str, dict]:
@@ -123,6 +134,7 @@ def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
                     raise
                 continue
             _forget(key.prefix)  # a cached "no such prefix" must not outlive the new key
+            _log_event(SecurityEvent.Action.KEY_CREATED, key)
             logger.info("api key created: key=%s user=%s", key.public_id, user.pk)
             return key, raw
     raise AssertionError("unreachable")
@@ -136,8 +148,10 @@ def api_key_rename(*, api_key: ApiKey, name: str) -> ApiKey:
     with transaction.atomic():
         _lock_account(api_key.user_id)
         _check_name_free(user_id=api_key.user_id, name=name, exclude_pk=api_key.pk)
+        old_name = api_key.name
         api_key.name = name
         api_key.save(update_fields=["name", "updated_at"])
+        _log_event(SecurityEvent.Action.KEY_RENAMED, api_key, old_name=old_name)
     _forget(api_key.prefix)
     logger.info("api key renamed: key=%s", api_key.public_id)
     return api_key
@@ -148,7 +162,14 @@ def api_key_set_active(*, api_key: ApiKey, is_active: bool) -> ApiKey:
     is_active = bool(is_active)
     if api_key.is_active != is_active:
         api_key.is_active = is_active
-        api_key.save(update_fields=["is_active", "updated_at"])
+        with transaction.atomic():
+            api_key.save(update_fields=["is_active", "updated_at"])
+            _log_event(
+                SecurityEvent.Action.KEY_ENABLED
+                if is_active
+                else SecurityEvent.Action.KEY_DISABLED,
+                api_key,
+            )
         logger.info("api key %s: key=%s", "enabled" if is_active else "disabled", api_key.public_id)
     _forget(api_key.prefix)
     return api_key
@@ -158,9 +179,18 @@ def api_key_set_rate_limits(
     *, api_key: ApiKey, rate_limit_rpm: int | None, rate_limit_tpm: int | None
 ) -> ApiKey:
     """Set the per-key rate-limit overrides (``None`` means the platform default)."""
+    if (api_key.rate_limit_rpm, api_key.rate_limit_tpm) == (rate_limit_rpm, rate_limit_tpm):
+        return api_key
     api_key.rate_limit_rpm = rate_limit_rpm
     api_key.rate_limit_tpm = rate_limit_tpm
-    api_key.save(update_fields=["rate_limit_rpm", "rate_limit_tpm", "updated_at"])
+    with transaction.atomic():
+        api_key.save(update_fields=["rate_limit_rpm", "rate_limit_tpm", "updated_at"])
+        _log_event(
+            SecurityEvent.Action.KEY_LIMITS_CHANGED,
+            api_key,
+            rate_limit_rpm=rate_limit_rpm,
+            rate_limit_tpm=rate_limit_tpm,
+        )
     _forget(api_key.prefix)
     logger.info("api key rate limits changed: key=%s", api_key.public_id)
     return api_key
@@ -180,6 +210,14 @@ def api_key_regenerate(*, api_key: ApiKey) -> tuple[ApiKey, str]:
                 updated = ApiKey.objects.filter(pk=api_key.pk).update(
                     **material, updated_at=timezone.now()
                 )
+                if updated:
+                    # The new prefix: the one the owner will see from now on.
+                    _log_event(
+                        SecurityEvent.Action.KEY_REGENERATED,
+                        api_key,
+                        prefix=material["prefix"],
+                        old_prefix=old_prefix,
+                    )
         except IntegrityError:
             if attempt == _PREFIX_ATTEMPTS - 1:
                 raise
@@ -197,7 +235,9 @@ def api_key_regenerate(*, api_key: ApiKey) -> tuple[ApiKey, str]:
 def api_key_delete(*, api_key: ApiKey) -> None:
     """Delete ``api_key`` for good. Usage records keep their history (see usage models)."""
     prefix, public_id = api_key.prefix, api_key.public_id
-    api_key.delete()
+    with transaction.atomic():
+        _log_event(SecurityEvent.Action.KEY_DELETED, api_key)
+        api_key.delete()
     _forget(prefix)
     logger.info("api key deleted: key=%s", public_id)
 
@@ -220,6 +260,7 @@ def api_keys_deactivate_for_user(*, user) -> int:
 def api_key_reveal(*, api_key: ApiKey) -> str:
     """The secret of ``api_key``, decrypted for its owner (callers check ownership)."""
     raw = crypto.decrypt_secret(api_key.encrypted)
+    _log_event(SecurityEvent.Action.KEY_REVEALED, api_key)
     logger.info("api key revealed: key=%s", api_key.public_id)
     return raw
 

@@ -6,6 +6,7 @@ console email and SMS, in-process cache, secrets generated into ``var/``). With
 only fit for development. Every variable is documented in ``.env.example``.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -16,7 +17,13 @@ from django.utils.translation import gettext_lazy as _
 from portal.dev_secrets import dev_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
+# pytest-xdist runs tests in several processes at once: unless a folder is named, each gets one
+# of its own, so that file locks, the embedded broker and the SQLite test database are never
+# shared between processes running different tests (servers a test starts inherit the worker's
+# variable, and so find the same folder).
+if not os.environ.get("VAR_DIR") and (_xdist_worker := os.environ.get("PYTEST_XDIST_WORKER")):
+    VAR_DIR = VAR_DIR / f"test-{_xdist_worker}"
 for _folder in ("static", "celery/queue", "celery/control", "celery/results"):
     (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 
@@ -79,6 +86,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "portal.logging.request_user_middleware",
+    "accounts.middleware.security_context_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -326,6 +334,8 @@ DAILY_FREE_QUOTA = env.int("DAILY_FREE_QUOTA", default=500_000)
 INCREASED_DAILY_QUOTA = env.int("INCREASED_DAILY_QUOTA", default=5_000_000)
 QUOTA_TIMEZONE = env.str("QUOTA_TIMEZONE", default="Asia/Shanghai")
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+# How long the security log (sign-ins, key and quota changes) keeps an entry.
+SECURITY_LOG_RETENTION_DAYS = env.int("SECURITY_LOG_RETENTION_DAYS", default=365)
 # A reservation this old belongs to a request that died in flight; the sweeper releases it.
 RESERVATION_STALE_SECONDS = env.int("RESERVATION_STALE_SECONDS", default=900)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
@@ -406,6 +416,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-reservations-sweep": {
         "task": "usage.tasks.reservations_sweep",
         "schedule": crontab(minute="*/5"),
+    },
+    "accounts-security-log-prune": {
+        "task": "accounts.tasks.security_log_prune",
+        "schedule": crontab(hour=0, minute=30),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")

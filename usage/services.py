@@ -22,6 +22,8 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from accounts.models import SecurityEvent
+from accounts.services import security_event_record
 from usage.models import (
     DailyRollup,
     DailyUsage,
@@ -74,6 +76,12 @@ def quota_set(*, user, new_quota: int | None, reason: str, actor=None) -> QuotaC
         User.objects.filter(pk=user.pk).update(daily_quota=new_quota, updated_at=timezone.now())
         change = QuotaChange.objects.create(
             user_id=user.pk, old_quota=old_quota, new_quota=new_quota, reason=reason, actor=actor
+        )
+        security_event_record(
+            action=SecurityEvent.Action.QUOTA_CHANGED,
+            user_id=user.pk,
+            actor=actor,
+            detail={"old_quota": old_quota, "new_quota": new_quota, "reason": reason},
         )
     user.daily_quota = new_quota
     logger.info(
@@ -152,6 +160,7 @@ def quota_application_approve(
         locked.review_reason = (reason or "").strip()
         locked.decided_at = timezone.now()
         locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
+        _log_decision(locked)
         current = locked.user.daily_quota
         if current is None or current < settings.INCREASED_DAILY_QUOTA:
             quota_set(
@@ -179,9 +188,24 @@ def quota_application_reject(
         locked.review_reason = reason
         locked.decided_at = timezone.now()
         locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
+        _log_decision(locked)
         transaction.on_commit(lambda: quota_application_notify(application_id=locked.pk))
     _refresh(application, locked)
     return locked
+
+
+def _log_decision(application: QuotaApplication) -> None:
+    approved = application.status == QuotaApplication.Status.APPROVED
+    security_event_record(
+        action=(
+            SecurityEvent.Action.APPLICATION_APPROVED
+            if approved
+            else SecurityEvent.Action.APPLICATION_REJECTED
+        ),
+        user_id=application.user_id,
+        actor=application.reviewer,
+        detail={"application": str(application.public_id), "reason": application.review_reason},
+    )
 
 
 def _refresh(application: QuotaApplication, decided: QuotaApplication) -> None:
