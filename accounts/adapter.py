@@ -1,15 +1,19 @@
 """allauth, fitted to our accounts: phone or email, codes only, one service creates users."""
 
 import logging
+import time
 
+from allauth.account import app_settings as account_settings
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.account.internal.flows.login import get_authentication_records
+from allauth.core import context as allauth_context
 from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from accounts import codes, selectors, services, sms
 from accounts.identifiers import phone_mask
-from accounts.models import Region
+from accounts.models import Region, SecurityEvent
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +100,29 @@ class AccountAdapter(DefaultAccountAdapter):
     def send_account_already_exists_sms(self, phone: str) -> None:
         logger.info("sign-up asked for a number that has an account %s", phone_mask(phone))
 
+    # --- reauthentication: a fresh code sign-in counts -----------------------------------
+    def is_reauthentication_required(self, *, app: str, **kwargs) -> bool:
+        """allauth asks for the password again before 2FA changes; accounts here sign in by
+        code, so a sign-in finished within ACCOUNT_REAUTHENTICATION_TIMEOUT is as fresh as
+        reauthenticating (allauth would otherwise send staff to a password they never use)."""
+        if not super().is_reauthentication_required(app=app, **kwargs):
+            return False
+        request = allauth_context.request
+        if request is None or not request.user.is_authenticated:
+            return True
+        records = get_authentication_records(request, request.user)
+        return not records or (
+            time.time() - records[-1]["at"] >= account_settings.REAUTHENTICATION_TIMEOUT
+        )
+
     # --- after sign-in: the account's language preference wins ---------------------------
     def post_login(self, request, user, **kwargs):
         response = super().post_login(request, user, **kwargs)
+        # Staff sign-ins are logged apart: since /admin/login/ comes here, they are admin logins.
+        action = (
+            SecurityEvent.Action.STAFF_SIGN_IN if user.is_staff else SecurityEvent.Action.SIGN_IN
+        )
+        services.security_event_record(action=action, user=user, request=request)
         if user.language:
             translation.activate(user.language)
             response.set_cookie(

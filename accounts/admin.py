@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm
@@ -6,6 +7,11 @@ from django.utils.translation import gettext_lazy as _
 from accounts.forms import AdminAccountCreationForm
 from accounts.models import SecurityEvent, User
 from accounts.services import account_delete
+
+# /admin/login/ would take passwords without any rate limit (150 wrong ones, then the right
+# one worked). Signed-out visitors go to the sign-in page instead: by code, rate-limited, and
+# with two-factor authentication when the account has it.
+admin.site.login = secure_admin_login(admin.site.login)
 
 
 class AccountChangeForm(UserChangeForm):

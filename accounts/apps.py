@@ -5,4 +5,7 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self):
-        from accounts import checks  # noqa: F401  (registers the system checks)
+        from accounts import (
+            checks,  # noqa: F401  (registers the system checks)
+            mfa,  # noqa: F401  (records 2FA changes in the security log)
+        )

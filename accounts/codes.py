@@ -177,4 +177,18 @@ def _budget_spent(*, day, scope: str, budget: int) -> None:
 
 
 def _security_event(*, scope: str, budget: int) -> None:
-    """Placeholder until the security log lands (see ``accounts.services``)."""
+    from accounts.models import SecurityEvent
+    from accounts.services import security_event_record
+
+    security_event_record(
+        action=SecurityEvent.Action.SMS_BUDGET_REACHED,
+        detail={"scope": scope, "budget": budget},
+    )
+
+
+def code_exhausted_first_time(*, purpose: str, user_id, issued_at, code: str) -> bool:
+    """True for the first caller only: a code blocked by 60 parallel guesses is logged once."""
+    key = code_key(purpose=f"exhausted-{purpose}", user_id=user_id, issued_at=issued_at, code=code)
+    return use_counter_consume(
+        key=key, limit=1, ttl_seconds=settings.ACCOUNT_LOGIN_BY_CODE_TIMEOUT + 60
+    )

@@ -34,6 +34,7 @@ from accounts.forms import (
     DeleteAccountForm,
     LanguageForm,
 )
+from accounts.models import SecurityEvent
 
 
 # --- sign-in code entry (allauth's view with clearer messages and a resend cooldown) -------
@@ -62,19 +63,29 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
         # Count this entry against the code before looking at it. The session's own count
         # cannot be trusted here: parallel requests each carry the same snapshot of it.
         if self._action == "verify" and not self._attempt_allowed():
+            self._record_exhausted()
             self._process.abort()
             messages.error(request, _("Too many wrong codes. Ask for a new code to try again."))
             return redirect("account_login")
         return super().post(request, *args, **kwargs)
 
-    def _attempt_allowed(self) -> bool:
+    def _code_identity(self) -> dict:
         state = self._process.state
-        return codes.code_attempt_consume(
-            purpose="login",
-            user_id=state.get("user_id"),
-            issued_at=state.get("at"),
-            code=self._process.code,
-        )
+        return {
+            "purpose": "login",
+            "user_id": state.get("user_id"),
+            "issued_at": state.get("at"),
+            "code": self._process.code,
+        }
+
+    def _attempt_allowed(self) -> bool:
+        return codes.code_attempt_consume(**self._code_identity())
+
+    def _record_exhausted(self) -> None:
+        if codes.code_exhausted_first_time(**self._code_identity()):
+            services.security_event_record(
+                action=SecurityEvent.Action.CODE_ATTEMPTS_EXHAUSTED, user=self._process.user
+            )
 
     def _resend_form_valid(self, form):
         state = self._process.state
@@ -95,11 +106,16 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
         return super()._resend_form_valid(form)
 
     def form_invalid(self, form):
+        # The account is named only when the address has one; the log is staff-only.
+        services.security_event_record(
+            action=SecurityEvent.Action.SIGN_IN_FAILED, user=self._process.user
+        )
         if self._process.record_invalid_attempt():
             self.attempts_left = (
                 allauth_settings.LOGIN_BY_CODE_MAX_ATTEMPTS - self._process.state["failed_attempts"]
             )
             return super(allauth_views.ConfirmLoginCodeView, self).form_invalid(form)
+        self._record_exhausted()
         messages.error(
             self.request,
             _("Too many wrong codes. Ask for a new code to try again."),

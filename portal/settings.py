@@ -179,7 +179,9 @@ LOGOUT_REDIRECT_URL = "/"
 # Why not ACCOUNT_EMAIL_VERIFICATION_BY_CODE_ENABLED: allauth ties it to "mandatory" email
 # verification, which in turn demands an email on every sign-up, and a mainland account
 # signs up with a phone only. The sign-in code does the same job for both kinds of address.
-# Staff sign in to /admin/ with a password through Django's own admin login.
+# Staff sign in like everyone else, by code: /admin/login/ sends them to the sign-in page
+# (allauth's secure_admin_login, accounts.admin), so the admin has the same rate limits and
+# no password to guess. Staff can add two-factor authentication (TOTP and recovery codes).
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_FORMS = {
     "login": "accounts.forms.LoginForm",
@@ -239,6 +241,19 @@ SMS_OTHER_COUNTRY_DAILY_BUDGET = env.int("SMS_OTHER_COUNTRY_DAILY_BUDGET", defau
 # 2**bits SHA-256 hashes (18 ≈ a second on a phone). 0 switches it off.
 CODE_CHALLENGE_BITS = env.int("CODE_CHALLENGE_BITS", default=0)
 CODE_CHALLENGE_MAX_AGE_SECONDS = env.int("CODE_CHALLENGE_MAX_AGE_SECONDS", default=600)
+
+# Two-factor authentication (allauth.mfa): an authenticator app (TOTP) plus recovery codes;
+# offered to staff on the Account page. With STAFF_REQUIRE_MFA a staff member without it is
+# sent to set it up before /admin/ or /review/ opens (accounts.mfa). The app and middleware
+# are added here so that everything about sign-in stays in this block.
+INSTALLED_APPS = [*INSTALLED_APPS, "allauth.mfa"]
+MIDDLEWARE = [*MIDDLEWARE, "accounts.mfa.staff_mfa_middleware"]
+MFA_ADAPTER = "accounts.mfa.MfaAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# Codes-only accounts verify their address by signing in; a phone-only staff member has no
+# email to verify and must still be able to turn 2FA on.
+MFA_ALLOW_UNVERIFIED_EMAIL = True
+STAFF_REQUIRE_MFA = env.bool("STAFF_REQUIRE_MFA", default=False)
 
 # --- i18n -------------------------------------------------------------------------------
 LANGUAGE_CODE = "en"

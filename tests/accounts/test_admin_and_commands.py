@@ -26,22 +26,7 @@ def test_it_creates_a_superuser_with_its_default_key(superuser):
     assert ApiKey.objects.filter(user=superuser, name="default").exists()
 
 
-def test_it_lets_staff_sign_in_to_the_admin_with_a_password(client, superuser):
-    response = client.post(
-        reverse("admin:login"),
-        {"username": "root@example.com", "password": "a-long-admin-password", "next": "/admin/"},
-    )
-    assert response.status_code == 302
-    assert response["Location"] == "/admin/"
-    assert client.get("/admin/").status_code == 200
-
-
-def test_it_refuses_a_wrong_admin_password(client, superuser):
-    response = client.post(
-        reverse("admin:login"), {"username": "root@example.com", "password": "wrong"}
-    )
-    assert response.status_code == 200
-    assert "_auth_user_id" not in client.session
+# Signing in to the admin (by code, never a password): tests/accounts/test_admin_security.py
 
 
 def test_it_keeps_customers_out_of_the_admin(alice_client):
