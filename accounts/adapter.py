@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
-from accounts import codes, selectors, services, sms
+from accounts import codes, delivery, selectors, services, sms
 from accounts.identifiers import phone_mask
 from accounts.models import Region, SecurityEvent
 
@@ -55,7 +55,9 @@ class AccountAdapter(DefaultAccountAdapter):
             "SUPPORT_PHONE": settings.SUPPORT_PHONE,
             **context,
         }
-        super().send_mail(template_prefix, email, context)
+        # Rendered here (the request's language, its URLs); only the sending waits.
+        message = self.render_mail(template_prefix, email, context)
+        delivery.deliver(message.send)
 
     # --- phone numbers live on the User row ----------------------------------------------
     def phone_form_field(self, **kwargs):
@@ -81,16 +83,7 @@ class AccountAdapter(DefaultAccountAdapter):
         return selectors.account_get_by_phone(phone=phone)
 
     def send_verification_code_sms(self, user, phone: str, code: str, **kwargs) -> None:
-        if not codes.sms_budget_consume(phone=phone):
-            # Today's budget is spent (staff have been emailed): the page reads as usual.
-            logger.warning("SMS budget spent, no code sent to %s", phone_mask(phone))
-            return
-        try:
-            sms.send_code(phone=phone, code=code)
-        except sms.SmsDeliveryError as exc:
-            # The page still says "sent" (the same as for an unknown number); the help text
-            # offers the other channel and support. The reason goes to the log, never the code.
-            logger.error("could not send a code to %s: %s", phone_mask(phone), exc)
+        delivery.deliver(_send_sms, phone=phone, code=code)
 
     def send_unknown_account_sms(self, phone: str, **kwargs) -> None:
         # Providers only carry our approved code template, so an unknown number gets no
@@ -138,3 +131,17 @@ class AccountAdapter(DefaultAccountAdapter):
 def _supported_language(code: str | None) -> str:
     supported = {language for language, _name in settings.LANGUAGES}
     return code if code in supported else ""
+
+
+def _send_sms(*, phone: str, code: str) -> None:
+    """One code by text message, if today's SMS budget allows (on the delivery threads)."""
+    if not codes.sms_budget_consume(phone=phone):
+        # Today's budget is spent (staff have been emailed): the page read as usual.
+        logger.warning("SMS budget spent, no code sent to %s", phone_mask(phone))
+        return
+    try:
+        sms.send_code(phone=phone, code=code)
+    except sms.SmsDeliveryError as exc:
+        # The page still said "sent" (the same as for an unknown number); the help text
+        # offers the other channel and support. The reason goes to the log, never the code.
+        logger.error("could not send a code to %s: %s", phone_mask(phone), exc)

@@ -2,10 +2,12 @@
 not fit code-only accounts (separate code request, email list, phone change, password
 change): the sign-in page and the Account page cover those."""
 
+from allauth.account import views as allauth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from accounts import views
+from accounts.delivery import equal_time
 
 _to_account_page = RedirectView.as_view(pattern_name="account", permanent=False)
 # The sign-in page itself asks for a code; allauth's separate "send me a code" page would be
@@ -13,6 +15,9 @@ _to_account_page = RedirectView.as_view(pattern_name="account", permanent=False)
 _to_sign_in = RedirectView.as_view(pattern_name="account_login", permanent=False, query_string=True)
 
 urlpatterns = [
+    # allauth's own views, made to take the same time for known and unknown addresses.
+    path("login/", equal_time(allauth_views.login), name="account_login"),
+    path("signup/", equal_time(allauth_views.signup), name="account_signup"),
     path("login/code/", _to_sign_in, name="account_request_login_code"),
     path("login/code/confirm/", views.confirm_login_code, name="account_confirm_login_code"),
     path("email/", _to_account_page, name="account_email"),

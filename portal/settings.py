@@ -145,7 +145,8 @@ CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="portal")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache, failing open while Redis is down (sign-in must not 500).
+            "BACKEND": "accounts.cache.FailOpenRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
@@ -241,6 +242,14 @@ SMS_OTHER_COUNTRY_DAILY_BUDGET = env.int("SMS_OTHER_COUNTRY_DAILY_BUDGET", defau
 # 2**bits SHA-256 hashes (18 ≈ a second on a phone). 0 switches it off.
 CODE_CHALLENGE_BITS = env.int("CODE_CHALLENGE_BITS", default=0)
 CODE_CHALLENGE_MAX_AGE_SECONDS = env.int("CODE_CHALLENGE_MAX_AGE_SECONDS", default=600)
+
+# Codes are sent on a thread pool of the web process, off the request path, and a request
+# that sends one takes at least CODE_REQUEST_MIN_SECONDS: together they make a known address
+# and an unknown one answer alike in time too (accounts.delivery). Both on in production.
+CODE_DELIVERY_BACKGROUND = env.bool("CODE_DELIVERY_BACKGROUND", default=PRODUCTION)
+CODE_REQUEST_MIN_SECONDS = env.float(
+    "CODE_REQUEST_MIN_SECONDS", default=0.25 if PRODUCTION else 0.0
+)
 
 # Two-factor authentication (allauth.mfa): an authenticator app (TOTP) plus recovery codes;
 # offered to staff on the Account page. With STAFF_REQUIRE_MFA a staff member without it is
