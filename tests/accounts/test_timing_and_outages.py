@@ -1,7 +1,7 @@
 """Sign-up and sign-in reveal nothing by their timing, and survive Redis going away.
 
-Known and unknown addresses used to differ by the time it takes to send a message (33–38 ms
-against 20–23 ms): now every message goes through one background route and the request is
+Known and unknown addresses used to differ by the time it takes to send a message (33-38 ms
+against 20-23 ms): now every message goes through one background route and the request is
 padded to one floor. With Redis down sign-in used to answer 500: rate limits now fail open,
 while the per-code attempt limit, in the database, still holds.
 """
