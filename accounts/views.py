@@ -34,6 +34,7 @@ from accounts.forms import (
     DeleteAccountForm,
     LanguageForm,
 )
+from accounts.mfa import staff_mfa_missing
 from accounts.models import SecurityEvent
 
 
@@ -147,6 +148,7 @@ def _account_context(request, *, add_email_form=None, add_phone_form=None) -> di
         "pending": pending if pending and not pending.expired else None,
         "security_events": selectors.security_events_for_account(user=user),
         "security_log_days": settings.SECURITY_LOG_RETENTION_DAYS,
+        "mfa_enabled": user.is_staff and not staff_mfa_missing(user),
     }
 
 

@@ -246,9 +246,14 @@ CODE_CHALLENGE_MAX_AGE_SECONDS = env.int("CODE_CHALLENGE_MAX_AGE_SECONDS", defau
 # Codes are sent on a thread pool of the web process, off the request path, and a request
 # that sends one takes at least CODE_REQUEST_MIN_SECONDS: together they make a known address
 # and an unknown one answer alike in time too (accounts.delivery). Both on in production.
-CODE_DELIVERY_BACKGROUND = env.bool("CODE_DELIVERY_BACKGROUND", default=PRODUCTION)
-CODE_REQUEST_MIN_SECONDS = env.float(
-    "CODE_REQUEST_MIN_SECONDS", default=0.25 if PRODUCTION else 0.0
+# Empty (as in a copied .env.example) means the default.
+CODE_DELIVERY_BACKGROUND = (
+    env.bool("CODE_DELIVERY_BACKGROUND")
+    if env.str("CODE_DELIVERY_BACKGROUND", default="")
+    else PRODUCTION
+)
+CODE_REQUEST_MIN_SECONDS = float(
+    env.str("CODE_REQUEST_MIN_SECONDS", default="") or (0.25 if PRODUCTION else 0.0)
 )
 
 # Two-factor authentication (allauth.mfa): an authenticator app (TOTP) plus recovery codes;

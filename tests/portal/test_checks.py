@@ -101,7 +101,7 @@ def test_it_reads_database_url_and_redis_url(tmp_path):
         "django.db.backends.postgresql",
         "db.internal",
         5433,
-        "django.core.cache.backends.redis.RedisCache",
+        "accounts.cache.FailOpenRedisCache",
         "redis://cache.internal:6380/2",
         "redis://cache.internal:6380/2",
     ]
