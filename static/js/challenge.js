@@ -54,12 +54,15 @@
 
   function solve(challenge, done) {
     var bits = parseInt(challenge.split(".")[0], 10) || 0, n = 0;
-    (function slice() {
+    // Always asynchronous, even when the first slice finds it: a form cannot be submitted
+    // again from inside its own submit event (the browser silently ignores that).
+    function slice() {
       for (var end = n + 20000; n < end; n++) {
         if (zeroBits(sha256Head(challenge + ":" + n)) >= bits) return done(String(n));
       }
       setTimeout(slice, 0);
-    })();
+    }
+    setTimeout(slice, 0);
   }
 
   document.querySelectorAll("input[data-challenge]").forEach(function (input) {
