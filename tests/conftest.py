@@ -14,6 +14,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _celery_tasks_run_in_the_test():
+    # Work a service hands to the worker (``.delay()``) runs at once, inside the test, so tests
+    # see its effects; the tests in tests/usage/test_beat_and_worker.py run a real worker.
+    from portal.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager = False
+
+
 # --- personas: alice owns things, bob is another customer, charlie is a stranger, staff reviews
 @pytest.fixture
 def alice(db):
