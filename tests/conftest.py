@@ -3,7 +3,18 @@ import os
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (CI's second pass: a test that passes only after "
+        "another one has run fails in one of the two orders)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
     # Browser tests need Debian's Chromium; skip them with a reason where it is absent
     # (CI installs it, so there they always run).
     if os.path.exists("/usr/bin/chromium"):
