@@ -15,7 +15,7 @@ from django.urls import reverse
 from usage.models import QuotaApplication, UsageRecord
 from usage.services import quota_application_create, quota_set
 
-from .conftest import record_request
+from .conftest import record_request, streamed_body
 
 NOON_BEIJING = dt.datetime(2026, 3, 10, 4, 0, tzinfo=dt.UTC)
 
@@ -196,17 +196,8 @@ def test_it_shows_the_quota_that_applies_today(alice_client, alice, staff, froze
 # --- CSV export ---------------------------------------------------------------------------------
 
 
-def _body(response) -> bytes:
-    # The export is an async iterator (it must stream under ASGI); the test client hands it over
-    # unread.
-    async def read():
-        return b"".join([chunk async for chunk in response.streaming_content])
-
-    return async_to_sync(read)()
-
-
 def _csv(response):
-    return list(csv.reader(io.StringIO(_body(response).decode())))
+    return list(csv.reader(io.StringIO(streamed_body(response).decode())))
 
 
 def _asgi_get(path: str, query: str, cookies: str, on_body) -> int:
