@@ -25,10 +25,6 @@ def key_digest(raw: str) -> str:
     return hmac.new(settings.API_KEY_HMAC_SECRET.encode(), raw.encode(), hashlib.sha256).hexdigest()
 
 
-def digests_match(raw: str, digest: str) -> bool:
-    return hmac.compare_digest(key_digest(raw), digest)
-
-
 @lru_cache(maxsize=4)
 def _fernet(key: str) -> Fernet:
     return Fernet(key)

@@ -1,8 +1,10 @@
-"""Writes on API keys, and the one authentication step the gateway may share.
+"""Writes on API keys: create, rename, enable/disable, rate limits, regenerate, delete, reveal.
 
-Every function that changes a key drops it from ``api_key_authenticate``'s per-process cache,
-so this process stops honouring an old secret, a disabled key or a deleted key at once. Other
-processes forget within ``AUTH_CACHE_SECONDS``; the gateway's lean path re-checks the row in SQL.
+Nothing here authenticates a request: the gateway does (``gateway.auth`` over the ledger's
+``find_key``), and its reservation statement re-checks the key's digest and the key and account
+flags: a key disabled, regenerated or deleted here stops working in every process at once,
+without telling them. Names and rate-limit overrides reach a process's key cache within
+``gateway.auth.AUTH_CACHE_TTL_SECONDS``.
 
 The secret (``raw``) exists in the clear only in the return values of create, regenerate and
 reveal. It is never logged, never put in an exception, and the frames that hold it are marked
@@ -10,18 +12,12 @@ with ``sensitive_variables`` so that error reports show stars instead.
 """
 
 import logging
-import threading
-import time
 import unicodedata
-from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_variables
@@ -36,13 +32,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEY_NAME = "default"
 NAME_MAX_LENGTH = 64
 _PREFIX_ATTEMPTS = 5
-
-# How long this process trusts a cached lookup; a change made here invalidates at once.
-AUTH_CACHE_SECONDS = getattr(settings, "API_KEY_AUTH_CACHE_SECONDS", 10)
-# Bounded, so that a flood of made-up keys cannot grow the process without limit.
-AUTH_CACHE_MAX_ENTRIES = 10_000
-# last_used_at is informative: one write per key per minute is plenty.
-LAST_USED_RESOLUTION_SECONDS = 60
 
 
 # --- names ------------------------------------------------------------------------------
@@ -133,7 +122,6 @@ def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
                 if attempt == _PREFIX_ATTEMPTS - 1:
                     raise
                 continue
-            _forget(key.prefix)  # a cached "no such prefix" must not outlive the new key
             _log_event(SecurityEvent.Action.KEY_CREATED, key)
             logger.info("api key created: key=%s user=%s", key.public_id, user.pk)
             return key, raw
@@ -152,7 +140,6 @@ def api_key_rename(*, api_key: ApiKey, name: str) -> ApiKey:
         api_key.name = name
         api_key.save(update_fields=["name", "updated_at"])
         _log_event(SecurityEvent.Action.KEY_RENAMED, api_key, old_name=old_name)
-    _forget(api_key.prefix)
     logger.info("api key renamed: key=%s", api_key.public_id)
     return api_key
 
@@ -171,7 +158,6 @@ def api_key_set_active(*, api_key: ApiKey, is_active: bool) -> ApiKey:
                 api_key,
             )
         logger.info("api key %s: key=%s", "enabled" if is_active else "disabled", api_key.public_id)
-    _forget(api_key.prefix)
     return api_key
 
 
@@ -191,7 +177,6 @@ def api_key_set_rate_limits(
             rate_limit_rpm=rate_limit_rpm,
             rate_limit_tpm=rate_limit_tpm,
         )
-    _forget(api_key.prefix)
     logger.info("api key rate limits changed: key=%s", api_key.public_id)
     return api_key
 
@@ -225,33 +210,25 @@ def api_key_regenerate(*, api_key: ApiKey) -> tuple[ApiKey, str]:
         if not updated:
             raise ApiKey.DoesNotExist
         break
-    _forget(old_prefix)
     api_key.refresh_from_db()
-    _forget(api_key.prefix)
     logger.info("api key regenerated: key=%s", api_key.public_id)
     return api_key, raw
 
 
 def api_key_delete(*, api_key: ApiKey) -> None:
     """Delete ``api_key`` for good. Usage records keep their history (see usage models)."""
-    prefix, public_id = api_key.prefix, api_key.public_id
+    public_id = api_key.public_id
     with transaction.atomic():
         _log_event(SecurityEvent.Action.KEY_DELETED, api_key)
         api_key.delete()
-    _forget(prefix)
     logger.info("api key deleted: key=%s", public_id)
 
 
 def api_keys_deactivate_for_user(*, user) -> int:
     """Disable every key of ``user`` (account deletion or suspension). Returns how many."""
-    prefixes = list(
-        ApiKey.objects.filter(user=user, is_active=True).values_list("prefix", flat=True)
-    )
     count = ApiKey.objects.filter(user=user, is_active=True).update(
         is_active=False, updated_at=timezone.now()
     )
-    for prefix in prefixes:
-        _forget(prefix)
     logger.info("api keys disabled for account: user=%s count=%d", user.pk, count)
     return count
 
@@ -263,161 +240,3 @@ def api_key_reveal(*, api_key: ApiKey) -> str:
     _log_event(SecurityEvent.Action.KEY_REVEALED, api_key)
     logger.info("api key revealed: key=%s", api_key.public_id)
     return raw
-
-
-def api_key_touch_last_used(*, key_id: int, now=None) -> bool:
-    """Record that key ``key_id`` was just used, writing at most once a minute per key.
-
-    A per-process memo skips the database entirely for a key touched recently here; the
-    conditional UPDATE keeps other processes from writing the same minute again. Returns
-    whether a row was written.
-    """
-    now = now or timezone.now()
-    moment = now.timestamp()
-    with _touch_lock:
-        last = _touched.get(key_id)
-        if last is not None and moment - last < LAST_USED_RESOLUTION_SECONDS:
-            return False
-        _touched[key_id] = moment
-        if len(_touched) > AUTH_CACHE_MAX_ENTRIES:
-            _touched.popitem(last=False)
-    cutoff = now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)
-    written = ApiKey.objects.filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=cutoff), pk=key_id
-    ).update(last_used_at=now)
-    return bool(written)
-
-
-_touched: OrderedDict[int, float] = OrderedDict()
-_touch_lock = threading.Lock()
-
-
-# --- authentication ---------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class AuthenticatedKey:
-    """What a caller needs to know about a key that matched. Holds no secret."""
-
-    key_id: int
-    public_id: str
-    name: str
-    user_id: int
-    is_active: bool
-    user_is_active: bool
-    rate_limit_rpm: int | None  # the per-key override, None for the platform default
-    rate_limit_tpm: int | None
-
-    @property
-    def usable(self) -> bool:
-        return self.is_active and self.user_is_active
-
-    @property
-    def effective_rate_limit_rpm(self) -> int:
-        return self.rate_limit_rpm if self.rate_limit_rpm is not None else settings.RATE_LIMIT_RPM
-
-    @property
-    def effective_rate_limit_tpm(self) -> int:
-        return self.rate_limit_tpm if self.rate_limit_tpm is not None else settings.RATE_LIMIT_TPM
-
-
-@dataclass(frozen=True, slots=True)
-class _CachedLookup:
-    expires_at: float
-    digest: str | None  # None: no key has this prefix
-    key: AuthenticatedKey | None
-
-
-_auth_cache: OrderedDict[str, _CachedLookup] = OrderedDict()
-_auth_lock = threading.Lock()
-
-
-@sensitive_variables()
-def api_key_authenticate(raw: str) -> AuthenticatedKey | None:
-    """The key that ``raw`` is the secret of, or ``None``.
-
-    Disabled keys (or keys of disabled accounts) are returned with their flags so that the
-    caller can tell "invalid" (401) from "disabled" (403): check ``usable``. Strings that do
-    not look like a key are refused without touching the database. Lookups are cached in
-    this process by prefix for ``AUTH_CACHE_SECONDS``; the digest is compared in constant
-    time on every call, so the cache never accepts a wrong secret.
-    """
-    if not isinstance(raw, str) or not crypto.looks_like_key(raw):
-        return None
-    prefix = crypto.key_prefix(raw)
-    now = time.monotonic()
-    with _auth_lock:
-        cached = _auth_cache.get(prefix)
-        if cached is not None and cached.expires_at <= now:
-            del _auth_cache[prefix]
-            cached = None
-    if cached is None:
-        cached = _lookup(prefix, now)
-        with _auth_lock:
-            _auth_cache[prefix] = cached
-            _auth_cache.move_to_end(prefix)
-            while len(_auth_cache) > AUTH_CACHE_MAX_ENTRIES:
-                _auth_cache.popitem(last=False)
-    if cached.digest is None:
-        # Spend the same HMAC as a real comparison so that timing says nothing either way.
-        crypto.digests_match(raw, "0" * 64)
-        return None
-    if not crypto.digests_match(raw, cached.digest):
-        return None
-    return cached.key
-
-
-def _lookup(prefix: str, now: float) -> _CachedLookup:
-    row = (
-        ApiKey.objects.filter(prefix=prefix)
-        .values(
-            "pk",
-            "public_id",
-            "name",
-            "user_id",
-            "digest",
-            "is_active",
-            "user__is_active",
-            "rate_limit_rpm",
-            "rate_limit_tpm",
-        )
-        .first()
-    )
-    expires_at = now + AUTH_CACHE_SECONDS
-    if row is None:
-        return _CachedLookup(expires_at=expires_at, digest=None, key=None)
-    return _CachedLookup(
-        expires_at=expires_at,
-        digest=row["digest"],
-        key=AuthenticatedKey(
-            key_id=row["pk"],
-            public_id=str(row["public_id"]),
-            name=row["name"],
-            user_id=row["user_id"],
-            is_active=row["is_active"],
-            user_is_active=row["user__is_active"],
-            rate_limit_rpm=row["rate_limit_rpm"],
-            rate_limit_tpm=row["rate_limit_tpm"],
-        ),
-    )
-
-
-def _forget(prefix: str) -> None:
-    """Drop ``prefix`` from the auth cache now and again after the surrounding commit.
-
-    The second drop covers a lookup that ran inside the transaction window and cached
-    the row as it was before the change.
-    """
-    _drop(prefix)
-    transaction.on_commit(lambda: _drop(prefix))
-
-
-def _drop(prefix: str) -> None:
-    with _auth_lock:
-        _auth_cache.pop(prefix, None)
-
-
-def api_key_auth_cache_clear() -> None:
-    """Forget every cached lookup (tests, and operators after bulk SQL changes)."""
-    with _auth_lock:
-        _auth_cache.clear()
-    with _touch_lock:
-        _touched.clear()

@@ -3,7 +3,18 @@ import os
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (CI's second pass: a test that passes only after "
+        "another one has run fails in one of the two orders)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
     # Browser tests need Debian's Chromium; skip them with a reason where it is absent
     # (CI installs it, so there they always run).
     if os.path.exists("/usr/bin/chromium"):
@@ -12,6 +23,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _celery_tasks_run_in_the_test():
+    # Work a service hands to the worker (``.delay()``) runs at once, inside the test, so tests
+    # see its effects; the tests in tests/usage/test_beat_and_worker.py run a real worker.
+    from portal.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager = False
 
 
 # --- personas: alice owns things, bob is another customer, charlie is a stranger, staff reviews

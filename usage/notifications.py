@@ -1,7 +1,7 @@
 """Telling an applicant about the decision on a quota application (email and/or SMS).
 
-Called after the decision commits (``transaction.on_commit``). A channel that fails is
-logged; the decision stands and the Usage page shows it either way.
+Sent by the Celery worker once the decision has committed. A failure is logged; the decision
+stands and the Usage page shows it either way.
 """
 
 import logging
@@ -35,23 +35,6 @@ def _message(application: QuotaApplication) -> tuple[str, str]:
     return subject, body
 
 
-def _send_sms(phone: str, text: str) -> bool:
-    """Text the decision if the SMS layer can send free text; it sends codes only for now.
-
-    The mainland providers deliver pre-approved templates, and ``accounts.sms`` has one
-    template (the verification code). Until it offers a notice template (``send_notice``),
-    phone-only applicants read the decision on the Usage page.
-    """
-    from accounts import sms
-
-    send_notice = getattr(sms, "send_notice", None)
-    if send_notice is None:
-        logger.info("no SMS notice template; decision shown on the Usage page only")
-        return False
-    send_notice(phone=phone, text=text)
-    return True
-
-
 def application_decided(application: QuotaApplication) -> None:
     user = application.user
     with translation.override(user.language or settings.LANGUAGE_CODE):
@@ -63,8 +46,7 @@ def application_decided(application: QuotaApplication) -> None:
             send_mail(subject, text, None, [user.email])
         except Exception:
             logger.exception("could not email the decision on application %s", application.pk)
-    if user.phone:
-        try:
-            _send_sms(user.phone, body)
-        except Exception:
-            logger.exception("could not text the decision on application %s", application.pk)
+    elif user.phone:
+        # The SMS providers deliver pre-approved templates and accounts.sms has one, for
+        # verification codes: a phone-only applicant reads the decision on the Usage page.
+        logger.info("application %s decided; no email address to tell", application.pk)

@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 
 from accounts.models import SecurityEvent
 from accounts.services import security_event_record
+from usage import notifications, tasks
 from usage.models import (
     DailyRollup,
     DailyUsage,
@@ -169,7 +170,7 @@ def quota_application_approve(
                 reason=f"Quota application {locked.public_id} approved",
                 actor=reviewer,
             )
-        transaction.on_commit(lambda: quota_application_notify(application_id=locked.pk))
+        _notify_after_commit(locked)
     _refresh(application, locked)
     return locked
 
@@ -189,7 +190,7 @@ def quota_application_reject(
         locked.decided_at = timezone.now()
         locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
         _log_decision(locked)
-        transaction.on_commit(lambda: quota_application_notify(application_id=locked.pk))
+        _notify_after_commit(locked)
     _refresh(application, locked)
     return locked
 
@@ -208,18 +209,23 @@ def _log_decision(application: QuotaApplication) -> None:
     )
 
 
+def _notify_after_commit(application: QuotaApplication) -> None:
+    # The worker sends it: a slow mail server or SMS gateway must not hold up the reviewer.
+    pk = application.pk
+    transaction.on_commit(lambda: tasks.quota_application_notify.delay(application_id=pk))
+
+
 def _refresh(application: QuotaApplication, decided: QuotaApplication) -> None:
     for field in ("status", "reviewer", "review_reason", "decided_at"):
         setattr(application, field, getattr(decided, field))
 
 
 def quota_application_notify(*, application_id: int) -> None:
-    """Tell the applicant about the decision, by email and/or SMS. Runs after the commit.
+    """Tell the applicant about the decision, by email and/or SMS. The worker runs this
+    (``usage.tasks.quota_application_notify``) once the decision has committed.
 
     A failing channel is logged and does not undo the decision: the page shows it anyway.
     """
-    from usage import notifications
-
     application = QuotaApplication.objects.select_related("user").get(pk=application_id)
     notifications.application_decided(application)
 

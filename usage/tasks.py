@@ -25,3 +25,9 @@ def reservations_sweep() -> int:
         older_than=services.reservation_stale_after()
     )
     return released
+
+
+@shared_task
+def quota_application_notify(application_id: int) -> None:
+    """Email and/or text an applicant the decision on their quota application."""
+    services.quota_application_notify(application_id=application_id)

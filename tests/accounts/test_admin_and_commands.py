@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from accounts.models import Region, User
 from keys.models import ApiKey
-from keys.services import api_key_authenticate
+from tests.keys.gateway_view import gateway_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -91,9 +91,9 @@ def test_it_creates_an_account_from_the_command_and_prints_its_key_once():
 
     user = User.objects.get(email="ops@example.com")
     [raw] = re.findall(r"^sk-\S+$", out.getvalue(), re.M)
-    authenticated = api_key_authenticate(raw)
-    assert authenticated is not None
-    assert authenticated.user_id == user.pk
+    accepted = gateway_answer(raw)
+    assert accepted.key_id == ApiKey.objects.get(user=user, name="default").pk
+    assert accepted.user_id == user.pk
     assert out.getvalue().count(raw) == 1
 
 

@@ -1,4 +1,5 @@
 import logging
+import traceback
 
 import pytest
 
@@ -111,6 +112,23 @@ def test_it_never_puts_the_key_in_error_bodies_or_logs(gw, alice_key, caplog):
         assert key.encode() not in result.body
         assert key[12:].encode() not in result.body
     assert key not in caplog.text
+
+
+def test_a_crash_while_authenticating_carries_no_key(gw, alice_key, caplog, monkeypatch):
+    # What uvicorn logs for an unexpected error: the exception and its traceback (no locals).
+    _user, key = alice_key
+    caplog.set_level(logging.DEBUG)
+
+    def crash(raw_key):
+        raise RuntimeError("the digest fell over")
+
+    monkeypatch.setattr("gateway.auth.key_digest", crash)
+    with pytest.raises(RuntimeError) as crashed:
+        gw.chat(key)
+    report = "".join(traceback.format_exception(crashed.value))
+    assert "the digest fell over" in report
+    assert key[12:] not in report
+    assert key[12:] not in caplog.text
 
 
 def test_it_requires_a_key_for_the_model_list(gw, alice_key):

@@ -59,6 +59,14 @@ def test_it_refuses_the_request_beyond_the_tpm(limiter):
 
 
 @time_machine.travel(MID_MINUTE, tick=False)
+def test_it_applies_the_platform_limits_where_a_key_has_no_override(limiter, settings):
+    settings.RATE_LIMIT_RPM, settings.RATE_LIMIT_TPM = 60, 5000
+    state = _check(limiter, rpm=None, tpm=None)
+    assert (state.limit_requests, state.limit_tokens) == (60, 5000)
+    assert _check(limiter, rpm=5, tpm=None, key_id=2).limit_requests == 5
+
+
+@time_machine.travel(MID_MINUTE, tick=False)
 def test_it_counts_settled_output_tokens_at_the_next_check(limiter):
     _check(limiter, rpm=100, tpm=100, tokens=10)
     limiter.add_output(1, 85)

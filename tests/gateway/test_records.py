@@ -206,3 +206,64 @@ def test_it_keeps_writing_records_when_an_account_or_key_is_deleted(gw, alice_ke
         ("spare", None),
     ]
     assert gw.gateway.recorder._rows == []
+
+
+# --- last used --------------------------------------------------------------------------
+def _record(user, key_id, when):
+    from usage.ledger import RecordRow
+
+    return RecordRow(
+        user_id=user.pk,
+        api_key_id=key_id,
+        key_name="default",
+        model="LongCat-Flash-Chat",
+        endpoint="openai.chat",
+        stream=False,
+        input_tokens=1,
+        output_tokens=1,
+        estimated=False,
+        status_code=200,
+        error_code="",
+        latency_ms=1,
+        first_token_ms=1,
+        day=when.date(),
+        created_at=when,
+    )
+
+
+def test_it_touches_last_used_once_per_interval_per_key(ledger, alice_key, monkeypatch):
+    from gateway import recorder as recorder_module
+
+    user, _secret = alice_key
+    key_id = ApiKey.objects.get(user=user).pk
+    start = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+    clock = [1000.0]
+    monkeypatch.setattr(recorder_module.time, "monotonic", lambda: clock[0])
+    recorder = recorder_module.Recorder(ledger)
+
+    for second in range(50):
+        recorder.add(_record(user, key_id, start + dt.timedelta(seconds=second)))
+    ledger.run(recorder.flush())
+    # Fifty requests, one touch: the first one's time is what the batch wrote.
+    assert ApiKey.objects.get(pk=key_id).last_used_at == start
+    assert UsageRecord.objects.filter(api_key_id=key_id).count() == 50
+
+    clock[0] += recorder_module.TOUCH_EVERY_SECONDS
+    later = start + dt.timedelta(seconds=61)
+    recorder.add(_record(user, key_id, later))
+    ledger.run(recorder.flush())
+    assert ApiKey.objects.get(pk=key_id).last_used_at == later
+
+
+def test_it_never_moves_last_used_back(ledger, alice_key):
+    # Another process may have written a newer time since this batch was gathered.
+    user, _secret = alice_key
+    key_id = ApiKey.objects.get(user=user).pk
+    now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+    ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+
+    ledger.run(ledger.write_batch([], {key_id: now - dt.timedelta(seconds=10)}))
+    assert ApiKey.objects.get(pk=key_id).last_used_at == now
+
+    ledger.run(ledger.write_batch([], {key_id: now + dt.timedelta(seconds=10)}))
+    assert ApiKey.objects.get(pk=key_id).last_used_at == now + dt.timedelta(seconds=10)

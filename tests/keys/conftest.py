@@ -5,14 +5,6 @@ from keys import services
 from keys.models import ApiKey
 
 
-@pytest.fixture(autouse=True)
-def _fresh_key_caches():
-    # The auth cache and the last-used memo live in the process: start every test empty.
-    services.api_key_auth_cache_clear()
-    yield
-    services.api_key_auth_cache_clear()
-
-
 @pytest.fixture
 def alice_key(alice) -> ApiKey:
     """Alice's automatic ``default`` key."""

@@ -4,6 +4,7 @@ import pytest
 
 from keys import services
 from keys.models import ApiKey
+from tests.keys.gateway_view import gateway_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -128,7 +129,7 @@ def test_create_returns_the_secret_once(alice_client, alice):
     key = ApiKey.objects.get(user=alice, public_id=body["id"])
     assert body["name"] == "ci"
     assert body["key"] == services.api_key_reveal(api_key=key)
-    assert services.api_key_authenticate(body["key"]).key_id == key.pk
+    assert gateway_answer(body["key"]).key_id == key.pk
     assert body["key"] not in alice_client.get(URL).content.decode()
 
 
@@ -167,7 +168,7 @@ def test_patch_renames_and_disables(alice_client, alice_key, alice_secret):
     assert response.status_code == 200
     assert response.json()["name"] == "prod" and response.json()["is_active"] is False
     assert alice_secret not in response.content.decode()
-    assert not services.api_key_authenticate(alice_secret).usable
+    assert gateway_answer(alice_secret) == "api_key_disabled"
 
 
 def test_put_needs_both_fields(alice_client, alice_key):
@@ -190,7 +191,7 @@ def test_delete_removes_the_key(alice_client, alice_key, alice_secret):
     response = alice_client.delete(_detail(alice_key))
     assert response.status_code == 204
     assert not ApiKey.objects.filter(pk=alice_key.pk).exists()
-    assert services.api_key_authenticate(alice_secret) is None
+    assert gateway_answer(alice_secret) == "invalid_api_key"
 
 
 # --- regenerate / reveal ----------------------------------------------------------------
@@ -201,8 +202,8 @@ def test_regenerate_returns_a_new_secret_and_kills_the_old(alice_client, alice_k
     body = response.json()
     assert body["id"] == str(alice_key.public_id) and body["name"] == "default"
     assert body["key"] != alice_secret
-    assert services.api_key_authenticate(alice_secret) is None
-    assert services.api_key_authenticate(body["key"]).key_id == alice_key.pk
+    assert gateway_answer(alice_secret) == "invalid_api_key"
+    assert gateway_answer(body["key"]).key_id == alice_key.pk
 
 
 def test_reveal_returns_the_secret_to_its_owner(alice_client, alice_key, alice_secret):

@@ -2,12 +2,13 @@ import datetime as dt
 import uuid
 
 import pytest
-import time_machine
 from django.core.exceptions import ValidationError
 from django.http import Http404
 
 from keys import crypto, selectors, services
 from keys.models import ApiKey
+from tests.keys.gateway_view import gateway_answer
+from usage.ledger import KeyRow
 
 pytestmark = pytest.mark.django_db
 
@@ -119,13 +120,13 @@ def test_it_allows_renaming_to_a_different_case_of_the_own_name(alice_key):
 def test_regenerate_kills_the_old_secret_and_keeps_name_and_id(alice_key):
     old_secret = services.api_key_reveal(api_key=alice_key)
     old = ApiKey.objects.values("prefix", "digest", "encrypted").get(pk=alice_key.pk)
-    assert services.api_key_authenticate(old_secret) is not None  # now cached
+    assert gateway_answer(old_secret).key_id == alice_key.pk
 
     key, new_secret = services.api_key_regenerate(api_key=alice_key)
 
     assert new_secret != old_secret
-    assert services.api_key_authenticate(old_secret) is None
-    assert services.api_key_authenticate(new_secret).key_id == alice_key.pk
+    assert gateway_answer(old_secret) == "invalid_api_key"
+    assert gateway_answer(new_secret).key_id == alice_key.pk
     fresh = ApiKey.objects.get(pk=alice_key.pk)
     assert (fresh.name, fresh.public_id) == ("default", key.public_id)
     assert fresh.prefix != old["prefix"]
@@ -134,28 +135,28 @@ def test_regenerate_kills_the_old_secret_and_keeps_name_and_id(alice_key):
     assert services.api_key_reveal(api_key=fresh) == new_secret
 
 
-def test_disable_and_enable_change_what_authenticate_reports(alice_key, alice_secret):
-    assert services.api_key_authenticate(alice_secret).usable
+def test_disable_and_enable_change_what_the_gateway_answers(alice_key, alice_secret):
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
     services.api_key_set_active(api_key=alice_key, is_active=False)
-    result = services.api_key_authenticate(alice_secret)
-    assert result is not None and not result.is_active and not result.usable
+    # 403, not 401: the key is known, and its owner is told that it is disabled.
+    assert gateway_answer(alice_secret) == "api_key_disabled"
     services.api_key_set_active(api_key=alice_key, is_active=True)
-    assert services.api_key_authenticate(alice_secret).usable
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
 
 
 def test_delete_makes_the_secret_unknown_at_once(alice_key, alice_secret):
-    assert services.api_key_authenticate(alice_secret) is not None
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
     services.api_key_delete(api_key=alice_key)
-    assert services.api_key_authenticate(alice_secret) is None
+    assert gateway_answer(alice_secret) == "invalid_api_key"
     assert not ApiKey.objects.filter(pk=alice_key.pk).exists()
 
 
 def test_deactivating_an_account_disables_all_its_keys(alice, alice_key, alice_secret):
-    _other, other_secret = services.api_key_create(user=alice, name="other")
-    assert services.api_key_authenticate(other_secret).usable
+    other, other_secret = services.api_key_create(user=alice, name="other")
+    assert gateway_answer(other_secret).key_id == other.pk
     assert services.api_keys_deactivate_for_user(user=alice) == 2
-    assert not services.api_key_authenticate(alice_secret).usable
-    assert not services.api_key_authenticate(other_secret).usable
+    assert gateway_answer(alice_secret) == "api_key_disabled"
+    assert gateway_answer(other_secret) == "api_key_disabled"
 
 
 def test_reveal_returns_the_real_secret(alice):
@@ -163,13 +164,13 @@ def test_reveal_returns_the_real_secret(alice):
     assert services.api_key_reveal(api_key=key) == raw
 
 
-def test_rate_limit_overrides_reach_authenticate(alice_key, alice_secret, settings):
-    settings.RATE_LIMIT_RPM = 60
-    assert services.api_key_authenticate(alice_secret).effective_rate_limit_rpm == 60
+def test_rate_limit_overrides_reach_the_gateway(alice_key, alice_secret):
+    # None: the gateway applies the platform default (see gateway.pipeline).
+    before = gateway_answer(alice_secret)
+    assert (before.rate_limit_rpm, before.rate_limit_tpm) == (None, None)
     services.api_key_set_rate_limits(api_key=alice_key, rate_limit_rpm=5, rate_limit_tpm=1000)
-    result = services.api_key_authenticate(alice_secret)
+    result = gateway_answer(alice_secret)
     assert (result.rate_limit_rpm, result.rate_limit_tpm) == (5, 1000)
-    assert result.effective_rate_limit_rpm == 5
 
 
 # --- selectors --------------------------------------------------------------------------
@@ -189,108 +190,55 @@ def test_a_strangers_key_is_not_found(alice_key, charlie):
     assert selectors.api_key_get_for_user(alice_key.user, str(alice_key.public_id)) == alice_key
 
 
-# --- authenticate -----------------------------------------------------------------------
-def test_authenticate_returns_the_key_and_its_owner(alice, alice_key, alice_secret):
-    result = services.api_key_authenticate(alice_secret)
-    assert result == services.AuthenticatedKey(
+# --- what the gateway reads ---------------------------------------------------------------
+def test_the_gateway_reads_the_key_and_its_owner(alice, alice_key, alice_secret):
+    assert gateway_answer(alice_secret) == KeyRow(
         key_id=alice_key.pk,
-        public_id=str(alice_key.public_id),
-        name="default",
         user_id=alice.pk,
-        is_active=True,
-        user_is_active=True,
+        key_name="default",
+        digest=crypto.key_digest(alice_secret),
+        key_active=True,
+        user_active=True,
         rate_limit_rpm=None,
         rate_limit_tpm=None,
     )
-    with pytest.raises(AttributeError):
-        result.is_active = False  # frozen
 
 
-def test_authenticate_refuses_a_wrong_secret_with_a_known_prefix(alice_secret):
+def test_the_gateway_refuses_a_wrong_secret_with_a_known_prefix(alice_key, alice_secret):
     forged = alice_secret[:-4] + ("AAAA" if not alice_secret.endswith("AAAA") else "BBBB")
-    assert services.api_key_authenticate(forged) is None
-    # ...also once the right one is cached.
-    assert services.api_key_authenticate(alice_secret) is not None
-    assert services.api_key_authenticate(forged) is None
+    assert gateway_answer(forged) == "invalid_api_key"
+    # ...while the right one, same prefix, is accepted.
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
+    assert gateway_answer(forged) == "invalid_api_key"
 
 
 @pytest.mark.parametrize(
-    "garbage",
-    ["", "Bearer", "sk-", "sk-short", "pk-" + "a" * 43, "x" * 5000, "sk-" + "a" * 300, None, 42],
+    ("garbage", "code"),
+    [
+        ("", "missing_api_key"),
+        (None, "missing_api_key"),
+        ("Bearer", "invalid_api_key"),
+        ("sk-", "invalid_api_key"),
+        ("sk-short", "invalid_api_key"),
+        ("pk-" + "a" * 43, "invalid_api_key"),
+        ("x" * 5000, "invalid_api_key"),
+        ("sk-" + "a" * 300, "invalid_api_key"),
+    ],
 )
-def test_authenticate_refuses_garbage_without_a_query(garbage, django_assert_num_queries):
+def test_the_gateway_refuses_garbage_without_a_query(garbage, code, django_assert_num_queries):
     with django_assert_num_queries(0):
-        assert services.api_key_authenticate(garbage) is None
+        assert gateway_answer(garbage) == code
 
 
-def test_authenticate_returns_none_for_an_unknown_key_shape(db):
-    assert services.api_key_authenticate(crypto.generate_secret()) is None
+def test_the_gateway_refuses_an_unknown_key(db):
+    assert gateway_answer(crypto.generate_secret()) == "invalid_api_key"
 
 
-def test_authenticate_is_cached_in_the_process(alice_secret, django_assert_num_queries):
-    with django_assert_num_queries(1):
-        for _ in range(5):
-            assert services.api_key_authenticate(alice_secret) is not None
-
-
-def test_every_change_invalidates_the_auth_cache(alice_key, alice_secret):
-    services.api_key_authenticate(alice_secret)
+def test_every_change_reaches_what_the_gateway_reads(alice_key, alice_secret):
     services.api_key_rename(api_key=alice_key, name="renamed")
-    assert services.api_key_authenticate(alice_secret).name == "renamed"
+    assert gateway_answer(alice_secret).key_name == "renamed"
     services.api_key_set_active(api_key=alice_key, is_active=False)
-    assert services.api_key_authenticate(alice_secret).is_active is False
-
-
-def test_the_auth_cache_expires(alice_key, alice_secret, monkeypatch):
-    assert services.api_key_authenticate(alice_secret).is_active
-    # A change made by another process: this one does not hear of it...
-    ApiKey.objects.filter(pk=alice_key.pk).update(is_active=False)
-    assert services.api_key_authenticate(alice_secret).is_active
-    # ...until the entry expires.
-    later = services.time.monotonic() + services.AUTH_CACHE_SECONDS + 1
-    monkeypatch.setattr(services.time, "monotonic", lambda: later)
-    assert services.api_key_authenticate(alice_secret).is_active is False
-
-
-def test_the_auth_cache_is_bounded(db, monkeypatch):
-    monkeypatch.setattr(services, "AUTH_CACHE_MAX_ENTRIES", 3)
-    for _ in range(10):
-        services.api_key_authenticate(crypto.generate_secret())
-    assert len(services._auth_cache) == 3
-
-
-def test_a_new_key_is_not_hidden_by_a_cached_miss(alice, monkeypatch):
-    raw = "sk-" + "Q" * 43
-    assert services.api_key_authenticate(raw) is None  # caches "no such prefix"
-    monkeypatch.setattr(crypto, "generate_secret", lambda: raw)
-    services.api_key_create(user=alice, name="lucky")
-    assert services.api_key_authenticate(raw) is not None
-
-
-# --- last used --------------------------------------------------------------------------
-def test_touch_last_used_writes_at_most_once_a_minute(alice_key, django_assert_num_queries):
-    start = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
-    with time_machine.travel(start, tick=False):
-        assert services.api_key_touch_last_used(key_id=alice_key.pk) is True
-        with django_assert_num_queries(0):
-            for _ in range(50):
-                assert services.api_key_touch_last_used(key_id=alice_key.pk) is False
-    alice_key.refresh_from_db()
-    assert alice_key.last_used_at == start
-
-    with time_machine.travel(start + dt.timedelta(seconds=61), tick=False):
-        assert services.api_key_touch_last_used(key_id=alice_key.pk) is True
-    alice_key.refresh_from_db()
-    assert alice_key.last_used_at == start + dt.timedelta(seconds=61)
-
-
-def test_touch_last_used_skips_a_row_another_process_just_wrote(alice_key):
-    now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
-    ApiKey.objects.filter(pk=alice_key.pk).update(last_used_at=now - dt.timedelta(seconds=10))
-    # This process has never touched the key, so it asks the database, which says "recent".
-    assert services.api_key_touch_last_used(key_id=alice_key.pk, now=now) is False
-    alice_key.refresh_from_db()
-    assert alice_key.last_used_at == now - dt.timedelta(seconds=10)
+    assert gateway_answer(alice_secret) == "api_key_disabled"
 
 
 def test_deleting_a_key_keeps_its_usage_history(alice, alice_key):

@@ -7,6 +7,7 @@ from django.test import Client
 
 from keys import services
 from keys.models import ApiKey
+from tests.keys.gateway_view import gateway_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -197,14 +198,14 @@ def test_it_disables_and_enables_a_key(alice_client, alice_key, alice_secret):
     assert alice_client.post(url, {"is_active": "0"}).status_code == 302
     alice_key.refresh_from_db()
     assert not alice_key.is_active
-    assert not services.api_key_authenticate(alice_secret).usable
+    assert gateway_answer(alice_secret) == "api_key_disabled"
     html = alice_client.get("/keys/").content.decode()
     assert "Disabled" in html and ">Enable<" in html
 
     assert alice_client.post(url, {"is_active": "1"}).status_code == 302
     alice_key.refresh_from_db()
     assert alice_key.is_active
-    assert services.api_key_authenticate(alice_secret).usable
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
 
 
 def test_status_refuses_get_and_nonsense(alice_client, alice_key):
@@ -221,11 +222,11 @@ def test_regenerate_asks_first_then_replaces_the_secret(alice_client, alice_key,
     confirm = alice_client.get(url)
     assert confirm.status_code == 200
     assert alice_secret not in confirm.content.decode()
-    assert services.api_key_authenticate(alice_secret) is not None
+    assert gateway_answer(alice_secret).key_id == alice_key.pk
 
     response = alice_client.post(url)
     assert response.status_code == 302
-    assert services.api_key_authenticate(alice_secret) is None
+    assert gateway_answer(alice_secret) == "invalid_api_key"
     alice_key.refresh_from_db()
     new_secret = services.api_key_reveal(api_key=alice_key)
     page = alice_client.get("/keys/").content.decode()
@@ -244,7 +245,7 @@ def test_delete_asks_first_then_deletes(alice_client, alice_key, alice_secret):
 
     assert alice_client.post(url).status_code == 302
     assert not ApiKey.objects.filter(pk=alice_key.pk).exists()
-    assert services.api_key_authenticate(alice_secret) is None
+    assert gateway_answer(alice_secret) == "invalid_api_key"
     assert "Key “default” deleted." in alice_client.get("/keys/").content.decode()
 
 

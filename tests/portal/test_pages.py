@@ -1,4 +1,8 @@
+import re
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 
 pytestmark = pytest.mark.django_db
 
@@ -49,3 +53,14 @@ def test_static_css_is_served_locally(client):
     html = client.get("/").content.decode()
     assert 'href="/static/css/portal.css"' in html
     assert "cdn" not in html.lower()
+
+
+def test_templates_link_to_pages_by_url_name_not_by_path():
+    # A path written into a template breaks silently when a URL moves; {% url %} fails loudly.
+    literal = re.compile(r'(?:href|action|src|hx-get|hx-post)="/(?!static/)[^"{]*"')
+    found = [
+        f"{path.relative_to(settings.BASE_DIR)}: {match}"
+        for path in (Path(settings.BASE_DIR) / "templates").rglob("*.html")
+        for match in literal.findall(path.read_text())
+    ]
+    assert found == []

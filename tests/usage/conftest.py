@@ -1,6 +1,7 @@
 import datetime as dt
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db.models import F
 from django.utils import timezone
 
@@ -61,6 +62,16 @@ def record_request(
             output_tokens=F("output_tokens") + output_tokens,
         )
     return record
+
+
+def streamed_body(response) -> bytes:
+    """The body of a streaming response whose content is an async iterator (the CSV export:
+    it must stream under ASGI); Django's test client hands it over unread."""
+
+    async def read():
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    return async_to_sync(read)()
 
 
 def reserve(user, tokens, *, when=None):

@@ -143,3 +143,17 @@ def test_it_accepts_a_new_application_after_a_decision(alice, staff):
     quota_application_reject(application=_apply(alice), reviewer=staff, reason="too vague")
     second = _apply(alice, intended_use="A coding assistant for our team of 12")
     assert second.status == QuotaApplication.Status.PENDING
+
+
+def test_the_worker_sends_the_decision_not_the_reviewers_request(
+    alice, staff, monkeypatch, django_capture_on_commit_callbacks
+):
+    from usage import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.quota_application_notify, "delay", lambda **kw: queued.append(kw))
+    application = _apply(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        quota_application_approve(application=application, reviewer=staff)
+    assert queued == [{"application_id": application.pk}]
+    assert mail.outbox == []  # nothing was sent inside the request

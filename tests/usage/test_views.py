@@ -1,15 +1,21 @@
+import asyncio
 import csv
 import datetime as dt
 import io
+import tracemalloc
 
 import pytest
 import time_machine
+from asgiref.sync import async_to_sync
+from django.core.asgi import get_asgi_application
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.urls import reverse
 
-from usage.models import QuotaApplication
+from usage.models import QuotaApplication, UsageRecord
 from usage.services import quota_application_create, quota_set
 
-from .conftest import record_request
+from .conftest import record_request, streamed_body
 
 NOON_BEIJING = dt.datetime(2026, 3, 10, 4, 0, tzinfo=dt.UTC)
 
@@ -191,7 +197,90 @@ def test_it_shows_the_quota_that_applies_today(alice_client, alice, staff, froze
 
 
 def _csv(response):
-    return list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    return list(csv.reader(io.StringIO(streamed_body(response).decode())))
+
+
+def _asgi_get(path: str, query: str, cookies: str, on_body) -> int:
+    """GET ``path`` through Django's real ASGI handler (as uvicorn would); ``on_body`` sees
+    each body message as it is sent. Returns the status."""
+    app = get_asgi_application()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver"), (b"cookie", cookies.encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    status, requested = [], []
+
+    async def receive():
+        if not requested:
+            requested.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected until the answer is sent
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message["type"] == "http.response.body":
+            on_body(message.get("body", b""))
+
+    # As Django's test client does: the test's database connection must outlive the request.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        async_to_sync(app)(scope, receive, send)
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return status[0]
+
+
+def test_a_90_day_export_streams_in_bounded_memory(alice_client, alice, frozen):
+    key = alice.api_keys.first()
+    first_day = NOON_BEIJING - dt.timedelta(days=89)
+    UsageRecord.objects.bulk_create(
+        UsageRecord(
+            user=alice,
+            api_key=key,
+            key_name=key.name,
+            model="LongCat-Flash-Chat",
+            endpoint=UsageRecord.Endpoint.OPENAI_CHAT,
+            input_tokens=n,
+            output_tokens=n,
+            status_code=200,
+            latency_ms=120,
+            day=(first_day + dt.timedelta(days=n % 90)).date(),
+            created_at=first_day + dt.timedelta(days=n % 90, seconds=n),
+        )
+        for n in range(60_000)
+    )
+    cookies = "; ".join(f"{k}={v.value}" for k, v in alice_client.cookies.items())
+    received = {"bytes": 0, "messages": 0, "peak": 0}
+
+    def on_body(body):
+        received["bytes"] += len(body)
+        received["messages"] += 1
+        received["peak"] = max(received["peak"], tracemalloc.get_traced_memory()[0])
+
+    query = f"start={first_day.date()}&end={NOON_BEIJING.date()}&kind=requests"
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        status = _asgi_get(reverse("usage:export"), query, cookies, on_body)
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    assert received["bytes"] > 6_000_000  # 60,000 rows of about 110 bytes
+    assert received["messages"] > 50
+    # Collected first, the body alone would sit in memory; streamed, a chunk or two does.
+    assert received["peak"] - baseline < 2_500_000
 
 
 def test_it_exports_daily_rows_of_a_range(alice_client, alice, frozen):
