@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 
 from gateway.selectors import model_list_enabled
 from keys.crypto import decrypt_secret
@@ -33,6 +34,20 @@ class CatalogModel:
 
 
 def _snapshot() -> dict[str, CatalogModel]:
+    # The gateway runs no Django request, so nothing else closes this thread's connection: do
+    # here what request_started/finished do for a view. A connection broken by a database
+    # outage is replaced on the next snapshot instead of failing every one after it (chat
+    # answered 503 long after the database came back). In a test's transaction it is left be.
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+    try:
+        return _build()
+    finally:
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
+def _build() -> dict[str, CatalogModel]:
     models = {}
     for model in model_list_enabled():
         base_url = model.upstream_base_url or (settings.DEMO_UPSTREAM_URL if model.is_demo else "")
@@ -59,9 +74,9 @@ class Catalog:
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, force: bool = False) -> None:
         async with self._lock:
-            if time.monotonic() - self._loaded_at < self.ttl:
+            if not force and time.monotonic() - self._loaded_at < self.ttl:
                 return
             self._models = await sync_to_async(_snapshot)()
             self._loaded_at = time.monotonic()
@@ -75,6 +90,11 @@ class Catalog:
         if time.monotonic() - self._loaded_at >= self.ttl:
             await self._refresh()
         return list(self._models.values())
+
+    async def check(self) -> None:
+        """Loads the snapshot now, through the same thread and connection as requests do
+        (for /healthz); raises what a request's refresh would."""
+        await self._refresh(force=True)
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")

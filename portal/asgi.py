@@ -12,9 +12,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 django_application = get_asgi_application()
 
-from gateway.app import GatewayApplication  # noqa: E402  (needs Django set up first)
+from gateway.app import GatewayApplication, serve  # noqa: E402  (needs Django set up first)
 
-application = GatewayApplication(django_application)
+application = serve(GatewayApplication(django_application))
 
 # Outermost: request id, access log and request metrics for the portal and the gateway alike.
 from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
