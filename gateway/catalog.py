@@ -18,6 +18,7 @@ from gateway.selectors import model_list_enabled
 from keys.crypto import decrypt_secret
 
 CATALOG_TTL_SECONDS = 5.0
+CHECK_MAX_AGE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,9 @@ class Catalog:
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def _refresh(self, *, force: bool = False) -> None:
+    async def _refresh(self, *, max_age: float | None = None) -> None:
         async with self._lock:
-            if not force and time.monotonic() - self._loaded_at < self.ttl:
+            if time.monotonic() - self._loaded_at < (self.ttl if max_age is None else max_age):
                 return
             self._models = await sync_to_async(_snapshot)()
             self._loaded_at = time.monotonic()
@@ -92,9 +93,10 @@ class Catalog:
         return list(self._models.values())
 
     async def check(self) -> None:
-        """Loads the snapshot now, through the same thread and connection as requests do
-        (for /healthz); raises what a request's refresh would."""
-        await self._refresh(force=True)
+        """Loads the snapshot unless it is under a second old, through the same thread and
+        connection as requests do (for /healthz); raises what a request's refresh would.
+        Concurrent checks wait for one load instead of queueing one each."""
+        await self._refresh(max_age=CHECK_MAX_AGE_SECONDS)
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")

@@ -81,9 +81,15 @@ def _result(name: str, failure: Exception | None, ms: float) -> dict:
 
 
 def _database_ok():
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        # Back to the pool now, not when the request ends: the gateway's catalog probe that
+        # runs beside this one needs a connection from the same pool, and a burst of health
+        # checks each holding one would starve it.
+        connection.close()
 
 
 def _cache_ok():
