@@ -7,6 +7,7 @@ A change in the admin (disable a model, new upstream URL) reaches every process 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -14,11 +15,17 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
+from gateway.errors import GatewayError
 from gateway.selectors import model_list_enabled
-from keys.crypto import decrypt_secret
+from keys.crypto import UndecryptableSecret, decrypt_secret
+
+log = logging.getLogger(__name__)
 
 CATALOG_TTL_SECONDS = 5.0
 CHECK_MAX_AGE_SECONDS = 1.0
+# (model, stored key) pairs already reported: one error line each per process, not one per
+# snapshot or per request.
+_reported_undecryptable: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +34,8 @@ class CatalogModel:
     is_demo: bool
     base_url: str
     upstream_model: str
-    upstream_key: str
+    # None: stored under a key this process no longer has (see _upstream_key).
+    upstream_key: str | None
     context_window: int
     max_output_tokens: int
     created: int
@@ -48,6 +56,25 @@ def _snapshot() -> dict[str, CatalogModel]:
             connection.close_if_unusable_or_obsolete()
 
 
+def _upstream_key(model) -> str | None:
+    """The model's upstream key, or None when no configured key decrypts it."""
+    if not model.upstream_key_encrypted:
+        return ""
+    try:
+        return decrypt_secret(model.upstream_key_encrypted)
+    except UndecryptableSecret:
+        reported = (model.name, model.upstream_key_encrypted)
+        if reported not in _reported_undecryptable:
+            _reported_undecryptable.add(reported)
+            log.error(
+                "model %s: its stored upstream key cannot be decrypted with KEY_ENCRYPTION_KEY "
+                "or KEY_ENCRYPTION_OLD_KEYS; list the previous key in KEY_ENCRYPTION_OLD_KEYS "
+                "and run manage.py reencrypt_keys, or set the upstream key again",
+                model.name,
+            )
+        return None
+
+
 def _build() -> dict[str, CatalogModel]:
     models = {}
     for model in model_list_enabled():
@@ -57,9 +84,7 @@ def _build() -> dict[str, CatalogModel]:
             is_demo=model.is_demo,
             base_url=base_url.rstrip("/"),
             upstream_model=model.upstream_model or model.name,
-            upstream_key=decrypt_secret(model.upstream_key_encrypted)
-            if model.upstream_key_encrypted
-            else "",
+            upstream_key=_upstream_key(model),
             context_window=model.context_window,
             max_output_tokens=model.max_output_tokens,
             created=int(model.created_at.timestamp()),
@@ -85,7 +110,18 @@ class Catalog:
     async def get(self, name: str) -> CatalogModel | None:
         if time.monotonic() - self._loaded_at >= self.ttl:
             await self._refresh()
-        return self._models.get(name)
+        model = self._models.get(name)
+        if model is not None and model.upstream_key is None:
+            # A configuration fault the operator has been told about (logged once): a clear
+            # 503 for the client, not a 500 with a traceback per request.
+            raise GatewayError(
+                503,
+                "model_unavailable",
+                f"The model {name} cannot reach its model server right now "
+                "(its credentials are unusable). Retry later.",
+                retry_after=30,
+            )
+        return model
 
     async def enabled(self) -> list[CatalogModel]:
         if time.monotonic() - self._loaded_at >= self.ttl:
