@@ -4,6 +4,7 @@
 every other path goes to Django, through a bound on the request body.
 """
 
+import asyncio
 import os
 
 from django.core.asgi import get_asgi_application
@@ -59,30 +60,65 @@ class PortalBodyLimit:
             await self._refuse(send)
 
     async def _refuse(self, send):
-        body = b"Request body too large.\n"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _plain_response(send, 413, b"Request body too large.\n")
+
+
+class PortalConcurrencyLimit:
+    """At most ``limit`` Django requests at once in this process; the next wait for a slot up
+    to ``wait_seconds``, then get 503.
+
+    Each Django request under ASGI runs in a thread of its own with a database connection of
+    its own: this bounds both, so an unauthenticated burst queues here instead of opening a
+    connection per request (one burst took all 100 of PostgreSQL's). The gateway, which uses
+    its own bounded connections, does not come through here.
+    """
+
+    def __init__(self, app, *, limit: int, wait_seconds: float):
+        self.app = app
+        self.limit = limit
+        self.wait_seconds = wait_seconds
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await self._slots.acquire()
+        except TimeoutError:
+            await _plain_response(send, 503, b"Too busy right now. Retry shortly.\n", retry=5)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
+
+
+async def _plain_response(send, status: int, body: bytes, *, retry: int | None = None):
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry is not None:
+        headers.append((b"retry-after", str(retry).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 from django.conf import settings  # noqa: E402
 
 from gateway.app import GatewayApplication, serve  # noqa: E402  (needs Django set up first)
 
-application = serve(
-    GatewayApplication(
-        PortalBodyLimit(django_application, max_bytes=settings.PORTAL_MAX_BODY_BYTES)
-    )
+portal_application = PortalConcurrencyLimit(
+    PortalBodyLimit(django_application, max_bytes=settings.PORTAL_MAX_BODY_BYTES),
+    limit=settings.PORTAL_MAX_CONCURRENCY,
+    wait_seconds=settings.PORTAL_QUEUE_TIMEOUT_SECONDS,
 )
+application = serve(GatewayApplication(portal_application))
 
 # Outermost: request id, access log and request metrics for the portal and the gateway alike.
 from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)

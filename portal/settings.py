@@ -149,13 +149,23 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES
 # Django's PostgreSQL connections. Under ASGI each request runs in a thread of its own, so a
 # persistent connection (CONN_MAX_AGE > 0) outlives its thread and stays open, unreachable:
-# 30 /healthz requests left 29 connections. Instead a bounded pool per process (psycopg's,
-# through Django): a request borrows a connection and gives it back when it ends; at most
-# DATABASE_POOL_MAX_SIZE per process, a request waits up to DATABASE_POOL_TIMEOUT_SECONDS for
-# one, and idle ones close after DATABASE_POOL_MAX_IDLE_SECONDS. 0 turns the pool off: then a
-# connection per request, closed at its end.
-DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=8)
-DATABASE_POOL_TIMEOUT_SECONDS = env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0)
+# 30 /healthz requests left 29 connections. So: one connection per request, closed when it
+# ends (CONN_MAX_AGE=0), and at most PORTAL_MAX_CONCURRENCY Django requests at once per worker
+# process (portal.asgi; more wait up to PORTAL_QUEUE_TIMEOUT_SECONDS, then 503), which bounds
+# Django's threads and connections together. A fresh connection per request also means none
+# broken by an outage is ever reused, and each is bounded by the connect timeout.
+PORTAL_MAX_CONCURRENCY = env.int("PORTAL_MAX_CONCURRENCY", default=16)
+PORTAL_QUEUE_TIMEOUT_SECONDS = env.float("PORTAL_QUEUE_TIMEOUT_SECONDS", default=10.0)
+# Optional instead: psycopg's pool through Django (connections reused; at most this many per
+# process). Off by default: measured, it bounds connections as well but a pooled connection on
+# a stalled network hangs a request past every timeout (the pool's check has none), and the
+# pool reconnects with a growing back-off after an outage.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
+# Empty (as in a copied .env.example) means the connect timeout.
+DATABASE_POOL_TIMEOUT_SECONDS = float(
+    env.str("DATABASE_POOL_TIMEOUT_SECONDS", default="")
+    or env.int("DATABASE_CONNECT_TIMEOUT_SECONDS", default=5)
+)
 DATABASE_POOL_MAX_IDLE_SECONDS = env.float("DATABASE_POOL_MAX_IDLE_SECONDS", default=60.0)
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -315,3 +315,14 @@ def test_the_build_context_alone_collects_static_files_and_loads_the_app(tmp_pat
         cwd=context, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert load.returncode == 0, load.stderr[-3000:]
+
+
+def test_the_reverse_proxy_example_streams_unbuffered_with_timeouts():
+    conf = (ROOT / "deploy/nginx.conf").read_text()
+    streams = conf[conf.index("location ~ ^/(openai|anthropic)") :]
+    streams = streams[: streams.index("}")]
+    for directive in ("proxy_buffering off", "proxy_request_buffering off", "proxy_read_timeout"):
+        assert directive in streams
+    for directive in ("client_header_timeout", "client_body_timeout", "client_max_body_size"):
+        assert directive in conf
+    assert "deploy/nginx.conf" in (ROOT / "README.md").read_text()

@@ -2,7 +2,6 @@
 secret to the new key, and secrets no configured key decrypts are reported clearly (a system
 check error, one log line and a 503 from the gateway) instead of breaking every call."""
 
-
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command

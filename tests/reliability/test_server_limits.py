@@ -68,9 +68,10 @@ def _database_connections() -> int:
         return cursor.fetchone()[0]
 
 
-# Per worker: Django's pool (DATABASE_POOL_MAX_SIZE, 8) plus the gateway's asyncpg
-# connections (GATEWAY_DB_POOL_SIZE, 10), which the health check uses too; two workers.
-MAX_CONNECTIONS_DURING_BURST = 2 * (8 + 10)
+# Per worker: Django's requests at once (PORTAL_MAX_CONCURRENCY, 16), each with its own
+# connection, plus the gateway's asyncpg connections (GATEWAY_DB_POOL_SIZE, 10), which the
+# health check uses too; two workers.
+MAX_CONNECTIONS_DURING_BURST = 2 * (16 + 10)
 
 
 def test_a_burst_of_unauthenticated_requests_leaves_the_database_connections_bounded(
@@ -99,11 +100,12 @@ def test_a_burst_of_unauthenticated_requests_leaves_the_database_connections_bou
         peak = max(peak, _database_connections())
         assert set(statuses) == {200, 403}, statuses
         assert peak <= MAX_CONNECTIONS_DURING_BURST, peak
-        # Afterwards: Django's connections go back to the pool and close when idle; what
-        # must not happen is one left open per request (CONN_MAX_AGE under ASGI).
+        # Afterwards Django's connections are closed; the gateway keeps its own (at most
+        # GATEWAY_DB_POOL_SIZE per worker). What must not happen is one left open per request
+        # (CONN_MAX_AGE under ASGI).
         time.sleep(2)
         after = _database_connections()
-        assert after <= MAX_CONNECTIONS_DURING_BURST, after
+        assert after <= 2 * 10, after
         print(f"database connections: peak {peak}, 2 s after the burst {after}")
 
 
