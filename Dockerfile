@@ -48,5 +48,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=6s --start-period=30s --retries=3 \
   CMD ["python", "scripts/healthcheck.py"]
 
-# uvicorn, uvloop + httptools, WEB_WORKERS processes (default: one per CPU).
+# uvicorn through portal.serve (with the WEB_* limits from the settings), uvloop + httptools,
+# WEB_WORKERS processes (default: one per CPU).
 CMD ["bash", "scripts/serve-web.sh"]

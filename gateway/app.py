@@ -61,6 +61,21 @@ class _Mount:
         self.routes = dialect.routes()
 
 
+# The gateway this process serves (set by portal.asgi), so that /healthz can probe the
+# connections and catalog the gateway really uses rather than Django's own connection.
+_serving: GatewayApplication | None = None
+
+
+def serve(application: GatewayApplication) -> GatewayApplication:
+    global _serving
+    _serving = application
+    return application
+
+
+def serving() -> GatewayApplication | None:
+    return _serving
+
+
 class GatewayApplication:
     def __init__(self, fallback, *, dialects: list[Dialect] | None = None, factory=build_gateway):
         self.fallback = fallback
@@ -96,6 +111,27 @@ class GatewayApplication:
                     await gateway.startup()
                     self.gateway = gateway
         return self.gateway
+
+    async def health(self) -> dict[str, Exception | None]:
+        """Probes the ledger's connections and the catalog's source, each bounded like a
+        request's database step; maps each to the exception it raised, or None."""
+
+        async def probe(step) -> Exception | None:
+            try:
+                async with asyncio.timeout(settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
+                    await step()
+            except Exception as error:
+                return error
+            return None
+
+        try:
+            gateway = self.gateway or await self._started()
+        except Exception as error:
+            return {"ledger": error, "catalog": error}
+        ledger, catalog = await asyncio.gather(
+            probe(gateway.ledger.ping), probe(gateway.catalog.check)
+        )
+        return {"ledger": ledger, "catalog": catalog}
 
     async def shutdown(self) -> None:
         if self.gateway is not None:

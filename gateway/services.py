@@ -5,6 +5,7 @@ from django.db import transaction
 
 from gateway.models import Model
 from keys.crypto import encrypt_secret
+from keys.services import Reencrypted, reencrypt_rows
 
 DEMO_MODEL_NAME = "LongCat-Flash-Chat"
 
@@ -49,3 +50,8 @@ def catalog_bootstrap(*, name: str = DEMO_MODEL_NAME) -> tuple[Model, str]:
     model.enabled = True
     model.save()
     return model, f"{'Created' if created else 'Updated'} {model.name} on {where}."
+
+
+def models_reencrypt_upstream_keys(*, dry_run: bool = False) -> Reencrypted:
+    """Move every model's stored upstream key to the current KEY_ENCRYPTION_KEY."""
+    return reencrypt_rows(Model.objects.all(), "upstream_key_encrypted", dry_run=dry_run)

@@ -5,7 +5,7 @@ import hmac
 import secrets
 from functools import lru_cache
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
 KEY_SCHEME = "sk-"
@@ -25,17 +25,50 @@ def key_digest(raw: str) -> str:
     return hmac.new(settings.API_KEY_HMAC_SECRET.encode(), raw.encode(), hashlib.sha256).hexdigest()
 
 
+class UndecryptableSecret(Exception):
+    """A stored secret that none of the configured keys decrypts (KEY_ENCRYPTION_KEY was
+    changed without listing the old one in KEY_ENCRYPTION_OLD_KEYS)."""
+
+
 @lru_cache(maxsize=4)
-def _fernet(key: str) -> Fernet:
-    return Fernet(key)
+def _fernet(current: str, old: tuple[str, ...] = ()) -> MultiFernet:
+    # Encrypts with the current key; decrypts with it or any old one, so that a rotation
+    # breaks nothing while `manage.py reencrypt_keys` moves stored secrets to the new key.
+    return MultiFernet([Fernet(current), *(Fernet(key) for key in old)])
+
+
+def _keys() -> MultiFernet:
+    return _fernet(
+        settings.KEY_ENCRYPTION_KEY,
+        tuple(key.strip() for key in settings.KEY_ENCRYPTION_OLD_KEYS if key.strip()),
+    )
 
 
 def encrypt_secret(raw: str) -> str:
-    return _fernet(settings.KEY_ENCRYPTION_KEY).encrypt(raw.encode()).decode()
+    return _keys().encrypt(raw.encode()).decode()
 
 
 def decrypt_secret(token: str) -> str:
-    return _fernet(settings.KEY_ENCRYPTION_KEY).decrypt(token.encode()).decode()
+    try:
+        return _keys().decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise UndecryptableSecret from None
+
+
+def under_current_key(token: str) -> bool:
+    try:
+        _fernet(settings.KEY_ENCRYPTION_KEY).decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
+
+
+def reencrypt_secret(token: str) -> str:
+    """``token`` encrypted under the current key (raises UndecryptableSecret)."""
+    try:
+        return _keys().rotate(token.encode()).decode()
+    except InvalidToken:
+        raise UndecryptableSecret from None
 
 
 def looks_like_key(raw: str) -> bool:

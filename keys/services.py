@@ -13,6 +13,7 @@ with ``sensitive_variables`` so that error reports show stars instead.
 
 import logging
 import unicodedata
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -240,3 +241,56 @@ def api_key_reveal(*, api_key: ApiKey) -> str:
     _log_event(SecurityEvent.Action.KEY_REVEALED, api_key)
     logger.info("api key revealed: key=%s", api_key.public_id)
     return raw
+
+
+@dataclass(frozen=True)
+class Reencrypted:
+    """What a re-encryption pass did: rows moved to the current key, rows already under it,
+    and rows no configured key decrypts (left as they are)."""
+
+    moved: int = 0
+    current: int = 0
+    undecryptable: int = 0
+
+    def __add__(self, other: "Reencrypted") -> "Reencrypted":
+        return Reencrypted(
+            self.moved + other.moved,
+            self.current + other.current,
+            self.undecryptable + other.undecryptable,
+        )
+
+
+def reencrypt_rows(queryset, field: str, *, dry_run: bool = False) -> Reencrypted:
+    """Re-encrypt ``field`` of every row of ``queryset`` under the current KEY_ENCRYPTION_KEY.
+
+    Each row is written by a conditional UPDATE (still the token that was read), so a value
+    changed meanwhile (a key regenerated) is left to its writer, and running it again does
+    nothing more: safe to interrupt and to rerun.
+    """
+    moved = current = undecryptable = 0
+    for pk, token in queryset.exclude(**{field: ""}).values_list("pk", field).iterator():
+        if crypto.under_current_key(token):
+            current += 1
+            continue
+        try:
+            fresh = crypto.reencrypt_secret(token)
+        except crypto.UndecryptableSecret:
+            undecryptable += 1
+            continue
+        if not dry_run:
+            queryset.model.objects.filter(pk=pk, **{field: token}).update(**{field: fresh})
+        moved += 1
+    return Reencrypted(moved, current, undecryptable)
+
+
+def api_keys_reencrypt(*, dry_run: bool = False) -> Reencrypted:
+    """Move the encrypted copies of every API key to the current KEY_ENCRYPTION_KEY."""
+    done = reencrypt_rows(ApiKey.objects.all(), "encrypted", dry_run=dry_run)
+    logger.info(
+        "api keys re-encrypted: moved=%d current=%d undecryptable=%d dry_run=%s",
+        done.moved,
+        done.current,
+        done.undecryptable,
+        dry_run,
+    )
+    return done

@@ -77,8 +77,77 @@ def production_settings_check(app_configs, **kwargs):
                 id="portal.W002",
             )
         )
+    for position, old_key in enumerate(settings.KEY_ENCRYPTION_OLD_KEYS, start=1):
+        if not _valid_fernet_key(old_key.strip()):
+            errors.append(
+                Error(
+                    f"KEY_ENCRYPTION_OLD_KEYS entry {position} is not a Fernet key.",
+                    hint="List the previous KEY_ENCRYPTION_KEY values, comma-separated.",
+                    id="portal.E008",
+                )
+            )
+    if settings.EMAIL_BACKEND in CONSOLE_EMAIL_BACKENDS:
+        errors.append(
+            Warning(
+                "Email is printed to the server's output (EMAIL_URL is unset or console): "
+                "sign-in codes sent by email end up in the logs, not in anyone's mailbox.",
+                hint="Set EMAIL_URL to your mail server, e.g. "
+                "smtp+tls://user:password@smtp.example.com:587.",
+                id="portal.W004",
+            )
+        )
     errors += _metrics_checks()
     return errors
+
+
+CONSOLE_EMAIL_BACKENDS = {
+    "django.core.mail.backends.console.EmailBackend",
+    "django.core.mail.backends.dummy.EmailBackend",
+}
+
+
+@register(Tags.database)
+def stored_secrets_check(app_configs, databases=None, **kwargs):
+    """Every stored secret decrypts with a configured key. Needs the database, so it runs
+    with ``check --database default`` (run-prod.sh) and before ``migrate``, not on every
+    command."""
+    if not databases or "default" not in databases:
+        return []
+    from django.db import DatabaseError
+
+    from gateway.models import Model
+    from keys import crypto
+    from keys.models import ApiKey
+
+    try:
+        stored = [
+            (label, token)
+            for label, queryset, field in (
+                ("API key", ApiKey.objects.all(), "encrypted"),
+                ("model upstream key", Model.objects.all(), "upstream_key_encrypted"),
+            )
+            for token in queryset.exclude(**{field: ""}).values_list(field, flat=True).iterator()
+        ]
+    except DatabaseError:
+        return []  # not migrated yet: nothing stored to check
+    undecryptable: dict[str, int] = {}
+    for label, token in stored:
+        try:
+            crypto.decrypt_secret(token)
+        except crypto.UndecryptableSecret:
+            undecryptable[label] = undecryptable.get(label, 0) + 1
+    if not undecryptable:
+        return []
+    counts = ", ".join(f"{count} {label}(s)" for label, count in undecryptable.items())
+    return [
+        Error(
+            f"Stored secrets cannot be decrypted with KEY_ENCRYPTION_KEY or "
+            f"KEY_ENCRYPTION_OLD_KEYS: {counts}.",
+            hint="KEY_ENCRYPTION_KEY was changed: list the previous key in "
+            "KEY_ENCRYPTION_OLD_KEYS, then run manage.py reencrypt_keys.",
+            id="portal.E009",
+        )
+    ]
 
 
 def _metrics_checks() -> list:

@@ -131,12 +131,64 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: tests start real servers and workers that must see the same data.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT_SECONDS", default=5)
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Server limits, database connections under ASGI, key rotation -------------------------
+# One place for every limit of the web server: portal.serve passes them to uvicorn (every
+# launcher goes through it) and portal.server enforces the two uvicorn lacks.
+# Connections and requests in flight per worker process; past it, an immediate 503.
+WEB_LIMIT_CONCURRENCY = env.int("WEB_LIMIT_CONCURRENCY", default=1000)
+# Connections the kernel queues for a worker before accepting them.
+WEB_BACKLOG = env.int("WEB_BACKLOG", default=2048)
+# An idle keep-alive connection is closed after this long.
+WEB_KEEP_ALIVE_SECONDS = env.int("WEB_KEEP_ALIVE_SECONDS", default=5)
+# A request head (request line and headers) larger than this gets 431; one not complete this
+# long after its first byte (slowloris) is closed.
+WEB_MAX_HEADER_BYTES = env.int("WEB_MAX_HEADER_BYTES", default=64 * 1024)
+WEB_HEADER_TIMEOUT_SECONDS = env.float("WEB_HEADER_TIMEOUT_SECONDS", default=10.0)
+# Portal (non-gateway) request bodies: a declared larger one gets 413 before a byte of it is
+# read (portal.asgi); Django keeps what it accepts in memory, never in a temporary file.
+PORTAL_MAX_BODY_BYTES = env.int("PORTAL_MAX_BODY_BYTES", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES
+# Django's PostgreSQL connections. Under ASGI each request runs in a thread of its own, so a
+# persistent connection (CONN_MAX_AGE > 0) outlives its thread and stays open, unreachable:
+# 30 /healthz requests left 29 connections. So: one connection per request, closed when it
+# ends (CONN_MAX_AGE=0), and at most PORTAL_MAX_CONCURRENCY Django requests at once per worker
+# process (portal.asgi; more wait up to PORTAL_QUEUE_TIMEOUT_SECONDS, then 503), which bounds
+# Django's threads and connections together. A fresh connection per request also means none
+# broken by an outage is ever reused, and each is bounded by the connect timeout.
+PORTAL_MAX_CONCURRENCY = env.int("PORTAL_MAX_CONCURRENCY", default=16)
+PORTAL_QUEUE_TIMEOUT_SECONDS = env.float("PORTAL_QUEUE_TIMEOUT_SECONDS", default=10.0)
+# Optional instead: psycopg's pool through Django (connections reused; at most this many per
+# process). Off by default: measured, it bounds connections as well but a pooled connection on
+# a stalled network hangs a request past every timeout (the pool's check has none), and the
+# pool reconnects with a growing back-off after an outage.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
+# Empty (as in a copied .env.example) means the connect timeout.
+DATABASE_POOL_TIMEOUT_SECONDS = float(
+    env.str("DATABASE_POOL_TIMEOUT_SECONDS", default="")
+    or env.int("DATABASE_CONNECT_TIMEOUT_SECONDS", default=5)
+)
+DATABASE_POOL_MAX_IDLE_SECONDS = env.float("DATABASE_POOL_MAX_IDLE_SECONDS", default=60.0)
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    if DATABASE_POOL_MAX_SIZE > 0:
+        # With CONN_HEALTH_CHECKS (above) Django has the pool check each connection it hands
+        # out, so one that broke while idle in the pool is replaced, not given to a request.
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 0,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
+            "max_idle": DATABASE_POOL_MAX_IDLE_SECONDS,
+        }
+# Earlier KEY_ENCRYPTION_KEYs, comma-separated: secrets stored under them still decrypt
+# after a rotation, until `manage.py reencrypt_keys` has moved them to the current key.
+KEY_ENCRYPTION_OLD_KEYS = env.list("KEY_ENCRYPTION_OLD_KEYS", default=[])
 
 # --- Cache (and, through it, allauth's rate limits) --------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -28,7 +28,8 @@ fi
 pids+=($!)
 "$BIN/celery" -A portal beat --loglevel INFO &
 pids+=($!)
-"$BIN/uvicorn" portal.asgi:application --host "$HOST" --port "$PORT" --log-level info &
+# portal.serve: uvicorn with the same server limits as production (portal.settings, WEB_*).
+"$BIN/python" -m portal.serve --host "$HOST" --port "$PORT" --log-level info &
 pids+=($!)
 
 sleep 2

@@ -125,6 +125,10 @@ class Ledger:
     async def close(self) -> None:
         pass
 
+    async def ping(self) -> None:
+        """One trivial statement through the connections requests use (for /healthz)."""
+        raise NotImplementedError
+
     async def find_key(self, prefix: str) -> KeyRow | None:
         raise NotImplementedError
 
@@ -264,7 +268,14 @@ class _Connections:
     async def acquire(self):
         while True:
             if self._free:
-                return self._free.pop()
+                conn = self._free.pop()
+                if not conn.is_closed():
+                    return conn
+                # Lost while idle (the database restarted or the network cut it): drop it
+                # rather than fail the request that drew it.
+                self._size -= 1
+                conn.terminate()
+                continue
             if self._size < self.max_size:
                 self._size += 1
                 try:
@@ -344,6 +355,9 @@ class PgLedger(Ledger):
             raise
         self.connections.release(conn)
         return row
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
 
     async def find_key(self, prefix: str) -> KeyRow | None:
         row = await self._fetchrow(_FIND_KEY_SQL, prefix)
@@ -448,6 +462,11 @@ class OrmLedger(Ledger):
 
     def _counted(self):
         return connection.execute_wrapper(_Counter(self))
+
+    @sync_to_async
+    def ping(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
 
     @sync_to_async
     def find_key(self, prefix: str) -> KeyRow | None:

@@ -58,9 +58,32 @@ def test_the_image_checks_its_health_on_healthz_and_serves_with_uvicorn(dockerfi
     (cmd,) = _instructions(dockerfile, "CMD")
     assert "scripts/serve-web.sh" in cmd
     serve = (ROOT / "scripts/serve-web.sh").read_text()
-    assert "portal.asgi:application" in serve
-    for flag in ("--workers", "--loop uvloop", "--http httptools", "--no-access-log"):
+    assert "-m portal.serve" in serve
+    for flag in ("--workers", "--loop uvloop", "--no-access-log"):
         assert flag in serve
+
+
+def test_it_starts_uvicorn_only_through_portal_serve_with_every_limit():
+    """A server reachable directly must never run without limits: every launcher goes
+    through portal.serve, which passes the limits from settings."""
+    from django.conf import settings
+
+    from portal.serve import APPLICATION, PROTOCOL, limit_options
+
+    launchers = ["scripts/run-dev.sh", "scripts/run-prod.sh", "scripts/serve-web.sh"]
+    launchers += ["Dockerfile", "compose.yaml", "Makefile"]
+    for name in launchers:
+        text = (ROOT / name).read_text()
+        assert not re.search(r"(^|[\s/\"'])uvicorn[\"']?\s+portal", text, re.M), name
+        assert "uvicorn.run(" not in text, name
+    options = limit_options(settings)
+    pairs = dict(zip(options[::2], options[1::2], strict=True))
+    assert pairs["--limit-concurrency"] == str(settings.WEB_LIMIT_CONCURRENCY)
+    assert pairs["--timeout-keep-alive"] == str(settings.WEB_KEEP_ALIVE_SECONDS)
+    assert pairs["--h11-max-incomplete-event-size"] == str(settings.WEB_MAX_HEADER_BYTES)
+    assert pairs["--backlog"] == str(settings.WEB_BACKLOG)
+    assert pairs["--http"] == PROTOCOL
+    assert APPLICATION == "portal.asgi:application"
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state():
@@ -132,7 +155,7 @@ def test_env_example_documents_the_deployment_variables():
 
 
 def test_the_shell_scripts_parse():
-    for script in ("scripts/run-prod.sh", "scripts/serve-web.sh"):
+    for script in ("scripts/run-prod.sh", "scripts/serve-web.sh", "scripts/run-dev.sh"):
         result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
@@ -292,3 +315,14 @@ def test_the_build_context_alone_collects_static_files_and_loads_the_app(tmp_pat
         cwd=context, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert load.returncode == 0, load.stderr[-3000:]
+
+
+def test_the_reverse_proxy_example_streams_unbuffered_with_timeouts():
+    conf = (ROOT / "deploy/nginx.conf").read_text()
+    streams = conf[conf.index("location ~ ^/(openai|anthropic)") :]
+    streams = streams[: streams.index("}")]
+    for directive in ("proxy_buffering off", "proxy_request_buffering off", "proxy_read_timeout"):
+        assert directive in streams
+    for directive in ("client_header_timeout", "client_body_timeout", "client_max_body_size"):
+        assert directive in conf
+    assert "deploy/nginx.conf" in (ROOT / "README.md").read_text()

@@ -125,3 +125,20 @@ def test_it_defaults_to_embedded_services_and_generates_dev_secrets(tmp_path):
     # A second start reads the same secret instead of generating a new one.
     again = _settings_in_subprocess({"VAR_DIR": str(tmp_path)}, "settings.SECRET_KEY")
     assert again == values[3]
+
+
+def test_it_warns_that_console_email_prints_codes_in_production():
+    console = "django.core.mail.backends.console.EmailBackend"
+    with override_settings(**PRODUCTION_OK, EMAIL_BACKEND=console):
+        assert "portal.W004" in ids(production_settings_check(None))
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    with override_settings(**PRODUCTION_OK, EMAIL_BACKEND=smtp):
+        assert "portal.W004" not in ids(production_settings_check(None))
+    with override_settings(PRODUCTION=False, EMAIL_BACKEND=console):
+        assert production_settings_check(None) == []
+
+
+def test_it_refuses_an_old_encryption_key_that_is_not_a_fernet_key():
+    with override_settings(**PRODUCTION_OK, KEY_ENCRYPTION_OLD_KEYS=[FERNET, "not-a-key"]):
+        messages = [m for m in production_settings_check(None) if m.id == "portal.E008"]
+    assert [m.msg for m in messages] == ["KEY_ENCRYPTION_OLD_KEYS entry 2 is not a Fernet key."]

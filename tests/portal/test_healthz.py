@@ -50,3 +50,27 @@ def test_it_never_shows_error_details(client):
 def test_it_is_not_cached(client):
     response = client.get("/healthz")
     assert "no-cache" in response["Cache-Control"]
+
+
+class _FakeGateway:
+    def __init__(self, failures):
+        self.failures = failures
+
+    async def health(self):
+        return self.failures
+
+
+def test_it_reports_the_gateways_own_connections_and_catalog(client, monkeypatch):
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "_serving", _FakeGateway({"ledger": None, "catalog": None}))
+    body = client.get("/healthz").json()
+    assert body["checks"]["gateway_ledger"]["ok"] is True
+    assert body["checks"]["gateway_catalog"]["ok"] is True
+
+    failures = {"ledger": None, "catalog": TimeoutError("postgres://admin:hunter2@db")}
+    monkeypatch.setattr(gateway.app, "_serving", _FakeGateway(failures))
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["gateway_catalog"]["error"] == "TimeoutError"
+    assert "hunter2" not in response.content.decode()
