@@ -123,10 +123,17 @@ def test_the_gateway_answers_503_quickly_without_its_database_and_recovers(
     if fault == "stall":
         # A reservation statement held up in the network reaches the database after its
         # request gave up: it stays until the sweeper's cut-off. Sweep now (nothing else is
-        # in flight): at most the two refused requests left one each.
+        # in flight): at most the two refused requests left one each. Nobody renews their
+        # leases (their requests are over), so they are orphans once the lease has run out.
+        from django.conf import settings
+        from django.utils import timezone
+
         from usage.services import reservations_release_stale
 
-        released, _tokens = reservations_release_stale(older_than=dt.timedelta(0))
+        lease = dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS + 1)
+        released, _tokens = reservations_release_stale(
+            older_than=dt.timedelta(0), now=timezone.now() + lease
+        )
         assert released <= 2
     # Every request left one record (the refusals are written once the database is back),
     # and nothing stayed reserved.
