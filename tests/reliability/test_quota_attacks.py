@@ -111,16 +111,16 @@ def test_a_stream_held_past_the_stale_threshold_cannot_spend_past_the_quota(
     )
     reader.join(30)
 
+    records = settled_records(user, 2)
+    _within_quota(user, quota)
     assert other.status_code == 200
     assert slow["status"] == 200
     assert slow["ended"] - started < STREAM_MAX_SECONDS + 2
     last = json.loads(slow["text"].strip().splitlines()[-1][6:])
     assert last["error"]["code"] == "stream_time_limit"
-    records = settled_records(user, 2)
     cut = next(r for r in records if r.stream)
     assert (cut.status_code, cut.error_code) == (504, "stream_time_limit")
     assert 0 < cut.output_tokens < 100
-    _within_quota(user, quota)
 
 
 def test_a_client_that_reads_nothing_is_cut_at_the_limit_and_charged(
