@@ -339,7 +339,7 @@ GATEWAY_SETTLE_RETRY_SECONDS = env.float("GATEWAY_SETTLE_RETRY_SECONDS", default
 # Each process renews the leases of its live reservations this often (one statement for all).
 GATEWAY_RESERVATION_LEASE_SECONDS = env.float("GATEWAY_RESERVATION_LEASE_SECONDS", default=120.0)
 # Bytes of request bodies one process reads and parses at once; beyond it 503 + Retry-After.
-GATEWAY_BODY_BUDGET_BYTES = env.int("GATEWAY_BODY_BUDGET_BYTES", default=64 * 1024 * 1024)
+GATEWAY_BODY_BUDGET_BYTES = env.int("GATEWAY_BODY_BUDGET_BYTES", default=32 * 1024 * 1024)
 # Failed API key checks (401) per client address per minute, across processes (Redis).
 GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
 
