@@ -224,3 +224,47 @@ def test_many_requests_at_once_on_a_stalled_database_all_get_503(
     statuses = sorted(response.status_code for response, _ in answers)
     assert statuses == [503] * 24
     assert max(elapsed for _, elapsed in answers) < ANSWER_WITHIN_SECONDS * 2
+
+
+def test_a_stream_that_ends_while_postgresql_is_down_is_charged_once_it_is_back(
+    postgres_proxy, gateway_behind_proxy, live_key
+):
+    import threading
+
+    user, key = live_key
+    outcome = {}
+
+    def stream():
+        # 40 tokens at 100 ms: PostgreSQL goes away under it and is still away at its end.
+        with requests.post(
+            gateway_behind_proxy + "/openai/v1/chat/completions",
+            json={**HELLO, "max_tokens": 40, "stream": True},
+            headers={
+                "Authorization": f"Bearer {key}",
+                "x-demo-delay-ms": "100",
+                "x-demo-tokens": "40",
+            },
+            stream=True,
+            timeout=60,
+        ) as response:
+            outcome["status"] = response.status_code
+            outcome["text"] = response.content.decode()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    time.sleep(1.0)
+    postgres_proxy.down()
+    try:
+        reader.join(30)
+        # The answer reached the client whole; its settlement waits for the database.
+        assert outcome["status"] == 200
+        assert outcome["text"].rstrip().endswith("data: [DONE]")
+        time.sleep(2.0)
+    finally:
+        postgres_proxy.up()
+    # Retried with backoff (GATEWAY_SETTLE_RETRY_SECONDS): charged once, nothing left reserved.
+    records = settled_records(user, 2, timeout=30)
+    assert [r.status_code for r in records] == [200, 200]
+    counter = assert_books_balance(user)
+    assert counter.output_tokens == 10 + 40
+    assert counter.requests == 2

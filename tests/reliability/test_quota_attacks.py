@@ -29,6 +29,7 @@ OPENAI = "/openai/v1/chat/completions"
 ANTHROPIC = "/anthropic/v1/messages"
 STALE_SECONDS = 4
 STREAM_MAX_SECONDS = 2
+BODY_BUDGET = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def servers(fault_upstream, django_db_setup):
         "GATEWAY_STREAM_MAX_SECONDS": STREAM_MAX_SECONDS,
         "GATEWAY_SETTLE_RETRY_SECONDS": 1,
         "GATEWAY_RESERVATION_LEASE_SECONDS": 1,
+        "GATEWAY_BODY_BUDGET_BYTES": BODY_BUDGET,
     }
     with gateway_servers(2, **env) as urls:
         yield urls
@@ -209,3 +211,31 @@ def test_a_negative_demo_token_count_refunds_nothing(servers, live_key):
     settled_records(user, 3)
     counter = _within_quota(user, quota)
     assert counter.output_tokens == 50
+
+
+def test_bodies_read_at_once_are_bounded_per_process(servers, live_key):
+    user, key = live_key
+    host, port = servers[0].rsplit("//", 1)[1].split(":")
+    text = "word " * 120_000  # 600 kB: two do not fit the budget at once (nor the model)
+    data = json.dumps(
+        {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": text}]}
+    ).encode()
+    head = (
+        f"POST {OPENAI} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        # One client sends its large body slowly: the process holds its size while it reads.
+        slow.sendall(head + data[:1000])
+        time.sleep(0.5)
+        busy = requests.post(servers[0] + OPENAI, data=data, headers=_headers(key), timeout=30)
+        assert busy.status_code == 503
+        assert busy.json()["error"]["code"] == "server_busy"
+        assert busy.headers["retry-after"] == "1"
+        # The other process has its own budget: read and judged (too long for the model).
+        other = requests.post(servers[1] + OPENAI, data=data, headers=_headers(key), timeout=30)
+        assert other.json()["error"]["code"] == "context_length_exceeded"
+        slow.sendall(data[1000:])
+        assert slow.recv(65536).startswith(b"HTTP/1.1 400")
+    settled_records(user, 3)
+    assert_books_balance(user)
