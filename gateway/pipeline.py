@@ -267,7 +267,8 @@ class Gateway:
         sweeper can tell a long request from an orphan without a statement per chunk."""
         lease = settings.GATEWAY_RESERVATION_LEASE_SECONDS
         while True:
-            await asyncio.sleep(lease / 3)
+            # Three renewals per lease: one lost beat (a slow database) costs no reservation.
+            await asyncio.sleep(max(lease / 3, 0.1))
             ids = list(self._live)
             if not ids:
                 continue
