@@ -174,3 +174,36 @@ def service_unavailable() -> GatewayError:
         "The platform cannot reach its database right now. Retry in a few seconds.",
         retry_after=2,
     )
+
+
+def stream_time_limit(seconds: float) -> GatewayError:
+    # A request may not outlive the limit that lets the sweeper tell live reservations from
+    # orphans (``gateway.checks``); what was delivered until then is charged.
+    return GatewayError(
+        504,
+        "stream_time_limit",
+        f"The answer took longer than the platform's limit of {seconds:g} s and was cut; "
+        "what was delivered is charged. Ask for shorter answers or split the work.",
+    )
+
+
+def server_busy() -> GatewayError:
+    # This process is already reading and parsing as many request bytes as it takes at once.
+    return GatewayError(
+        503,
+        "server_busy",
+        "The platform is busy reading other large requests. Retry in a moment.",
+        retry_after=1,
+    )
+
+
+def too_many_auth_failures(*, retry_after: float) -> GatewayError:
+    seconds = max(1, int(retry_after + 0.999))
+    return GatewayError(
+        429,
+        "rate_limit_exceeded",
+        f"Too many requests with an invalid API key from this address. Wait {seconds} s "
+        "and retry with a valid key.",
+        retry_after=seconds,
+        retry_after_ms=max(1, int(retry_after * 1000)),
+    )

@@ -1,9 +1,12 @@
 """The request pipeline, the same for every dialect.
 
-    auth (cached key) → body (413) → dialect.parse_chat (400) → catalog (404)
-    → output clamp and context check (400) → rate limit (429) → quota reserve (429, one
-    statement that also re-checks the key) → upstream call relayed in the client's dialect
-    → settle (one statement, shielded from cancellation) → usage record (batched)
+    auth (cached key; 429 for an address with too many failed checks) → rate limit (RPM, 429,
+    before any body byte is read) → body (413; 503 past the process's body budget)
+    → dialect.parse_chat (400) → tokens per minute (429) → catalog (404) → output clamp and
+    context check (400) → quota reserve (429, one statement that also re-checks the key)
+    → upstream call relayed in the client's dialect, at most GATEWAY_STREAM_MAX_SECONDS
+    → settle (one statement, charge clamped to the reservation, shielded from cancellation,
+    retried while the database is away) → usage record (batched, on the reservation's day)
 
 A dialect (``gateway.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
 and the error envelope; nothing here knows which dialect it is serving.
@@ -12,6 +15,7 @@ and the error envelope; nothing here knows which dialect it is serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -51,6 +55,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 CLIENT_CLOSED_REQUEST = 499
+_FAIL_SEND_SECONDS = 5.0
 # The database refused, dropped or never opened a connection (asyncpg on PostgreSQL, the ORM
 # for the catalog and on SQLite). Anything else from it is a bug and stays a 500.
 DATABASE_UNAVAILABLE = (
@@ -88,6 +93,31 @@ class _DisconnectWatcher:
         self._task.cancel()
 
 
+# Every field of a delta (or message) whose text reaches the client, in either dialect: the
+# Anthropic stream shows reasoning as thinking and tool-call arguments as input_json deltas.
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
+
+
+def _text_tokens(part: dict) -> int:
+    """The estimated tokens of the text in one delta or message; at least 1 if it has any."""
+    tokens = 0
+    carried = False
+    for name in _TEXT_FIELDS:
+        text = part.get(name)
+        if isinstance(text, str) and text:
+            carried = True
+            tokens += estimate_text_tokens(text)
+    for call in part.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            for name in ("name", "arguments"):
+                text = function.get(name)
+                if isinstance(text, str) and text:
+                    carried = True
+                    tokens += estimate_text_tokens(text)
+    return max(tokens, 1) if carried else tokens
+
+
 def _streamed_output_estimate(chunks: list[bytes]) -> int:
     tokens = 0
     for data in chunks:
@@ -95,10 +125,7 @@ def _streamed_output_estimate(chunks: list[bytes]) -> int:
         # instead of raising out of the settlement.
         try:
             for choice in json.loads(data).get("choices") or ():
-                delta = choice.get("delta") or {}
-                tokens += estimate_text_tokens(delta.get("content") or "")
-                if delta.get("tool_calls"):
-                    tokens += estimate_text_tokens(json.dumps(delta["tool_calls"]))
+                tokens += _text_tokens(choice.get("delta") or {})
         except (ValueError, TypeError, AttributeError):
             continue
     return tokens
@@ -107,11 +134,31 @@ def _streamed_output_estimate(chunks: list[bytes]) -> int:
 def _completion_output_estimate(obj: dict) -> int:
     tokens = 0
     for choice in obj.get("choices") or ():
-        message = choice.get("message") or {}
-        tokens += estimate_text_tokens(message.get("content") or "")
-        if message.get("tool_calls"):
-            tokens += estimate_text_tokens(json.dumps(message["tool_calls"]))
+        tokens += _text_tokens(choice.get("message") or {})
     return tokens
+
+
+def _client_address(request: Request) -> str:
+    client = request.scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def _clamp(reserved: Reserved, outcome: _Outcome) -> None:
+    """Never charge below zero nor above the reservation, whatever the upstream reported: a
+    negative count would refund usage, a huge one spend past the quota the grant was cut to."""
+    charged_in = min(max(0, outcome.input), reserved.tokens)
+    charged_out = min(max(0, outcome.output), reserved.tokens - charged_in)
+    if (charged_in, charged_out) != (outcome.input, outcome.output):
+        log.warning(
+            "usage clamped to the reservation: reported %d input + %d output, charged %d + %d "
+            "(reserved %d)",
+            outcome.input,
+            outcome.output,
+            charged_in,
+            charged_out,
+            reserved.tokens,
+        )
+        outcome.input, outcome.output = charged_in, charged_out
 
 
 class _Keepalive:
@@ -203,14 +250,41 @@ class Gateway:
         self.recorder = recorder or Recorder(ledger)
         self.keys = KeyCache(ledger)
         self._settling: set[asyncio.Task] = set()
+        # Reservations of this process's requests not yet settled: their leases are renewed.
+        self._live: dict[int, Reserved] = {}
+        self._leases: asyncio.Task | None = None
+        self._body_bytes_in_flight = 0
 
     async def startup(self) -> None:
         await self.ledger.open()
         await self.limiter.open()
         await self.upstream.open()
         self.recorder.start()
+        self._leases = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        """One statement per interval for every live reservation of this process, so the
+        sweeper can tell a long request from an orphan without a statement per chunk."""
+        lease = settings.GATEWAY_RESERVATION_LEASE_SECONDS
+        while True:
+            # Three renewals per lease: one lost beat (a slow database) costs no reservation.
+            await asyncio.sleep(max(lease / 3, 0.1))
+            ids = list(self._live)
+            if not ids:
+                continue
+            try:
+                async with asyncio.timeout(settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
+                    await self.ledger.renew_leases(ids, lease)
+            except Exception as failure:
+                # The next beat tries again; the time bounds (gateway.checks) still hold.
+                log.warning("reservation leases not renewed: %s", failure.__class__.__name__)
 
     async def shutdown(self) -> None:
+        if self._leases is not None:
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
+            self._leases = None
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self.recorder.stop()
@@ -220,9 +294,71 @@ class Gateway:
 
     # --- steps -------------------------------------------------------------------------
     async def authenticate(self, request: Request, *, fresh: bool = False) -> tuple[KeyRow, str]:
-        return await self._database(
-            self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
+        """The caller's key, or 401/403; 429 for an address that failed too often this minute
+        (counted across processes by the limiter, so keys cannot be guessed at volume)."""
+        client = _client_address(request)
+        self.limiter.refuse_blocked(client)
+        try:
+            return await self._database(
+                self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
+            )
+        except GatewayError as error:
+            if error.status == 401:
+                await self.limiter.note_auth_failure(client)
+            raise
+
+    @contextlib.contextmanager
+    def _body_budget(self, request: Request):
+        """Holds the request's body size (declared, else the maximum) against the process's
+        budget while it is read and parsed; past it, 503 at once instead of another copy of a
+        large body in memory. One request is always admitted, however large."""
+        size = self.max_body_bytes
+        declared = request.headers.get(b"content-length")
+        if declared is not None and declared.isdigit():
+            size = min(int(declared), size)
+        budget = settings.GATEWAY_BODY_BUDGET_BYTES
+        if self._body_bytes_in_flight and self._body_bytes_in_flight + size > budget:
+            raise errors.server_busy()
+        self._body_bytes_in_flight += size
+        try:
+            yield
+        finally:
+            self._body_bytes_in_flight -= size
+
+    async def handle_metered(self, dialect: Dialect, request: Request, endpoint: str, work):
+        """A request that charges no tokens but costs CPU (Anthropic's ``count_tokens``): a
+        fresh key check (a revoked key stops at once), the key's rate limit before the body,
+        the body budget, and a usage record of 0 tokens under ``endpoint``.
+        ``work(body)`` returns (model name, Response) or raises a ``GatewayError``."""
+        started = time.perf_counter()
+        key, _digest = await self.authenticate(request, fresh=True)
+        model_name = ""
+        try:
+            await self.limiter.check(
+                key_id=key.key_id, rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm, tokens=0
+            )
+            with self._body_budget(request):
+                body = await request.body(self.max_body_bytes)
+                model_name, response = await work(body)
+        except GatewayError as error:
+            self._record(
+                key,
+                dialect,
+                model_name,
+                False,
+                started,
+                error.status,
+                error.code,
+                None,
+                endpoint=endpoint,
+            )
+            raise
+        except ClientGone:
+            return Response(CLIENT_CLOSED_REQUEST, b"")
+        self._record(
+            key, dialect, model_name, False, started, response.status, "", None, endpoint=endpoint
         )
+        return response
 
     async def _database(self, step):
         """A step that needs the database, bounded: a database that is down or stalled gets
@@ -261,8 +397,14 @@ class Gateway:
         rate: RateState | None = None
         try:
             key, digest = await self.authenticate(request)
-            chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
+            # Counted before a byte of the body is read: a key over its limit costs no parsing.
+            rate = await self.limiter.check(
+                key_id=key.key_id, rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm, tokens=0
+            )
+            with self._body_budget(request):
+                chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
             model_name, stream = chat.model, chat.stream
+            self.limiter.admit_tokens(rate, key_id=key.key_id, tokens=chat.input_tokens)
             model = await self._database(self.catalog.get(chat.model))
             if model is None:
                 raise errors.model_not_found(chat.model)
@@ -284,13 +426,8 @@ class Gateway:
                         max_tokens=max_out,
                         limit=model.context_window,
                     )
-            rate = await self.limiter.check(
-                key_id=key.key_id,
-                rpm=key.rate_limit_rpm,
-                tpm=key.rate_limit_tpm,
-                tokens=chat.input_tokens,
-            )
             reserved = await self._database(self._reserve(request, key, digest, chat, max_out))
+            self._live[reserved.reservation_id] = reserved
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
             extra = rate.headers() if rate is not None else ()
@@ -321,50 +458,111 @@ class Gateway:
                 outcome.status,
                 outcome.error_code,
                 outcome,
+                day=reserved.day,
             )
             if settle is not None:
                 # The settlement runs to the end even if this task is cancelled while waiting.
                 await asyncio.shield(settle)
 
-    def _settle(self, reserved: Reserved, outcome: _Outcome) -> asyncio.Task | None:
-        """Replace the reservation by the charge, once, in a task the request does not own."""
+    def _settle(self, reserved: Reserved, outcome: _Outcome) -> asyncio.Future | None:
+        """Replace the reservation by the charge (clamped), once, in a task the request does
+        not own. Returns a future done after the first attempt: the request waits for that,
+        not for retries while the database is away."""
         if outcome.settled:
             return None
         outcome.settled = True
-        task = asyncio.get_running_loop().create_task(
-            self.ledger.settle(
-                reserved=reserved, input_tokens=outcome.input, output_tokens=outcome.output
-            )
+        _clamp(reserved, outcome)
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+        task = loop.create_task(
+            self._settle_until_done(reserved, outcome.input, outcome.output, first)
         )
         self._settling.add(task)
         task.add_done_callback(self._settled)
-        return task
+        return first
+
+    async def _settle_until_done(
+        self, reserved: Reserved, input_tokens: int, output_tokens: int, first: asyncio.Future
+    ) -> None:
+        """Settle, retrying with backoff for GATEWAY_SETTLE_RETRY_SECONDS while the database is
+        unreachable: a PostgreSQL outage mid-stream must not leave the request uncharged. A
+        retry charges only if the reservation is still there (``usage.ledger``), so an attempt
+        that committed before its connection broke is not charged twice."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + settings.GATEWAY_SETTLE_RETRY_SECONDS
+        delay = 0.25
+        retry = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(2 * settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
+                        await self.ledger.settle(
+                            reserved=reserved,
+                            input_tokens=input_tokens,
+                            output_tokens=output_tokens,
+                            retry=retry,
+                        )
+                    return
+                except DATABASE_UNAVAILABLE as failure:
+                    if not first.done():
+                        first.set_result(None)
+                    if loop.time() + delay > give_up_at:
+                        raise
+                    log.warning(
+                        "quota settlement failed (%s); retrying in %.2f s",
+                        failure.__class__.__name__,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    retry = True
+        finally:
+            self._live.pop(reserved.reservation_id, None)
+            if not first.done():
+                first.set_result(None)
 
     def _settled(self, task: asyncio.Task) -> None:
         self._settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("quota settlement failed", exc_info=task.exception())
 
-    def _record(self, key, dialect, model_name, stream, started, status, error_code, outcome):
+    def _record(
+        self,
+        key,
+        dialect,
+        model_name,
+        stream,
+        started,
+        status,
+        error_code,
+        outcome,
+        *,
+        day=None,
+        endpoint=None,
+    ):
         now = datetime.now(UTC)
         # The client's text, recorded even for an unknown model: PostgreSQL refuses NUL in
         # text, and a batch it refuses would be retried forever, holding up every record.
         model_name = model_name[:128].replace("\x00", "\ufffd")
-        metrics.record_gateway_request(
-            dialect=dialect.name,
-            model=model_name[:128],
-            status=status,
-            error_code=error_code,
-            input_tokens=outcome.input if outcome else 0,
-            output_tokens=outcome.output if outcome else 0,
-        )
+        try:
+            metrics.record_gateway_request(
+                dialect=dialect.name,
+                model=model_name[:128],
+                status=status,
+                error_code=error_code,
+                input_tokens=outcome.input if outcome else 0,
+                output_tokens=outcome.output if outcome else 0,
+            )
+        except Exception:
+            # Metrics are for operators: they must never fail a request or skip its record.
+            log.exception("gateway metrics could not be recorded")
         self.recorder.add(
             RecordRow(
                 user_id=key.user_id,
                 api_key_id=key.key_id,
                 key_name=key.key_name,
                 model=model_name[:128],
-                endpoint=dialect.endpoint,
+                endpoint=endpoint or dialect.endpoint,
                 stream=stream,
                 input_tokens=outcome.input if outcome else 0,
                 output_tokens=outcome.output if outcome else 0,
@@ -373,7 +571,8 @@ class Gateway:
                 error_code=error_code[:64],
                 latency_ms=int((time.perf_counter() - started) * 1000),
                 first_token_ms=outcome.first_token_ms if outcome else None,
-                day=quota_day(now),
+                # The day the request was charged to (its reservation's), even past midnight.
+                day=day or quota_day(now),
                 created_at=now,
             )
         )
@@ -384,8 +583,10 @@ class Gateway:
         started = time.perf_counter()
         rate_headers = rate.headers() if rate else []
         extra = None
-        if model.is_demo:
-            # Test and benchmark switches reach the demo upstream, and only the demo upstream.
+        if model.is_demo and not settings.PRODUCTION:
+            # Test and benchmark switches reach the demo upstream, and only the demo upstream,
+            # and never in production (DEBUG=false when the process started; pytest flips DEBUG
+            # itself): ``x-demo-tokens`` sets the usage the demo reports.
             extra = {
                 name.decode(): value.decode("latin-1")
                 for name, value in request.headers.items()
@@ -402,8 +603,11 @@ class Gateway:
         # The upstream cannot have produced more than the budget it was given; the estimate
         # (which errs high) must not charge more either, or it could spend past the quota.
         cap = target.max_tokens
+        # No request outlives this: its reservation must be settled long before the sweeper
+        # could take it for an orphan, even when the client reads nothing (send() blocks).
+        deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
         try:
-            async with self.upstream.post_chat(model, body, extra) as upstream:
+            async with deadline, self.upstream.post_chat(model, body, extra) as upstream:
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.
@@ -467,7 +671,10 @@ class Gateway:
             outcome.status, outcome.error_code = error.status, error.code
             await self._fail(dialect, send, error, response_started, renderer)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            error = errors.upstream_timeout()
+            if deadline.expired():
+                error = errors.stream_time_limit(settings.GATEWAY_STREAM_MAX_SECONDS)
+            else:
+                error = errors.upstream_timeout()
             outcome.status, outcome.error_code = error.status, error.code
             await self._fail(dialect, send, error, response_started, renderer)
         except (aiohttp.ClientError, ValueError, OSError) as failure:
@@ -499,7 +706,11 @@ class Gateway:
                 outcome.estimated = True
 
     async def _fail(self, dialect, send, error, response_started, renderer) -> None:
-        if response_started and renderer is not None:
-            await send({"type": "http.response.body", "body": renderer.error(error)})
-        elif not response_started:
-            await send_response(send, error_response(error, dialect))
+        # Bounded: a client that reads nothing must not hold the request (and its settlement)
+        # open past the stream limit.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FAIL_SEND_SECONDS):
+                if response_started and renderer is not None:
+                    await send({"type": "http.response.body", "body": renderer.error(error)})
+                elif not response_started:
+                    await send_response(send, error_response(error, dialect))

@@ -6,6 +6,11 @@ server process). Tokens are the input estimate, counted when a request is admitt
 output tokens of settled requests, added with the key's next check (so settling costs no extra
 round trip).
 
+Requests are counted (RPM) before their body is read, so that a key over its limit cannot make
+a process read and parse megabytes; the input estimate, known only after parsing, is judged
+against the tokens left at that check (``admit_tokens``) and counted with the key's next check.
+Failed key checks are counted per client address (``note_auth_failure``), in the same store.
+
 When Redis is down the limiter fails *open*: it logs a warning (at most every 30 s) and lets
 requests through. The daily quota, the limit that protects money, lives in the database and
 is enforced regardless; refusing every call because a cache is down would turn a Redis outage
@@ -47,6 +52,14 @@ return {verdict, r, t}
 """
 
 
+# KEYS[1] the address's window of failed key checks. Returns the failures in the window.
+_FAILURES_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], 61000) end
+return n
+"""
+
+
 @dataclass(slots=True)
 class RateState:
     limit_requests: int
@@ -75,7 +88,12 @@ class RateLimiter:
         self.prefix = prefix
         self._redis = None
         self._script = None
+        self._failures_script = None
         self._local: dict[int, list] = {}
+        # Per address: [window, failed key checks] (without Redis), and the window until whose
+        # end this process refuses the address without a database lookup.
+        self._local_failures: dict[str, list] = {}
+        self._blocked: dict[str, int] = {}
         self._pending: dict[int, int] = {}
         self._warned_at = float("-inf")
 
@@ -85,6 +103,7 @@ class RateLimiter:
 
             self._redis = RespClient(self.redis_url)
             self._script = Script(self._redis, _LUA)
+            self._failures_script = Script(self._redis, _FAILURES_LUA)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -94,6 +113,57 @@ class RateLimiter:
     def add_output(self, key_id: int, tokens: int) -> None:
         if tokens > 0:
             self._pending[key_id] = self._pending.get(key_id, 0) + tokens
+
+    def admit_tokens(self, state: RateState, *, key_id: int, tokens: int) -> None:
+        """Judge a request's input estimate against what ``state`` (its check, made before the
+        body was read) left, as ``check`` would have; count it with the key's next check."""
+        used = state.limit_tokens - state.remaining_tokens
+        if used > 0 and tokens > state.remaining_tokens:
+            error = errors.rate_limited(retry_after=state.reset_seconds, what="tokens")
+            error.headers.extend(state.headers())
+            raise error
+        state.remaining_tokens -= tokens
+        self.add_output(key_id, tokens)
+
+    def refuse_blocked(self, client: str) -> None:
+        """429 at once for an address over its failed key checks in this window (no I/O)."""
+        window = self._blocked.get(client)
+        if window is None:
+            return
+        now = time.time()
+        if window != int(now // WINDOW_SECONDS):
+            del self._blocked[client]
+            return
+        raise errors.too_many_auth_failures(retry_after=(window + 1) * WINDOW_SECONDS - now)
+
+    async def note_auth_failure(self, client: str) -> None:
+        """Count a failed key check of ``client``; 429 once it is over the limit. Fails open."""
+        limit = settings.GATEWAY_AUTH_FAILURES_PER_MINUTE
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        if self._redis is not None:
+            try:
+                failures = await self._failures_script(
+                    [f"{self.prefix}:auth:{client}:{window}"], []
+                )
+            except Exception as error:
+                if now - self._warned_at > _WARN_EVERY_SECONDS:
+                    self._warned_at = now
+                    log.warning("rate limiter: Redis unavailable (%s); admitting requests", error)
+                return
+        else:
+            slot = self._local_failures.get(client)
+            if slot is None or slot[0] != window:
+                if len(self._local_failures) > 100_000:
+                    self._local_failures.clear()
+                slot = self._local_failures[client] = [window, 0]
+            slot[1] += 1
+            failures = slot[1]
+        if failures > limit:
+            if len(self._blocked) > 100_000:
+                self._blocked.clear()
+            self._blocked[client] = window
+            raise errors.too_many_auth_failures(retry_after=(window + 1) * WINDOW_SECONDS - now)
 
     async def check(
         self, *, key_id: int, rpm: int | None, tpm: int | None, tokens: int

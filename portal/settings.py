@@ -438,6 +438,19 @@ GATEWAY_STREAM_PING_SECONDS = env.float("GATEWAY_STREAM_PING_SECONDS", default=1
 # PostgreSQL connections per gateway worker process. The gateway borrows one per statement (not
 # per request), so a handful serves many in-flight calls; mind max_connections x workers.
 GATEWAY_DB_POOL_SIZE = env.int("GATEWAY_DB_POOL_SIZE", default=10)
+# Long requests and abuse (gateway/checks.py checks how they fit together). A request's upstream
+# call (a stream, or a non-streamed answer) ends after GATEWAY_STREAM_MAX_SECONDS with an error
+# in the client's dialect and is charged what was delivered; with GATEWAY_SETTLE_RETRY_SECONDS
+# (how long a settlement is retried while the database is away) it must fit well inside
+# RESERVATION_STALE_SECONDS, so that the sweeper never releases a request still alive.
+GATEWAY_STREAM_MAX_SECONDS = env.float("GATEWAY_STREAM_MAX_SECONDS", default=600.0)
+GATEWAY_SETTLE_RETRY_SECONDS = env.float("GATEWAY_SETTLE_RETRY_SECONDS", default=120.0)
+# Each process renews the leases of its live reservations this often (one statement for all).
+GATEWAY_RESERVATION_LEASE_SECONDS = env.float("GATEWAY_RESERVATION_LEASE_SECONDS", default=120.0)
+# Bytes of request bodies one process reads and parses at once; beyond it 503 + Retry-After.
+GATEWAY_BODY_BUDGET_BYTES = env.int("GATEWAY_BODY_BUDGET_BYTES", default=32 * 1024 * 1024)
+# Failed API key checks (401) per client address per minute, across processes (Redis).
+GATEWAY_AUTH_FAILURES_PER_MINUTE = env.int("GATEWAY_AUTH_FAILURES_PER_MINUTE", default=30)
 
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=False)
 # Protect /metrics: a bearer token the scraper sends, and/or the client addresses allowed.

@@ -18,6 +18,13 @@ The invariant shared with the stale-reservation sweeper (``usage.services``): a
 only when the delete found it, then adds the real usage, in one statement. A reservation the
 sweeper released first is therefore still charged once and never released twice.
 
+The sweeper releases only what is orphaned: a live request's process renews the
+``lease_until`` of all its reservations in one statement per interval (``renew_leases``), and
+a request ends (stream limit) and settles (bounded retries) well before its reservation is
+old enough to be stale (``gateway.checks``). A settlement retried after a failure whose
+outcome is unknown (``settle(..., retry=True)``) charges only if the row is still there: gone
+means the first attempt committed, since no sweeper can have taken a live reservation.
+
 Usage records and rollups are not counters the quota depends on: they are written in batches
 (``write_batch``) by ``gateway.recorder``. The ``DailyUsage`` counter is never batched.
 """
@@ -137,7 +144,12 @@ class Ledger:
     ) -> Reserved | Refused:
         raise NotImplementedError
 
-    async def settle(self, *, reserved: Reserved, input_tokens: int, output_tokens: int) -> None:
+    async def settle(
+        self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
+    ) -> None:
+        raise NotImplementedError
+
+    async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         raise NotImplementedError
 
     async def write_batch(
@@ -161,7 +173,7 @@ WHERE k.prefix = $1
 # One statement: check the key and account, lock today's counter, cap, reserve, record the
 # reservation. FOR UPDATE makes ``cur`` read the newest committed counter (after waiting for
 # any concurrent reservation), so the grant is computed on what is really left.
-# $1 default quota, $2 key id, $3 digest, $4 day, $5 input estimate, $6 max output.
+# $1 default quota, $2 key id, $3 digest, $4 day, $5 input estimate, $6 max output, $7 lease (s).
 _RESERVE_SQL = f"""
 WITH auth AS (
     SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota
@@ -181,8 +193,9 @@ WITH auth AS (
     FROM granted g WHERE du.id = g.id
     RETURNING g.tokens
 ), res AS (
-    INSERT INTO {_t(Reservation)} (user_id, day, tokens, created_at)
-    SELECT auth.user_id, $4, upd.tokens, now() FROM upd CROSS JOIN auth
+    INSERT INTO {_t(Reservation)} (user_id, day, tokens, created_at, lease_until)
+    SELECT auth.user_id, $4, upd.tokens, now(), now() + make_interval(secs => $7::float8)
+    FROM upd CROSS JOIN auth
     RETURNING id, tokens
 )
 SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
@@ -207,6 +220,23 @@ SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
     requests = requests + 1,
     updated_at = now()
 WHERE user_id = $4 AND day = $5
+"""
+
+# A retry after a failure that may have committed: charge only while the row is still there.
+_SETTLE_RETRY_SQL = f"""
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens)
+UPDATE {_t(DailyUsage)}
+SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
+    input_tokens = input_tokens + $2,
+    output_tokens = output_tokens + $3,
+    requests = requests + 1,
+    updated_at = now()
+WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
+"""
+
+_RENEW_LEASES_SQL = f"""
+UPDATE {_t(Reservation)} SET lease_until = now() + make_interval(secs => $2::float8)
+WHERE id = ANY($1::bigint[])
 """
 
 _INSERT_RECORD_SQL = f"""
@@ -366,7 +396,15 @@ class PgLedger(Ledger):
     async def reserve(
         self, *, key_id: int, digest: str, day: dt.date, input_tokens: int, max_output_tokens: int
     ) -> Reserved | Refused:
-        args = (settings.DAILY_FREE_QUOTA, key_id, digest, day, input_tokens, max_output_tokens)
+        args = (
+            settings.DAILY_FREE_QUOTA,
+            key_id,
+            digest,
+            day,
+            input_tokens,
+            max_output_tokens,
+            float(settings.GATEWAY_RESERVATION_LEASE_SECONDS),
+        )
         for _attempt in range(2):
             row = await self._fetchrow(_RESERVE_SQL, *args)
             if row is None:
@@ -383,15 +421,21 @@ class PgLedger(Ledger):
             )
         raise RuntimeError("the daily counter row could not be created")
 
-    async def settle(self, *, reserved: Reserved, input_tokens: int, output_tokens: int) -> None:
+    async def settle(
+        self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
+    ) -> None:
         await self._fetchrow(
-            _SETTLE_SQL,
+            _SETTLE_RETRY_SQL if retry else _SETTLE_SQL,
             reserved.reservation_id,
             input_tokens,
             output_tokens,
             reserved.user_id,
             reserved.day,
         )
+
+    async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
+        if reservation_ids:
+            await self._fetchrow(_RENEW_LEASES_SQL, reservation_ids, float(seconds))
 
     async def write_batch(
         self, records: list[RecordRow], last_used: dict[int, dt.datetime]
@@ -518,15 +562,24 @@ class OrmLedger(Ledger):
             DailyUsage.objects.filter(pk=counter.pk).update(
                 reserved_tokens=F("reserved_tokens") + tokens
             )
+            now = dt.datetime.now(dt.UTC)
             reservation = Reservation.objects.create(
-                user_id=user_id, day=day, tokens=tokens, created_at=dt.datetime.now(dt.UTC)
+                user_id=user_id,
+                day=day,
+                tokens=tokens,
+                created_at=now,
+                lease_until=now + dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS),
             )
         return Reserved(reservation.pk, user_id, day, tokens, input_tokens, tokens - input_tokens)
 
     @sync_to_async
-    def settle(self, *, reserved: Reserved, input_tokens: int, output_tokens: int) -> None:
+    def settle(
+        self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
+    ) -> None:
         with self._counted(), transaction.atomic():
             deleted, _ = Reservation.objects.filter(pk=reserved.reservation_id).delete()
+            if retry and not deleted:
+                return  # the attempt that failed had committed (see the module docstring)
             release = reserved.tokens if deleted else 0
             DailyUsage.objects.filter(user_id=reserved.user_id, day=reserved.day).update(
                 reserved_tokens=F("reserved_tokens") - release,
@@ -534,6 +587,14 @@ class OrmLedger(Ledger):
                 output_tokens=F("output_tokens") + output_tokens,
                 requests=F("requests") + 1,
             )
+
+    @sync_to_async
+    def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
+        if not reservation_ids:
+            return
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+        with self._counted():
+            Reservation.objects.filter(pk__in=reservation_ids).update(lease_until=until)
 
     @sync_to_async
     def write_batch(self, records: list[RecordRow], last_used: dict[int, dt.datetime]) -> None:

@@ -60,6 +60,10 @@ class Reservation(models.Model):
     day = models.DateField()
     tokens = models.BigIntegerField()
     created_at = models.DateTimeField(db_index=True)
+    # Renewed by the live request's process (``gateway.pipeline``, one statement per interval
+    # for all its requests): the sweeper leaves a reservation alone while its lease runs, so a
+    # long request keeps its tokens. NULL for rows written before leases existed.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -78,6 +82,7 @@ class UsageRecord(models.Model):
     class Endpoint(models.TextChoices):
         OPENAI_CHAT = "openai.chat", "OpenAI chat completions"
         ANTHROPIC_MESSAGES = "anthropic.messages", "Anthropic messages"
+        ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens", "Anthropic count tokens"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max, Value
+from django.db.models import F, Max, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -238,6 +238,9 @@ def reservations_release_stale(
 ) -> tuple[int, int]:
     """Delete reservations older than ``older_than`` and give their tokens back.
 
+    Only orphans: a reservation whose lease (``lease_until``, renewed by its live request's
+    process) has not run out is kept, however old; so is one that is not yet ``older_than``.
+
     Safe beside the gateway settling the same reservation: rows are taken with
     ``FOR UPDATE SKIP LOCKED`` (a reservation the gateway is deleting right now is skipped,
     and one we hold makes the gateway's delete find nothing), and the row's deletion and the
@@ -245,7 +248,8 @@ def reservations_release_stale(
     subtracts its tokens, exactly once. One sweeper runs at a time (a lock): the periodic
     sweep and the daily reset may overlap. Returns (reservations released, tokens released).
     """
-    cutoff = (now or timezone.now()) - older_than
+    now = now or timezone.now()
+    cutoff = now - older_than
     released = tokens_released = 0
     with _exclusive("usage-reservation-sweep") as acquired:
         if not acquired:
@@ -258,7 +262,7 @@ def reservations_release_stale(
             batch = _release_batch_orm
             batch_size = batch_size or RESERVATION_SWEEP_BATCH
         while True:
-            count, tokens = batch(cutoff, batch_size)
+            count, tokens = batch(cutoff, now, batch_size)
             released += count
             tokens_released += tokens
             if count < batch_size:
@@ -273,11 +277,12 @@ def reservations_release_stale(
     return released, tokens_released
 
 
-def _release_batch_orm(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
+def _release_batch_orm(cutoff: dt.datetime, now: dt.datetime, batch_size: int) -> tuple[int, int]:
     with transaction.atomic():
         rows = list(
             Reservation.objects.select_for_update(skip_locked=True)
             .filter(created_at__lt=cutoff)
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             .order_by("created_at", "id")
             .values_list("id", "user_id", "day", "tokens")[:batch_size]
         )
@@ -296,14 +301,15 @@ def _release_batch_orm(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
     return len(rows), sum(row[3] for row in rows)
 
 
-def _release_batch_pg(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
+def _release_batch_pg(cutoff: dt.datetime, now: dt.datetime, batch_size: int) -> tuple[int, int]:
     """One statement per batch: pick, delete and subtract together (thousands of rows a
     second instead of one UPDATE per account)."""
     reservation = Reservation._meta.db_table
     counter = DailyUsage._meta.db_table
     sql = f"""
         WITH picked AS (
-            SELECT id FROM {reservation} WHERE created_at < %s
+            SELECT id FROM {reservation}
+            WHERE created_at < %s AND (lease_until IS NULL OR lease_until < %s)
             ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED
         ), gone AS (
             DELETE FROM {reservation} r USING picked WHERE r.id = picked.id
@@ -321,7 +327,7 @@ def _release_batch_pg(cutoff: dt.datetime, batch_size: int) -> tuple[int, int]:
         SELECT COALESCE(SUM(n), 0), COALESCE(SUM(tokens), 0) FROM sums
     """  # noqa: S608  (table names come from model metadata, values are parameters)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, [cutoff, batch_size])
+        cursor.execute(sql, [cutoff, now, batch_size])
         count, tokens = cursor.fetchone()
     return int(count), int(tokens)
 

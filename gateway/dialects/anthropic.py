@@ -3,8 +3,8 @@
 Requests are validated and translated to chat completions by ``anthropic_schema`` and
 ``anthropic_translate``; the pipeline does auth, quota, rate limits and records exactly as for
 the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (the quota's own
-estimate, free of charge), a models list, and the ``HEAD``/``GET /anthropic`` probe Claude Code
-sends before its first request.
+estimate, free of charge but rate-limited and recorded), a models list, and the
+``HEAD``/``GET /anthropic`` probe Claude Code sends before its first request.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from gateway.dialects.base import (
     refuse_unpaired_surrogates,
 )
 from gateway.errors import GatewayError, bad_request, model_not_found
-from gateway.http import ClientGone, Request, Response, json_response
+from gateway.http import Request, Response, json_response
 from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -206,25 +206,29 @@ class AnthropicDialect(Dialect):
         }
 
 
+COUNT_TOKENS_ENDPOINT = "anthropic.count_tokens"
+
+
 async def count_tokens(gateway, request: Request) -> Response:
-    """``{"input_tokens": N}`` by the estimate the quota reserves; charges nothing, but needs a
-    valid key like every other call."""
-    await gateway.authenticate(request)
-    try:
-        body = await request.body(gateway.max_body_bytes)
-    except ClientGone:
-        return Response(499, b"")
-    try:
-        parsed = count_tokens_request_parse(body)
-    except MessagesRequestError as error:
-        raise _parse_failure(error) from None
-    if await gateway.catalog.get(parsed.model) is None:
-        raise model_not_found(parsed.model)
-    chat_body = {"messages": chat_messages_from(parsed)}
-    tools = chat_tools_from(parsed)
-    if tools:
-        chat_body["tools"] = tools
-    return json_response(200, {"input_tokens": _estimate(chat_body)})
+    """``{"input_tokens": N}`` by the estimate the quota reserves. Charges nothing, but is
+    metered like a chat call: a fresh key check, the key's rate limit before the body is read,
+    the process's body budget, and a usage record (0 tokens) — parsing a large body costs CPU.
+    """
+
+    async def work(body: bytes) -> tuple[str, Response]:
+        try:
+            parsed = count_tokens_request_parse(body)
+        except MessagesRequestError as error:
+            raise _parse_failure(error) from None
+        if await gateway.catalog.get(parsed.model) is None:
+            raise model_not_found(parsed.model)
+        chat_body = {"messages": chat_messages_from(parsed)}
+        tools = chat_tools_from(parsed)
+        if tools:
+            chat_body["tools"] = tools
+        return parsed.model, json_response(200, {"input_tokens": _estimate(chat_body)})
+
+    return await gateway.handle_metered(dialect, request, COUNT_TOKENS_ENDPOINT, work)
 
 
 async def list_models(gateway, request: Request) -> Response:

@@ -134,8 +134,12 @@ def sdk_create_stream_count_and_tools(platform, account):
     )
     assert counted.input_tokens > 0
 
-    rows = records_of(user, 4)
-    assert len(rows) == 4  # count_tokens left no record and charged nothing
+    rows = records_of(user, 5)
+    assert len(rows) == 5
+    # count_tokens charged nothing; it is rate-limited and recorded under its own endpoint.
+    (counting,) = [r for r in rows if r.endpoint == "anthropic.count_tokens"]
+    assert (counting.input_tokens, counting.output_tokens) == (0, 0)
+    rows = [r for r in rows if r is not counting]
     assert {r.endpoint for r in rows} == {"anthropic.messages"}
     assert [r.stream for r in rows] == [False, True, False, False]
     assert all(r.status_code == 200 for r in rows)
@@ -265,7 +269,7 @@ def test_the_sdk_creates_streams_counts_uses_tools_and_the_quick_start_example_w
     platform, account
 ):
     sdk_create_stream_count_and_tools(platform, account)
-    quick_start_example_and_other_auth_styles(platform, account, records_before=4)
+    quick_start_example_and_other_auth_styles(platform, account, records_before=5)
 
 
 def test_a_claude_code_request_is_answered_and_errors_reach_the_sdk_as_its_exceptions(

@@ -81,6 +81,33 @@ def test_it_charges_a_swept_reservation_once_and_releases_it_once(ledger, alice_
     assert (counter.input_tokens, counter.output_tokens, counter.reserved_tokens) == (7, 30, 0)
 
 
+def test_it_charges_a_retried_settlement_once(ledger, alice_key):
+    user, key = alice_key
+    # The first attempt committed, but its connection broke before the answer: the retry
+    # finds the reservation gone and charges nothing more.
+    reserved = _reserve(ledger, user, key)
+    ledger.run(ledger.settle(reserved=reserved, input_tokens=7, output_tokens=30))
+    ledger.run(ledger.settle(reserved=reserved, input_tokens=7, output_tokens=30, retry=True))
+    # The first attempt never reached the database: the retry charges it.
+    second = _reserve(ledger, user, key)
+    ledger.run(ledger.settle(reserved=second, input_tokens=1, output_tokens=2, retry=True))
+    counter = _counter(user)
+    assert (counter.input_tokens, counter.output_tokens, counter.reserved_tokens) == (8, 32, 0)
+    assert counter.requests == 2
+    assert not Reservation.objects.exists()
+
+
+def test_it_gives_a_reservation_a_lease_and_renews_it(ledger, alice_key, settings):
+    user, key = alice_key
+    settings.GATEWAY_RESERVATION_LEASE_SECONDS = 60
+    reserved = _reserve(ledger, user, key)
+    row = Reservation.objects.get()
+    assert dt.timedelta(seconds=55) < row.lease_until - row.created_at <= dt.timedelta(seconds=61)
+    ledger.run(ledger.renew_leases([reserved.reservation_id], 600))
+    renewed = Reservation.objects.get().lease_until
+    assert renewed - row.created_at > dt.timedelta(seconds=590)
+
+
 def test_it_reads_the_account_quota_in_the_reservation(ledger, alice_key, settings):
     user, key = alice_key
     settings.DAILY_FREE_QUOTA = 500

@@ -9,6 +9,7 @@ gateway's call to it ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -37,8 +38,11 @@ def fault_upstream_app(log: UpstreamLog):
     """The demo upstream plus faults it lacks, switched by ``x-demo-test-fault`` (the gateway
     forwards ``x-demo-*`` headers to demo models): ``garbage`` (200 with a body that is not
     JSON), ``wrong-shape`` (200 with JSON that is not a completion), ``wrong-shape-stream``
-    (a stream whose second chunk is JSON of the wrong shape). ``x-demo-tag`` names a call
-    so that a test can see when it ended."""
+    (a stream whose second chunk is JSON of the wrong shape), ``reasoning`` (a slow stream of
+    ``x-demo-tokens`` ``reasoning_content`` chunks, then one of content and the usage),
+    ``overreport`` (a normal answer whose usage claims ten times ``max_tokens``),
+    ``negative`` (a normal answer whose usage claims -5000 output tokens). ``x-demo-tag``
+    names a call so that a test can see when it ended."""
     from gateway.demo_upstream import chat_completions, list_models
 
     async def chat(request: web.Request):
@@ -61,10 +65,67 @@ def fault_upstream_app(log: UpstreamLog):
                 await response.write(b'data: {"choices": 7, "usage": 7}\n\n')
                 await response.write(b"data: [DONE]\n\n")
                 return response
+            if fault == "reasoning":
+                return await _reasoning_stream(request)
+            if fault in ("overreport", "negative"):
+                return await _misreported(request, fault)
             return await chat_completions(request)
         finally:
             if tag:
                 log.calls[tag].append(time.monotonic())
+
+    async def _reasoning_stream(request):
+        body = await request.json()
+        count = int(request.headers.get("x-demo-tokens", "200"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = '{"id":"chatcmpl-r","object":"chat.completion.chunk","model":"m","choices":'
+        try:
+            for _ in range(count):
+                delta = '{"reasoning_content":" think"}'
+                await response.write(f'data: {head}[{{"index":0,"delta":{delta}}}]}}\n\n'.encode())
+                await asyncio.sleep(0.01)
+            await response.write(
+                f'data: {head}[{{"index":0,"delta":{{"content":"Done."}}}}]}}\n\n'.encode()
+            )
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 5, "completion_tokens": count + 2}
+                await response.write(f'data: {head}[],"usage":{json.dumps(usage)}}}\n\n'.encode())
+            await response.write(b"data: [DONE]\n\n")
+        except ConnectionError:
+            pass
+        return response
+
+    async def _misreported(request, fault):
+        body = await request.json()
+        limit = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        output = 10 * limit if fault == "overreport" else -5000
+        usage = {"prompt_tokens": 5, "completion_tokens": output, "total_tokens": output + 5}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-m",
+                    "object": "chat.completion",
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Hi."},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = '{"id":"chatcmpl-m","object":"chat.completion.chunk","model":"m","choices":'
+        await response.write(
+            f'data: {head}[{{"index":0,"delta":{{"content":"Hi."}}}}]}}\n\n'.encode()
+        )
+        await response.write(f'data: {head}[],"usage":{json.dumps(usage)}}}\n\n'.encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)

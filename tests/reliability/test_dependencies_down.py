@@ -123,10 +123,17 @@ def test_the_gateway_answers_503_quickly_without_its_database_and_recovers(
     if fault == "stall":
         # A reservation statement held up in the network reaches the database after its
         # request gave up: it stays until the sweeper's cut-off. Sweep now (nothing else is
-        # in flight): at most the two refused requests left one each.
+        # in flight): at most the two refused requests left one each. Nobody renews their
+        # leases (their requests are over), so they are orphans once the lease has run out.
+        from django.conf import settings
+        from django.utils import timezone
+
         from usage.services import reservations_release_stale
 
-        released, _tokens = reservations_release_stale(older_than=dt.timedelta(0))
+        lease = dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS + 1)
+        released, _tokens = reservations_release_stale(
+            older_than=dt.timedelta(0), now=timezone.now() + lease
+        )
         assert released <= 2
     # Every request left one record (the refusals are written once the database is back),
     # and nothing stayed reserved.
@@ -268,3 +275,47 @@ def test_healthz_checks_the_gateways_own_connections_and_catalog(
     finally:
         postgres_proxy.up()
     assert _until(lambda: _health(gateway_behind_proxy)[0] == 200, RECOVER_WITHIN_SECONDS)
+
+
+def test_a_stream_that_ends_while_postgresql_is_down_is_charged_once_it_is_back(
+    postgres_proxy, gateway_behind_proxy, live_key
+):
+    import threading
+
+    user, key = live_key
+    outcome = {}
+
+    def stream():
+        # 40 tokens at 100 ms: PostgreSQL goes away under it and is still away at its end.
+        with requests.post(
+            gateway_behind_proxy + "/openai/v1/chat/completions",
+            json={**HELLO, "max_tokens": 40, "stream": True},
+            headers={
+                "Authorization": f"Bearer {key}",
+                "x-demo-delay-ms": "100",
+                "x-demo-tokens": "40",
+            },
+            stream=True,
+            timeout=60,
+        ) as response:
+            outcome["status"] = response.status_code
+            outcome["text"] = response.content.decode()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    time.sleep(1.0)
+    postgres_proxy.down()
+    try:
+        reader.join(30)
+        # The answer reached the client whole; its settlement waits for the database.
+        assert outcome["status"] == 200
+        assert outcome["text"].rstrip().endswith("data: [DONE]")
+        time.sleep(2.0)
+    finally:
+        postgres_proxy.up()
+    # Retried with backoff (GATEWAY_SETTLE_RETRY_SECONDS): charged once, nothing left reserved.
+    records = settled_records(user, 2, timeout=30)
+    assert [r.status_code for r in records] == [200, 200]
+    counter = assert_books_balance(user)
+    assert counter.output_tokens == 10 + 40
+    assert counter.requests == 2

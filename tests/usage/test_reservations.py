@@ -112,3 +112,30 @@ def test_it_skips_while_another_sweep_runs(alice):
         release.set()
         holder.join(timeout=30)
     assert reservations_release_stale(older_than=dt.timedelta(minutes=15)) == (1, 10)
+
+
+def test_it_keeps_a_reservation_whose_lease_runs_however_old(alice):
+    # A live request's process renews its lease: old is not the same as orphaned.
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    live = reserve(alice, 1_000, when=long_ago)
+    Reservation.objects.filter(pk=live.pk).update(
+        lease_until=timezone.now() + dt.timedelta(minutes=2)
+    )
+    assert reservations_release_stale(older_than=dt.timedelta(minutes=15)) == (0, 0)
+    assert DailyUsage.objects.get(user=alice).reserved_tokens == 1_000
+
+
+def test_it_releases_an_old_reservation_whose_lease_ran_out(alice):
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    orphan = reserve(alice, 1_000, when=long_ago)
+    Reservation.objects.filter(pk=orphan.pk).update(
+        lease_until=timezone.now() - dt.timedelta(seconds=1)
+    )
+    young = reserve(alice, 7)
+    Reservation.objects.filter(pk=young.pk).update(
+        lease_until=timezone.now() - dt.timedelta(seconds=1)
+    )
+    # The young one's lease ran out too, but it is not yet stale: still released only by age.
+    assert reservations_release_stale(older_than=dt.timedelta(minutes=15)) == (1, 1_000)
+    assert list(Reservation.objects.values_list("id", flat=True)) == [young.id]
+    assert DailyUsage.objects.get(user=alice).reserved_tokens == 7

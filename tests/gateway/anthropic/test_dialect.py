@@ -278,7 +278,10 @@ def test_count_tokens_returns_the_quota_estimate_and_costs_nothing(gw, alice_key
     start = sse_events(streamed.body)[0][1]
     assert start["message"]["usage"]["input_tokens"] == counted
     gw.flush()
-    assert [r.endpoint for r in records(user)] == ["anthropic.messages"]
+    # Recorded (it is rate-limited and costs CPU) under its own endpoint, charging nothing.
+    rows = sorted(records(user), key=lambda r: r.endpoint)
+    assert [r.endpoint for r in rows] == ["anthropic.count_tokens", "anthropic.messages"]
+    assert (rows[0].input_tokens, rows[0].output_tokens) == (0, 0)
 
 
 def test_count_tokens_needs_a_valid_key_and_a_known_model(gw, alice_key):

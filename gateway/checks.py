@@ -1,0 +1,30 @@
+"""System checks for the gateway's settings that only make sense together."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+
+
+@checks.register(checks.Tags.compatibility)
+def request_lifetime_check(app_configs, **kwargs) -> list:
+    """A request must be over (stream ended, settlement retried) before its reservation counts
+    as stale; otherwise the sweeper hands its tokens out again while it still spends them."""
+    stale = settings.RESERVATION_STALE_SECONDS
+    stream = settings.GATEWAY_STREAM_MAX_SECONDS
+    retry = settings.GATEWAY_SETTLE_RETRY_SECONDS
+    found = []
+    if stream <= 0:
+        found.append(
+            checks.Error("GATEWAY_STREAM_MAX_SECONDS must be positive.", id="gateway.E001")
+        )
+    if stream + retry >= stale:
+        found.append(
+            checks.Error(
+                f"GATEWAY_STREAM_MAX_SECONDS ({stream:g}) + GATEWAY_SETTLE_RETRY_SECONDS "
+                f"({retry:g}) must be below RESERVATION_STALE_SECONDS ({stale}).",
+                hint="Lower the stream limit or raise RESERVATION_STALE_SECONDS.",
+                id="gateway.E002",
+            )
+        )
+    return found
