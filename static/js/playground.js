@@ -50,7 +50,7 @@
     return checked ? checked.value : "openai";
   }
   function number(value) { return Number(value).toLocaleString("en-US"); }
-  function ms(value) { return msg("ms").replace("%(n)s", number(value)); }
+  function ms(value) { return msg("ms").replace("{n}", number(value)); }
 
   // --- the key --------------------------------------------------------------------------
   function revealSecret(option) {
