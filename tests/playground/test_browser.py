@@ -247,3 +247,60 @@ def test_the_playground_on_a_phone_in_simplified_chinese(
         assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
         expect(page.get_by_role("button", name="复制为 curl")).to_be_visible()
         assert errors == [], errors
+
+
+def test_failures_show_the_gateways_message_and_what_to_do_next(
+    transactional_db, settings, monkeypatch, tmp_path
+):
+    from django.db import connection
+    from playwright.sync_api import expect
+
+    from accounts.models import User
+    from accounts.services import account_create_with_key
+    from gateway.services import catalog_bootstrap
+    from tests.docs.examples import live_platform
+
+    catalog_bootstrap()
+    user, _secret = account_create_with_key(email="unlucky@example.com")
+
+    with (
+        live_platform(connection.settings_dict, tmp_path) as base_url,
+        chromium(monkeypatch) as browser,
+    ):
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        sign_in(context, base_url, user)
+        page = context.new_page()
+        errors = watch_errors(page, failed_responses=False)
+        page.goto(f"{base_url}/playground/")
+        error = page.locator("[data-pg-error]")
+        message = page.get_by_label("Your message")
+
+        # The model server fails before answering (OpenAI envelope, 502).
+        page.set_extra_http_headers({"x-demo-fault": "error500"})
+        message.fill("First try.")
+        message.press("Enter")
+        _wait_finished(page, 1)
+        expect(error).to_contain_text("The model server could not be reached or failed.")
+        expect(error).to_contain_text("Try again in a little while")
+
+        # The model server cuts the stream halfway (an Anthropic SSE error event).
+        page.get_by_label("Anthropic").check()
+        page.set_extra_http_headers({"x-demo-fault": "cut"})
+        message.press("Enter")
+        _wait_finished(page, 2)
+        # What came before the cut stays on screen, the error event's message under it.
+        expect(page.locator("[data-pg-answer]").last).to_contain_text("This is")
+        expect(error).to_contain_text("The model server could not be reached or failed.")
+        expect(error).to_have_attribute("data-pg-error-code", "upstream_error")
+
+        # The daily quota is used up (Anthropic envelope: no code, told apart by status).
+        page.set_extra_http_headers({})
+        User.objects.filter(pk=user.pk).update(daily_quota=1)
+        message.fill("Third try.")
+        message.press("Enter")
+        _wait_finished(page, 3)
+        expect(error).to_contain_text("Today's token quota is used up")
+        expect(error).to_have_attribute("data-pg-error-code", "insufficient_quota")
+        link = error.get_by_role("link", name="Apply for more quota")
+        expect(link).to_have_attribute("href", "/usage/#quota")
+        assert errors == [], errors
