@@ -99,6 +99,7 @@ PARAMETERISED_FOR_CUSTOMERS = [
     "api/v1/keys/<uuid:public_id>/regenerate/",
     "api/v1/keys/<uuid:public_id>/reveal/",
     "api/v1/quota-applications/<uuid:public_id>/",
+    "playground/keys/<uuid:public_id>/usage/",
 ]
 
 
@@ -156,6 +157,7 @@ LISTS = [
     "/api/v1/usage/daily/",
     "/api/v1/usage/requests/",
     "/api/v1/quota-applications/",
+    "/playground/",
 ]
 
 
