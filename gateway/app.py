@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import logging
 
 from django.conf import settings
@@ -31,11 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def load_dialects(modules=DIALECT_MODULES) -> list[Dialect]:
-    dialects = []
-    for name in modules:
-        if importlib.util.find_spec(name) is not None:
-            dialects.append(importlib.import_module(name).dialect)
-    return dialects
+    return [importlib.import_module(name).dialect for name in modules]
 
 
 def build_gateway() -> Gateway:

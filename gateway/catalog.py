@@ -133,6 +133,3 @@ class Catalog:
         connection as requests do (for /healthz); raises what a request's refresh would.
         Concurrent checks wait for one load instead of queueing one each."""
         await self._refresh(max_age=CHECK_MAX_AGE_SECONDS)
-
-    def invalidate(self) -> None:
-        self._loaded_at = float("-inf")

@@ -4,7 +4,7 @@ A dialect module exposes ``dialect``, an instance of ``gateway.dialects.base.Dia
 pipeline (``gateway.pipeline``) does everything that is the same for all of them — auth, the
 catalog, the context-length check, rate limits, quota reserve/settle, the upstream call, usage
 records — and asks the dialect only for what differs (see ``base.Dialect``). ``gateway.app``
-mounts every module listed in ``DIALECT_MODULES`` that exists, at the dialect's ``prefix``.
+mounts every module listed in ``DIALECT_MODULES`` at the dialect's ``prefix``.
 """
 
 DIALECT_MODULES = ("gateway.dialects.openai", "gateway.dialects.anthropic")

@@ -119,10 +119,7 @@ class AnthropicStream(StreamRenderer):
             return b""
         return self.translator.feed(parsed)
 
-    def finish(self, usage: Usage | None) -> bytes:
-        if usage is None:
-            chars = self.translator.output_chars
-            return self.translator.finish(output_estimate=chars // 3 + 1 if chars else 0)
+    def finish(self, usage: Usage) -> bytes:
         return self.translator.finish(
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
         )

@@ -98,8 +98,9 @@ class StreamRenderer:
         decoded it (it does so only for chunks that carry usage), else ``None``."""
         raise NotImplementedError
 
-    def finish(self, usage: Usage | None) -> bytes:
-        """The end of a complete stream (OpenAI: ``data: [DONE]``)."""
+    def finish(self, usage: Usage) -> bytes:
+        """The end of a complete stream (OpenAI: ``data: [DONE]``), with the usage charged
+        (the upstream's report, else the pipeline's estimate)."""
         raise NotImplementedError
 
     def error(self, error: GatewayError) -> bytes:

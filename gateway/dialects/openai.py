@@ -119,7 +119,7 @@ class OpenAIStream(StreamRenderer):
             data = json.dumps(parsed, ensure_ascii=False).encode()
         return b"data: " + data + b"\n\n"
 
-    def finish(self, usage: Usage | None) -> bytes:
+    def finish(self, usage: Usage) -> bytes:
         return b"data: [DONE]\n\n"
 
     def error(self, error: GatewayError) -> bytes:
