@@ -43,7 +43,7 @@ from gateway.upstream import (
     upstream_http_error,
     usage_from,
 )
-from portal import metrics
+from observability import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
 from usage.quota import quota_day, seconds_until_reset
 

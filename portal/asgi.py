@@ -121,6 +121,6 @@ portal_application = PortalConcurrencyLimit(
 application = serve(GatewayApplication(portal_application))
 
 # Outermost: request id, access log and request metrics for the portal and the gateway alike.
-from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
+from observability.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
 
 application = wrap_asgi(application)

@@ -216,7 +216,7 @@ def test_it_does_not_forward_demo_switches_in_production(gw, alice_key, settings
 
 
 def test_it_answers_and_records_when_the_metrics_fail(gw, alice_key, monkeypatch):
-    from portal import metrics
+    from observability import metrics
 
     def broken(**_kwargs):
         raise RuntimeError("the metrics directory is gone")
