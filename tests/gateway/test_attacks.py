@@ -15,8 +15,8 @@ from accounts.models import User
 from keys.models import ApiKey
 from tests.gateway.harness import DemoUpstreamThread, GatewayClient, asgi_call
 from tests.reliability.conftest import UpstreamLog, assert_books_balance, fault_upstream_app
+from usage.ledger.upkeep import reservations_release_stale
 from usage.models import DailyUsage, Reservation, UsageRecord
-from usage.services import reservations_release_stale
 
 OPENAI = "/openai/v1/chat/completions"
 ANTHROPIC = "/anthropic/v1/messages"

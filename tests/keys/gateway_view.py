@@ -10,7 +10,8 @@ from asgiref.sync import async_to_sync
 
 from gateway.auth import KeyCache
 from gateway.errors import GatewayError
-from usage.ledger import KeyRow, OrmLedger
+from usage.ledger import KeyRow
+from usage.ledger.orm import OrmLedger
 
 
 def gateway_answer(secret: str | None) -> KeyRow | str:

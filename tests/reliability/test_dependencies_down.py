@@ -128,7 +128,7 @@ def test_the_gateway_answers_503_quickly_without_its_database_and_recovers(
         from django.conf import settings
         from django.utils import timezone
 
-        from usage.services import reservations_release_stale
+        from usage.ledger.upkeep import reservations_release_stale
 
         lease = dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS + 1)
         released, _tokens = reservations_release_stale(
