@@ -199,10 +199,10 @@ def dialect_costs(iterations: int = 5000) -> dict:
     and translate the request, render the answer, and render a 20-chunk stream (chunks as the
     demo upstream writes them). Everything else on the path is the same code for both dialects,
     so these differences are what the translation costs, free of the load's noise."""
-    from gateway.dialects.anthropic import dialect as anthropic
-    from gateway.dialects.base import UpstreamTarget, Usage
-    from gateway.dialects.openai import dialect as openai
-    from gateway.upstream import chunk_with_usage
+    from gateway.serving.dialects.anthropic import dialect as anthropic
+    from gateway.serving.dialects.base import UpstreamTarget, Usage
+    from gateway.serving.dialects.openai import dialect as openai
+    from gateway.serving.upstream import chunk_with_usage
 
     target = UpstreamTarget(MODEL, MODEL, CHUNKS)
     request = json.dumps(

@@ -153,7 +153,7 @@ def test_it_refuses_a_stream_limit_the_sweeper_could_overtake(settings):
 
 # --- 2. text the estimate must count ----------------------------------------------------------
 def test_it_counts_every_text_field_of_a_delta_at_least_one_token_per_chunk():
-    from gateway.pipeline import _streamed_output_estimate
+    from gateway.serving.pipeline import _streamed_output_estimate
 
     chunks = [
         json.dumps({"choices": [{"delta": delta}]}).encode()
@@ -231,7 +231,7 @@ def test_it_answers_and_records_when_the_metrics_fail(gw, alice_key, monkeypatch
 
 # --- 4. resource exhaustion ---------------------------------------------------------------------
 def test_it_checks_the_request_rate_before_reading_the_body(gw, alice_key, settings, monkeypatch):
-    from gateway.http import Request
+    from gateway.serving.http import Request
 
     settings.RATE_LIMIT_RPM = 1
     reads = []
@@ -319,7 +319,7 @@ def test_it_limits_failed_key_checks_per_address(gw, alice_key, settings, dialec
 
 # --- 5. the quota day and settlement -------------------------------------------------------------
 def test_it_records_a_request_on_the_day_it_was_charged_to(gw, alice_key, monkeypatch):
-    from gateway import pipeline
+    from gateway.serving import pipeline
 
     user, key = alice_key
     first = pipeline.quota_day()

@@ -167,7 +167,7 @@ def _wait_for_a_fresh_minute(needed_seconds: float = 25) -> None:
 def test_rate_limits_fail_open_without_redis_and_hold_again_when_it_returns(
     redis_proxy, live_key, capfd
 ):
-    """Documented choice (gateway.ratelimit, README): fail open with a warning. The daily
+    """Documented choice (gateway.serving.ratelimit, README): fail open with a warning. The daily
     quota, which protects the money, lives in the database and still holds."""
     from keys.models import ApiKey
 

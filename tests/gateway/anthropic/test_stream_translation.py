@@ -1,6 +1,6 @@
 """Golden tests: OpenAI chunks → the Anthropic stream event sequence."""
 
-from gateway.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
+from gateway.serving.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
 
 from .helpers import sdk_message, sse_events
 

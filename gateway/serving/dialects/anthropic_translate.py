@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dialects.anthropic_schema import (
+from gateway.serving.dialects.anthropic_schema import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,

@@ -6,7 +6,7 @@ OpenAI), so a dialect translates *client ⇄ OpenAI-compatible upstream*:
 1. ``parse_chat(body, query)`` validates the client's JSON (typed schemas; raise
    ``GatewayError`` 400 naming the field) into a ``ChatRequest``: the public model name, the
    stream flag, the requested output limit (``None`` = the model's maximum), a local estimate of
-   input tokens (``gateway.tokens``), and ``body``, the dialect's own validated request.
+   input tokens (``gateway.serving.tokens``), and ``body``, the dialect's own validated request.
 2. ``upstream_body(request, target)`` returns the OpenAI chat-completions JSON (a dict) to send
    upstream, for ``target.upstream_model`` with ``max_tokens = target.max_tokens`` (already
    clamped to the model and capped to the remaining quota). For a stream it must ask for
@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import GatewayError, bad_request
+from gateway.serving.errors import GatewayError, bad_request
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from gateway.errors import GatewayError, bad_request, body_too_large
+from gateway.serving.errors import GatewayError, bad_request, body_too_large
 
 JSON = b"application/json"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway import errors
+from gateway.serving import errors
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RateLimiter:
 
     async def open(self) -> None:
         if self.redis_url:
-            from gateway.resp import RespClient, Script
+            from gateway.serving.redis_wire import RespClient, Script
 
             self._redis = RespClient(self.redis_url)
             self._script = Script(self._redis, _LUA)

@@ -8,7 +8,7 @@
     → settle (one statement, charge clamped to the reservation, shielded from cancellation,
     retried while the database is away) → usage record (batched, on the reservation's day)
 
-A dialect (``gateway.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
+A dialect (``gateway.serving.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
 and the error envelope; nothing here knows which dialect it is serving.
 """
 
@@ -27,16 +27,16 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
-from gateway import errors
-from gateway.auth import KeyCache, api_key_from_headers
-from gateway.catalog import Catalog
-from gateway.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
-from gateway.errors import GatewayError
-from gateway.http import ClientGone, Request, Response, error_response, send_response
-from gateway.ratelimit import RateLimiter, RateState
-from gateway.recorder import Recorder
-from gateway.tokens import estimate_text_tokens
-from gateway.upstream import (
+from gateway.serving import errors
+from gateway.serving.auth import KeyCache, api_key_from_headers
+from gateway.serving.catalog import Catalog
+from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
+from gateway.serving.errors import GatewayError
+from gateway.serving.http import ClientGone, Request, Response, error_response, send_response
+from gateway.serving.ratelimit import RateLimiter, RateState
+from gateway.serving.recorder import Recorder
+from gateway.serving.tokens import estimate_text_tokens
+from gateway.serving.upstream import (
     SSEReader,
     Upstream,
     chunk_with_usage,

@@ -15,8 +15,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from gateway.errors import GatewayError
 from gateway.selectors import model_list_enabled
+from gateway.serving.errors import GatewayError
 from keys.crypto import UndecryptableSecret, decrypt_secret
 
 log = logging.getLogger(__name__)

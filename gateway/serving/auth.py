@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import time
 
-from gateway import errors
+from gateway.serving import errors
 from keys.crypto import key_digest, key_prefix, looks_like_key
 from observability.logging import bind as bind_log_context
 from usage.ledger import KeyRow, Ledger

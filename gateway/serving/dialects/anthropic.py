@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from gateway.dialects.anthropic_schema import (
+from gateway.serving.dialects.anthropic_schema import (
     MessagesRequestError,
     count_tokens_request_parse,
     messages_request_parse,
 )
-from gateway.dialects.anthropic_translate import (
+from gateway.serving.dialects.anthropic_translate import (
     PING_EVENT,
     ChatTranslation,
     MessageStreamTranslator,
@@ -32,7 +32,7 @@ from gateway.dialects.anthropic_translate import (
     error_type_for_status,
     message_from_chat_response,
 )
-from gateway.dialects.base import (
+from gateway.serving.dialects.base import (
     ChatRequest,
     Dialect,
     StreamRenderer,
@@ -40,9 +40,9 @@ from gateway.dialects.base import (
     Usage,
     refuse_unpaired_surrogates,
 )
-from gateway.errors import GatewayError, bad_request, model_not_found
-from gateway.http import Request, Response, json_response
-from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
+from gateway.serving.errors import GatewayError, bad_request, model_not_found
+from gateway.serving.http import Request, Response, json_response
+from gateway.serving.tokens import estimate_chat_tokens, estimate_text_tokens
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
