@@ -27,6 +27,7 @@ import time
 
 from aiohttp import web
 
+from gateway.models import DEMO_MODEL_NAME
 from gateway.serving.tokens import estimate_text_tokens
 
 DEFAULT_ANSWER_TOKENS = 48
@@ -162,9 +163,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "object": "list",
-            "data": [
-                {"id": "LongCat-Flash-Chat", "object": "model", "created": 0, "owned_by": "demo"}
-            ],
+            "data": [{"id": DEMO_MODEL_NAME, "object": "model", "created": 0, "owned_by": "demo"}],
         }
     )
 

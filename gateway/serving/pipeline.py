@@ -35,7 +35,7 @@ from gateway.serving.errors import GatewayError
 from gateway.serving.http import ClientGone, Request, Response, error_response, send_response
 from gateway.serving.ratelimit import RateLimiter, RateState
 from gateway.serving.recorder import Recorder
-from gateway.serving.tokens import estimate_text_tokens
+from gateway.serving.tokens import completion_output_tokens, streamed_output_tokens
 from gateway.serving.upstream import (
     SSEReader,
     Upstream,
@@ -91,51 +91,6 @@ class _DisconnectWatcher:
     def stop(self) -> None:
         self.done = True
         self._task.cancel()
-
-
-# Every field of a delta (or message) whose text reaches the client, in either dialect: the
-# Anthropic stream shows reasoning as thinking and tool-call arguments as input_json deltas.
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
-
-
-def _text_tokens(part: dict) -> int:
-    """The estimated tokens of the text in one delta or message; at least 1 if it has any."""
-    tokens = 0
-    carried = False
-    for name in _TEXT_FIELDS:
-        text = part.get(name)
-        if isinstance(text, str) and text:
-            carried = True
-            tokens += estimate_text_tokens(text)
-    for call in part.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            for name in ("name", "arguments"):
-                text = function.get(name)
-                if isinstance(text, str) and text:
-                    carried = True
-                    tokens += estimate_text_tokens(text)
-    return max(tokens, 1) if carried else tokens
-
-
-def _streamed_output_estimate(chunks: list[bytes]) -> int:
-    tokens = 0
-    for data in chunks:
-        # Runs while settling a failed stream too: a chunk of the wrong shape counts nothing
-        # instead of raising out of the settlement.
-        try:
-            for choice in json.loads(data).get("choices") or ():
-                tokens += _text_tokens(choice.get("delta") or {})
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return tokens
-
-
-def _completion_output_estimate(obj: dict) -> int:
-    tokens = 0
-    for choice in obj.get("choices") or ():
-        tokens += _text_tokens(choice.get("message") or {})
-    return tokens
 
 
 def _client_address(request: Request) -> str:
@@ -617,7 +572,7 @@ class Gateway:
                     usage = usage_from(obj)
                     if usage is None:
                         usage = Usage(
-                            chat.input_tokens, min(_completion_output_estimate(obj), cap), True
+                            chat.input_tokens, min(completion_output_tokens(obj), cap), True
                         )
                     payload = dialect.render_completion(chat, obj, target)
                     outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
@@ -656,7 +611,7 @@ class Gateway:
                     raise errors.upstream_unavailable("the stream ended early")
                 if usage is None:
                     usage = Usage(
-                        chat.input_tokens, min(_streamed_output_estimate(delivered), cap), True
+                        chat.input_tokens, min(streamed_output_tokens(delivered), cap), True
                     )
                 outcome.charge(usage)
                 await asyncio.shield(self._settle(reserved, outcome))
@@ -702,7 +657,7 @@ class Gateway:
             elif upstream_sent:
                 # No report: charge the prompt and what was delivered, by estimate.
                 outcome.input = chat.input_tokens
-                outcome.output = min(_streamed_output_estimate(delivered), cap)
+                outcome.output = min(streamed_output_tokens(delivered), cap)
                 outcome.estimated = True
 
     async def _fail(self, dialect, send, error, response_started, renderer) -> None:

@@ -12,8 +12,8 @@ import json
 import aiohttp
 from django.conf import settings
 
+from gateway.selectors import CatalogModel
 from gateway.serving import errors
-from gateway.serving.catalog import CatalogModel
 from gateway.serving.dialects.base import Usage
 
 

@@ -153,7 +153,7 @@ def test_it_refuses_a_stream_limit_the_sweeper_could_overtake(settings):
 
 # --- 2. text the estimate must count ----------------------------------------------------------
 def test_it_counts_every_text_field_of_a_delta_at_least_one_token_per_chunk():
-    from gateway.serving.pipeline import _streamed_output_estimate
+    from gateway.serving.tokens import streamed_output_tokens
 
     chunks = [
         json.dumps({"choices": [{"delta": delta}]}).encode()
@@ -165,7 +165,7 @@ def test_it_counts_every_text_field_of_a_delta_at_least_one_token_per_chunk():
             {"role": "assistant"},
         )
     ]
-    assert _streamed_output_estimate(chunks) == 4
+    assert streamed_output_tokens(chunks) == 4
 
 
 def test_it_charges_the_reasoning_of_an_abandoned_stream(faulty, alice_key):

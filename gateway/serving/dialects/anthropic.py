@@ -42,7 +42,10 @@ from gateway.serving.dialects.base import (
 )
 from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
-from gateway.serving.tokens import estimate_chat_tokens, estimate_text_tokens
+from gateway.serving.tokens import (
+    completion_output_tokens,
+    estimate_chat_tokens,
+)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -177,9 +180,10 @@ class AnthropicDialect(Dialect):
         )
         if not isinstance(upstream.get("usage"), dict):
             # No report from the upstream: show the estimates the gateway charges instead.
-            text = "".join(b.get("text", "") for b in message["content"])
             message["usage"]["input_tokens"] = request.input_tokens
-            message["usage"]["output_tokens"] = estimate_text_tokens(text)
+            message["usage"]["output_tokens"] = min(
+                completion_output_tokens(upstream), target.max_tokens
+            )
         return _dumps(message).encode()
 
     def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:
