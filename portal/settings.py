@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "usage",
     "gateway",
     "docs",
+    "playground",
 ]
 
 MIDDLEWARE = [
