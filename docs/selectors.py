@@ -44,7 +44,7 @@ def doc_variables(request, models: list[CatalogModel]) -> dict:
         "anthropic_base": f"{base_url}/anthropic",
         # An empty catalog: what the catalog starts with.
         "model": first.name if first else DEMO_MODEL_NAME,
-        "max_output": (first and first.max_output_tokens) or DEFAULT_MAX_OUTPUT_TOKENS,
+        "max_output": first.max_output_tokens if first else DEFAULT_MAX_OUTPUT_TOKENS,
         "daily_quota": settings.DAILY_FREE_QUOTA,
         "increased_quota": settings.INCREASED_DAILY_QUOTA,
         "rate_limit_rpm": settings.RATE_LIMIT_RPM,

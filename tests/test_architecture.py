@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_IMPORTS: dict[str, set[str]] = {
     "portal": {"accounts", "keys", "usage", "gateway", "docs", "observability"},
     "docs": {"gateway", "keys", "observability"},
+    "playground": {"docs", "gateway", "keys", "usage", "observability"},
     "gateway": {"usage", "keys", "accounts", "observability"},
     "usage": {"keys", "accounts", "observability"},
     "keys": {"accounts", "observability"},
