@@ -323,11 +323,13 @@ def _cut_at_stop(text: str, stop_sequences) -> tuple[str, str | None]:
     return text[: best[0]], best[1]
 
 
-def anthropic_usage(usage: dict | None, *, input_estimate: int = 0, output_estimate: int = 0):
+def anthropic_usage(usage: dict | None):
+    """The upstream's usage in Anthropic's shape (0 for what it did not report; the dialect
+    shows the gateway's estimates instead when it reported nothing)."""
     usage = usage or {}
     return {
-        "input_tokens": int(usage.get("prompt_tokens") or input_estimate),
-        "output_tokens": int(usage.get("completion_tokens") or output_estimate),
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
     }
