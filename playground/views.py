@@ -87,6 +87,7 @@ def playground_usage(request, public_id):
             "input_tokens": record.input_tokens,
             "output_tokens": record.output_tokens,
             "estimated": record.estimated,
+            "playground": record.playground,
             "status_code": record.status_code,
             "error_code": record.error_code,
             "latency_ms": record.latency_ms,

@@ -81,6 +81,7 @@ class UsageRecord(models.Model):
 
     class Endpoint(models.TextChoices):
         OPENAI_CHAT = "openai.chat", "OpenAI chat completions"
+        OPENAI_RESPONSES = "openai.responses", "OpenAI responses"
         ANTHROPIC_MESSAGES = "anthropic.messages", "Anthropic messages"
         ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens", "Anthropic count tokens"
 
@@ -98,6 +99,8 @@ class UsageRecord(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     # True when the upstream reported no usage and a local estimate was charged instead.
     estimated = models.BooleanField(default=False)
+    # Sent from the portal's Playground (``X-Playground: 1``), not by a program.
+    playground = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=64, blank=True, default="")
     latency_ms = models.PositiveIntegerField(default=0)

@@ -275,6 +275,7 @@ def _request_rows(user, start, end):
         "error_code",
         "latency_ms",
         "estimated",
+        "playground",
     ]
     rows = (
         selectors.usage_records(user=user)
@@ -292,6 +293,7 @@ def _request_rows(user, start, end):
             "error_code",
             "latency_ms",
             "estimated",
+            "playground",
         )
     )
     for created_at, day, *rest in rows.iterator(chunk_size=2000):

@@ -546,6 +546,8 @@ class _Call:
                 # The day the request was charged to (its reservation's), even past midnight.
                 day=day or quota_day(now),
                 created_at=now,
+                # The portal's Playground marks its requests; the header goes nowhere else.
+                playground=self.request.headers.get(b"x-playground") == b"1",
             )
         )
 

@@ -267,3 +267,14 @@ def test_it_never_moves_last_used_back(ledger, alice_key):
 
     ledger.run(ledger.write_batch([], {key_id: now + dt.timedelta(seconds=10)}))
     assert ApiKey.objects.get(pk=key_id).last_used_at == now + dt.timedelta(seconds=10)
+
+
+def test_it_marks_the_playground_s_requests_on_their_records(gw, alice_key):
+    _user, key = alice_key
+    gw.chat(key, headers={"x-playground": "1"})
+    gw.chat(key, STREAM, headers={"x-playground": "1"})
+    gw.chat(key, path="/anthropic/v1/messages", headers={"x-playground": "1"})
+    gw.chat(key)
+    gw.flush()
+    marks = list(UsageRecord.objects.order_by("created_at").values_list("playground", flat=True))
+    assert marks == [True, True, True, False]

@@ -112,6 +112,7 @@ def test_a_user_streams_stops_sees_errors_and_copies_curl_in_the_playground(
         expect(page.locator("[data-playground]")).to_have_attribute("data-pg-usage", "record")
         record = latest_record()
         assert record.endpoint == "openai.chat" and record.stream and record.status_code == 200
+        assert record.playground  # marked by the gateway from X-Playground
         assert record.output_tokens == 24
         assert record.first_token_ms < record.latency_ms
         _assert_stats_match(page, record, usage_today(user=user))
@@ -132,6 +133,7 @@ def test_a_user_streams_stops_sees_errors_and_copies_curl_in_the_playground(
         expect(page.locator("[data-pg-log] > li")).to_have_count(4)
         record = latest_record()
         assert record.endpoint == "anthropic.messages" and record.status_code == 200
+        assert record.playground
         _assert_stats_match(page, record, usage_today(user=user))
         sent = gateway_requests[-1]
         assert sent.url == f"{base_url}/anthropic/v1/messages"

@@ -78,6 +78,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "input_tokens",
             "output_tokens",
             "estimated",
+            "playground",
             "status_code",
             "error_code",
             "latency_ms",

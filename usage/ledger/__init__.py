@@ -82,6 +82,7 @@ class RecordRow:
     first_token_ms: int | None
     day: dt.date
     created_at: dt.datetime
+    playground: bool = False
 
 
 def reservation_grant(

@@ -154,6 +154,7 @@ class OrmLedger(Ledger):
                         first_token_ms=r.first_token_ms,
                         day=r.day,
                         created_at=r.created_at,
+                        playground=r.playground,
                     )
                     for r in records
                 ]

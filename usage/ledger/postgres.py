@@ -111,8 +111,8 @@ WHERE id = ANY($1::bigint[])
 _INSERT_RECORD_SQL = f"""
 INSERT INTO {_t(UsageRecord)} (public_id, user_id, api_key_id, key_name, model, endpoint, stream,
     input_tokens, output_tokens, estimated, status_code, error_code, latency_ms, first_token_ms,
-    day, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+    day, created_at, playground)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 """
 
 _UPSERT_ROLLUP_SQL = f"""
@@ -338,6 +338,7 @@ class PgLedger(Ledger):
                                 r.first_token_ms,
                                 r.day,
                                 r.created_at,
+                                r.playground,
                             )
                             for r in records
                         ],
