@@ -47,13 +47,35 @@ def build_gateway() -> Gateway:
 
 
 class _Mount:
-    __slots__ = ("chat_paths", "dialect", "prefix", "routes")
+    __slots__ = ("chat_paths", "dialect", "prefix", "routes", "tails")
 
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
         self.prefix = dialect.prefix
         self.chat_paths = frozenset(dialect.chat_paths)
         self.routes = dialect.routes()
+        # Routes that end in ``/{id}`` take the rest of the path (model names hold slashes,
+        # "Qwen/Qwen3-8B", and older SDKs do not escape them) as ``request.path_id``.
+        self.tails = [
+            (method, path.removesuffix("{id}"), handler)
+            for (method, path), handler in self.routes.items()
+            if path.endswith("/{id}")
+        ]
+
+    def route(self, method: str, subpath: str):
+        """The handler for ``method subpath``, or None; ``known`` whether the path exists."""
+        handler = self.routes.get((method, subpath))
+        if handler is not None:
+            return handler, None
+        for route_method, head, tail_handler in self.tails:
+            if route_method == method and subpath.startswith(head) and len(subpath) > len(head):
+                return tail_handler, subpath[len(head) :]
+        return None, None
+
+    def knows(self, subpath: str) -> bool:
+        return any(path == subpath for _method, path in self.routes) or any(
+            subpath.startswith(head) and len(subpath) > len(head) for _m, head, _h in self.tails
+        )
 
 
 # The gateway this process serves (set by portal.asgi), so that /healthz can probe the
@@ -164,10 +186,9 @@ class GatewayApplication:
                 return
             await gateway.handle_chat(dialect, request, send)
             return
-        handler = mount.routes.get((request.method, subpath))
+        handler, request.path_id = mount.route(request.method, subpath)
         if handler is None:
-            known = any(path == subpath for _method, path in mount.routes)
-            error = errors.method_not_allowed() if known else errors.not_found()
+            error = errors.method_not_allowed() if mount.knows(subpath) else errors.not_found()
             await send_response(send, error_response(error, dialect))
             return
         try:

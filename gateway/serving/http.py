@@ -13,13 +13,15 @@ JSON = b"application/json"
 class Request:
     """One API request: method, path (below the dialect prefix), headers, and its body."""
 
-    __slots__ = ("_body", "headers", "method", "path", "query", "receive", "scope")
+    __slots__ = ("_body", "headers", "method", "path", "path_id", "query", "receive", "scope")
 
     def __init__(self, scope, receive, path: str):
         self.scope = scope
         self.receive = receive
         self.method: str = scope["method"]
         self.path = path
+        # The ``{id}`` of a route such as ``/v1/models/{id}`` (set by the application).
+        self.path_id: str | None = None
         self.query: bytes = scope.get("query_string", b"")
         # ASGI servers give lower-case names; a repeated header keeps its first value.
         headers: dict[bytes, bytes] = {}

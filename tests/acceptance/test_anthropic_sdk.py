@@ -56,6 +56,13 @@ def sdk_create_stream_count_and_tools(platform, account):
     user, key = account
     client = anthropic.Anthropic(api_key=key, base_url=f"{platform}/anthropic")
 
+    # the models, listed and one by one
+    assert [m.id for m in client.models.list()] == [MODEL]
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.type, model.display_name) == (MODEL, "model", MODEL)
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("no-such-model")
+
     # plain
     message = client.messages.create(
         model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": "Hello!"}]

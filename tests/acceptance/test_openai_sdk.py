@@ -59,6 +59,9 @@ def test_it_answers_the_openai_sdk_plain_and_streamed(live_base_url, live_key):
 
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
     records = _records(user, 2)
     assert [(r.status_code, r.stream) for r in records] == [(200, False), (200, True)]

@@ -184,3 +184,30 @@ def test_it_relays_each_chunk_as_its_own_message(gw, alice_key):
     data_chunks = [c for c in result.chunks if c.startswith(b"data: {")]
     # role chunk + 5 tokens + finish chunk, one ASGI message each.
     assert len(data_chunks) == 7
+
+
+def test_it_retrieves_one_model_in_each_dialect_and_404s_unknown_ones(gw, alice_key):
+    key = {"x-api-key": alice_key[1]}
+    one = gw.request("GET", "/openai/v1/models/LongCat-Flash-Chat", headers=key)
+    assert one.status == 200
+    assert one.json()["id"] == "LongCat-Flash-Chat" and one.json()["object"] == "model"
+    assert gw.request("GET", "/openai/models/LongCat-Flash-Chat", headers=key).status == 200
+    missing = gw.request("GET", "/openai/v1/models/org/gpt-9", headers=key)
+    assert missing.status == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+    assert gw.request("GET", "/openai/v1/models/LongCat-Flash-Chat").status == 401
+    assert gw.request("POST", "/openai/v1/models/LongCat-Flash-Chat", headers=key).status == 405
+
+    one = gw.request("GET", "/anthropic/v1/models/LongCat-Flash-Chat", headers=key)
+    assert one.status == 200
+    assert one.json()["type"] == "model" and one.json()["display_name"] == "LongCat-Flash-Chat"
+    assert one.json()["created_at"].endswith("Z")
+    missing = gw.request("GET", "/anthropic/v1/models/gpt-9", headers=key)
+    assert missing.status == 404
+    assert missing.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "The model 'gpt-9' does not exist or is not available.",
+        },
+    }

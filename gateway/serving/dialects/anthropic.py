@@ -202,6 +202,7 @@ class AnthropicDialect(Dialect):
         return {
             ("POST", "/v1/messages/count_tokens"): count_tokens,
             ("GET", "/v1/models"): list_models,
+            ("GET", "/v1/models/{id}"): retrieve_model,
             ("GET", "/"): probe,
             ("HEAD", "/"): probe,
         }
@@ -232,21 +233,29 @@ async def count_tokens(gateway, request: Request) -> Response:
     return await gateway.handle_metered(dialect, request, COUNT_TOKENS_ENDPOINT, work)
 
 
+def model_object(model) -> dict:
+    return {
+        "type": "model",
+        "id": model.name,
+        "display_name": model.name,
+        "created_at": datetime.fromtimestamp(model.created, UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def retrieve_model(gateway, request: Request) -> Response:
+    """One enabled model (``GET /v1/models/{id}``); 404 ``not_found_error`` for any other."""
+    await gateway.authenticate(request, fresh=True)
+    model = await gateway.catalog.get(request.path_id or "")
+    if model is None:
+        raise model_not_found(request.path_id or "")
+    return json_response(200, model_object(model))
+
+
 async def list_models(gateway, request: Request) -> Response:
     """The enabled catalog in Anthropic's list shape."""
     await gateway.authenticate(request, fresh=True)
     models = await gateway.catalog.enabled()
-    data = [
-        {
-            "type": "model",
-            "id": model.name,
-            "display_name": model.name,
-            "created_at": datetime.fromtimestamp(model.created, UTC)
-            .isoformat()
-            .replace("+00:00", "Z"),
-        }
-        for model in models
-    ]
+    data = [model_object(model) for model in models]
     return json_response(
         200,
         {

@@ -20,7 +20,7 @@ from gateway.serving.dialects.base import (
     Usage,
     refuse_unpaired_surrogates,
 )
-from gateway.serving.errors import GatewayError, bad_request
+from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
 from gateway.serving.tokens import estimate_chat_tokens
 
@@ -207,28 +207,37 @@ class OpenAIDialect(Dialect):
         return json.dumps({"error": payload}, ensure_ascii=False).encode()
 
     def routes(self) -> dict:
-        return {("GET", "/v1/models"): list_models, ("GET", "/models"): list_models}
+        return {
+            ("GET", "/v1/models"): list_models,
+            ("GET", "/models"): list_models,
+            ("GET", "/v1/models/{id}"): retrieve_model,
+            ("GET", "/models/{id}"): retrieve_model,
+        }
+
+
+def model_object(model) -> dict:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
 
 
 async def list_models(gateway, request: Request) -> Response:
     """The enabled catalog, in OpenAI's list shape. Needs a valid key, like OpenAI's."""
     await gateway.authenticate(request, fresh=True)
     models = await gateway.catalog.enabled()
-    return json_response(
-        200,
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": model.name,
-                    "object": "model",
-                    "created": model.created,
-                    "owned_by": model.owned_by,
-                }
-                for model in models
-            ],
-        },
-    )
+    return json_response(200, {"object": "list", "data": [model_object(m) for m in models]})
+
+
+async def retrieve_model(gateway, request: Request) -> Response:
+    """One enabled model (``GET /v1/models/{id}``); 404 ``model_not_found`` for any other."""
+    await gateway.authenticate(request, fresh=True)
+    model = await gateway.catalog.get(request.path_id or "")
+    if model is None:
+        raise model_not_found(request.path_id or "")
+    return json_response(200, model_object(model))
 
 
 dialect = OpenAIDialect()
