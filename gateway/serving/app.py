@@ -47,35 +47,47 @@ def build_gateway() -> Gateway:
 
 
 class _Mount:
+    """The dialects served below one prefix (``/openai`` has chat completions and responses).
+    The first one renders errors for paths none of them has."""
+
     __slots__ = ("chat_paths", "dialect", "prefix", "routes", "tails")
 
-    def __init__(self, dialect: Dialect):
-        self.dialect = dialect
-        self.prefix = dialect.prefix
-        self.chat_paths = frozenset(dialect.chat_paths)
-        self.routes = dialect.routes()
+    def __init__(self, dialects: list[Dialect]):
+        self.dialect = dialects[0]
+        self.prefix = self.dialect.prefix
+        self.chat_paths = {path: d for d in dialects for path in d.chat_paths}
+        self.routes = {
+            route: (handler, d) for d in reversed(dialects) for route, handler in d.routes().items()
+        }
         # Routes that end in ``/{id}`` take the rest of the path (model names hold slashes,
         # "Qwen/Qwen3-8B", and older SDKs do not escape them) as ``request.path_id``.
         self.tails = [
-            (method, path.removesuffix("{id}"), handler)
-            for (method, path), handler in self.routes.items()
+            (method, path.removesuffix("{id}"), target)
+            for (method, path), target in self.routes.items()
             if path.endswith("/{id}")
         ]
 
     def route(self, method: str, subpath: str):
-        """The handler for ``method subpath``, or None; ``known`` whether the path exists."""
-        handler = self.routes.get((method, subpath))
-        if handler is not None:
-            return handler, None
-        for route_method, head, tail_handler in self.tails:
+        """((handler, dialect), path id) for ``method subpath``, or (None, None)."""
+        target = self.routes.get((method, subpath))
+        if target is not None:
+            return target, None
+        for route_method, head, tail_target in self.tails:
             if route_method == method and subpath.startswith(head) and len(subpath) > len(head):
-                return tail_handler, subpath[len(head) :]
+                return tail_target, subpath[len(head) :]
         return None, None
 
     def knows(self, subpath: str) -> bool:
         return any(path == subpath for _method, path in self.routes) or any(
-            subpath.startswith(head) and len(subpath) > len(head) for _m, head, _h in self.tails
+            subpath.startswith(head) and len(subpath) > len(head) for _m, head, _t in self.tails
         )
+
+
+def _mounts(dialects: list[Dialect]) -> list[_Mount]:
+    by_prefix: dict[str, list[Dialect]] = {}
+    for dialect in dialects:
+        by_prefix.setdefault(dialect.prefix, []).append(dialect)
+    return [_Mount(group) for group in by_prefix.values()]
 
 
 # The gateway this process serves (set by portal.asgi), so that /healthz can probe the
@@ -96,7 +108,7 @@ def serving() -> GatewayApplication | None:
 class GatewayApplication:
     def __init__(self, fallback, *, dialects: list[Dialect] | None = None, factory=build_gateway):
         self.fallback = fallback
-        self.mounts = [_Mount(d) for d in (load_dialects() if dialects is None else dialects)]
+        self.mounts = _mounts(load_dialects() if dialects is None else dialects)
         self.factory = factory
         self.gateway: Gateway | None = None
         self._starting: asyncio.Lock | None = None
@@ -180,17 +192,19 @@ class GatewayApplication:
             subpath = subpath.rstrip("/")
         subpath = subpath or "/"
         request = Request(scope, receive, subpath)
-        if subpath in mount.chat_paths:
+        chat_dialect = mount.chat_paths.get(subpath)
+        if chat_dialect is not None:
             if request.method != "POST":
-                await send_response(send, error_response(errors.method_not_allowed(), dialect))
+                await send_response(send, error_response(errors.method_not_allowed(), chat_dialect))
                 return
-            await gateway.handle_chat(dialect, request, send)
+            await gateway.handle_chat(chat_dialect, request, send)
             return
-        handler, request.path_id = mount.route(request.method, subpath)
-        if handler is None:
+        target, request.path_id = mount.route(request.method, subpath)
+        if target is None:
             error = errors.method_not_allowed() if mount.knows(subpath) else errors.not_found()
             await send_response(send, error_response(error, dialect))
             return
+        handler, dialect = target
         try:
             response = await handler(gateway, request)
         except GatewayError as error:

@@ -4,7 +4,12 @@ A dialect module exposes ``dialect``, an instance of ``gateway.serving.dialects.
 pipeline (``gateway.serving.pipeline``) does everything that is the same for all of them — auth, the
 catalog, the context-length check, rate limits, quota reserve/settle, the upstream call, usage
 records — and asks the dialect only for what differs (see ``base.Dialect``). ``gateway.serving.app``
-mounts every module listed in ``DIALECT_MODULES`` at the dialect's ``prefix``.
+mounts every module listed in ``DIALECT_MODULES`` at the dialect's ``prefix`` (dialects may share
+one: the first listed renders the errors of paths none of them serves).
 """
 
-DIALECT_MODULES = ("gateway.serving.dialects.openai", "gateway.serving.dialects.anthropic")
+DIALECT_MODULES = (
+    "gateway.serving.dialects.openai",
+    "gateway.serving.dialects.openai_responses",
+    "gateway.serving.dialects.anthropic",
+)
