@@ -739,8 +739,8 @@ class ResponseStreamTranslator:
         if self.finished:
             return b""
         out = self._close()
-        if not self.output:
-            # Nothing at all came back: still one (empty) message, as OpenAI answers.
+        if not any(item["type"] != "reasoning" for item in self.output):
+            # No text and no call came back: still one (empty) message, as OpenAI answers.
             out += self._text_delta("message", "")
             out += self._close()
         self.finished = True

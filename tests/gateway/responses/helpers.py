@@ -37,7 +37,7 @@ def sse_frames(raw: bytes) -> list[tuple[str, dict]]:
 
 def sdk_events(raw: bytes) -> list:
     """The stream as the SDK's typed events, validated strictly."""
-    return [TypeAdapter(_EVENTS[name]).validate_python(data) for name, data in sse_frames(raw)]
+    return [_EVENTS[name].model_validate(data) for name, data in sse_frames(raw)]
 
 
 def sdk_response(body: dict) -> Response:
