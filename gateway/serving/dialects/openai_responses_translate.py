@@ -228,7 +228,9 @@ def chat_messages_from_input(instructions: str | None, items: Any) -> list[dict]
 
 def chat_tools_from(tools: Any) -> list[dict]:
     """Responses function tools (flat: ``{type, name, description, parameters, strict}``) →
-    chat tools. Built-in tools (web search, file search …) need OpenAI's own servers: refused."""
+    chat tools. Tools a chat upstream cannot run (OpenAI's hosted web or file search, custom
+    grammar tools, tool namespaces …) are left out rather than refused: clients such as Codex
+    offer them beside their function tools, and the model simply does not see them."""
     if tools is None:
         return []
     _check(isinstance(tools, list), "'tools' must be a list.", "tools")
@@ -236,11 +238,8 @@ def chat_tools_from(tools: Any) -> list[dict]:
     for n, tool in enumerate(tools):
         at = f"tools[{n}]"
         _check(isinstance(tool, dict), f"'{at}' must be an object.", at)
-        _check(
-            tool.get("type") == "function",
-            f"'{at}.type' {tool.get('type')!r} is not supported: only function tools are.",
-            f"{at}.type",
-        )
+        if tool.get("type") != "function":
+            continue
         name = tool.get("name")
         _check(isinstance(name, str) and name != "", f"'{at}.name' is required.", f"{at}.name")
         function: dict[str, Any] = {"name": name}

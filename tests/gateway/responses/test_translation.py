@@ -122,6 +122,18 @@ def test_it_translates_items_a_tool_round_trip_and_images():
     assert t.echo["reasoning"] == {"effort": "high", "summary": "auto"}
 
 
+def test_it_leaves_out_tools_a_chat_upstream_cannot_run():
+    tools = [
+        {"type": "web_search"},
+        {"type": "custom", "name": "apply_patch"},
+        {"type": "namespace", "name": "mcp", "description": "", "tools": []},
+        {"type": "function", "name": "f"},
+    ]
+    t = translate(input="x", tools=tools)
+    assert [tool["function"]["name"] for tool in t.body["tools"]] == ["f"]
+    assert t.echo["tools"] == tools
+
+
 def test_it_names_a_specific_function_as_tool_choice():
     tools = [{"type": "function", "name": "f"}]
     t = translate(input="x", tools=tools, tool_choice={"type": "function", "name": "f"})
@@ -136,7 +148,7 @@ def test_it_names_a_specific_function_as_tool_choice():
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
         ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "x", "temperature": 3}, "temperature"),
