@@ -19,6 +19,7 @@ PAGES = (
     Page("quick-start", "quick-start.md"),
     Page("api", "api.md"),
     Page("claude-code", "claude-code.md"),
+    Page("codex", "codex.md"),
     Page("faq", "faq.md"),
     Page("changelog", "changelog.md"),
 )

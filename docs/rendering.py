@@ -47,6 +47,7 @@ _LANGUAGE_LABELS = {
     "shell": "Shell",
     "console": "Shell",
     "json": "JSON",
+    "toml": "TOML",
     "http": "HTTP",
     "text": "Text",
     "powershell": "PowerShell",

@@ -86,7 +86,7 @@ def test_without_javascript_the_js_only_controls_stay_hidden(live_server, alice,
 def test_no_docs_page_scrolls_sideways_on_a_phone(browser_page, live_server):
     page = browser_page
     page.set_viewport_size({"width": 390, "height": 844})
-    for slug in ("quick-start", "api", "claude-code", "faq", "changelog"):
+    for slug in ("quick-start", "api", "claude-code", "codex", "faq", "changelog"):
         for language in ("en", "zh-hans"):
             page.goto(f"{live_server.url}/docs/{slug}/?lang={language}")
             width = page.evaluate("document.documentElement.scrollWidth")

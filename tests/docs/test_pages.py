@@ -357,6 +357,26 @@ def test_every_json_example_parses_and_claude_codes_settings_are_complete(client
     assert env["DISABLE_TELEMETRY"] == env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_codex_s_config_toml_names_the_responses_api_and_the_key_variable(client, language):
+    import tomllib
+
+    from tests.acceptance.test_codex import KEY_VARIABLE, codex_config
+    from tests.docs.examples import extract_examples
+
+    html = _get(client, f"/docs/codex/?lang={language}")[1]
+    examples = extract_examples(html)
+    config = tomllib.loads(next(e.code for e in examples if e.language == "toml"))
+    provider = config["model_providers"][config["model_provider"]]
+    assert provider["base_url"] == "http://testserver/openai/v1"
+    assert provider["wire_api"] == "responses" and provider["env_key"] == KEY_VARIABLE
+    assert config["model"] == "LongCat-Flash-Chat"
+    # What the acceptance test runs Codex with is this, plus its approval and sandbox choices.
+    tested = tomllib.loads(codex_config("http://testserver"))
+    assert tested["model_providers"]["platform"] | {"name": provider["name"]} == provider
+    assert any(f'export {KEY_VARIABLE}="YOUR_API_KEY"' in e.code for e in examples)
+
+
 def test_the_language_switcher_leaves_a_pinned_docs_address_for_the_plain_one(client):
     _response, html = _get(client, "/docs/api/?lang=en")
     assert '<input name="next" type="hidden" value="/docs/api/">' in html

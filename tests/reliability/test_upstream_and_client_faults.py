@@ -26,6 +26,9 @@ MODEL = "LongCat-Flash-Chat"
 READ_TIMEOUT_SECONDS = 1.0
 OPENAI = "/openai/v1/chat/completions"
 ANTHROPIC = "/anthropic/v1/messages"
+RESPONSES = "/openai/v1/responses"
+PATHS = {"openai": OPENAI, "anthropic": ANTHROPIC, "responses": RESPONSES}
+DIALECTS = list(PATHS)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,13 @@ def servers(fault_upstream, django_db_setup):
 
 
 def _body(dialect: str, *, stream: bool, max_tokens: int = 20) -> dict:
+    if dialect == "responses":
+        return {
+            "model": MODEL,
+            "input": "Hello!",
+            "max_output_tokens": max_tokens,
+            "stream": stream,
+        }
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Hello!"}],
@@ -70,6 +80,11 @@ def _error_of(dialect: str, response: requests.Response, stream: bool) -> tuple[
     """(what the client sees as the error kind, its message), in the dialect's own shape."""
     if stream and response.status_code == 200:
         last = _sse_payloads(response.text)[-1]
+        if dialect == "responses":
+            *_, error, failed = _sse_payloads(response.text)
+            assert (error["type"], failed["type"]) == ("error", "response.failed")
+            assert failed["response"]["status"] == "failed"
+            return error["code"], error["message"]
         if dialect == "openai":
             assert "[DONE]" not in response.text
             return last["error"]["code"], last["error"]["message"]
@@ -77,7 +92,7 @@ def _error_of(dialect: str, response: requests.Response, stream: bool) -> tuple[
         assert last["type"] == "error"
         return last["error"]["type"], last["error"]["message"]
     body = response.json()
-    if dialect == "openai":
+    if dialect in ("openai", "responses"):
         assert set(body) == {"error"}
         return body["error"]["code"], body["error"]["message"]
     assert body["type"] == "error"
@@ -173,7 +188,7 @@ FAULTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize(
     ("fault", "server", "headers", "stream", "status", "kinds", "recorded", "charge"),
     FAULTS,
@@ -183,7 +198,7 @@ def test_an_upstream_fault_gives_a_clear_error_and_one_exact_record(
     servers, live_key, dialect, fault, server, headers, stream, status, kinds, recorded, charge
 ):
     user, key = live_key
-    path = OPENAI if dialect == "openai" else ANTHROPIC
+    path = PATHS[dialect]
     if dialect == "openai" and fault == "stream of the wrong shape":
         # The OpenAI dialect relays upstream chunks byte for byte (it parses only the usage
         # chunk): the client gets what the upstream sent, and the books still balance.
@@ -201,7 +216,7 @@ def test_an_upstream_fault_gives_a_clear_error_and_one_exact_record(
     assert elapsed < READ_TIMEOUT_SECONDS + 5
     if kinds is not None:
         kind, message = _error_of(dialect, response, stream)
-        assert kind == kinds[0 if dialect == "openai" else 1]
+        assert kind == kinds[1 if dialect == "anthropic" else 0]
         assert message and "Traceback" not in message and key not in message
 
     (record,) = settled_records(user, 1)
@@ -239,7 +254,7 @@ def _raw_stream(base_url: str, path: str, key: str, dialect: str, headers: dict,
     return sock
 
 
-@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_pays_what_it_got(
     servers, live_key, dialect
 ):
@@ -248,7 +263,7 @@ def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_pays_what
     # 200 tokens at 100 ms each: the upstream alone would take 20 s.
     sock = _raw_stream(
         servers["main"],
-        OPENAI if dialect == "openai" else ANTHROPIC,
+        PATHS[dialect],
         key,
         dialect,
         {"x-demo-delay-ms": "100", "x-demo-tokens": "200", "x-demo-tag": tag},
@@ -349,10 +364,10 @@ def test_a_client_that_leaves_while_sending_its_body_leaves_nothing_behind(serve
     assert_books_balance(user)
 
 
-@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_huge_declared_body_is_refused_with_413_before_it_is_read(servers, live_key, dialect):
     _user, key = live_key
-    path = OPENAI if dialect == "openai" else ANTHROPIC
+    path = PATHS[dialect]
     host, port = servers["main"].rsplit("//", 1)[1].split(":")
     extra = "anthropic-version: 2023-06-01\r\n" if dialect == "anthropic" else ""
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -373,7 +388,7 @@ def test_a_huge_declared_body_is_refused_with_413_before_it_is_read(servers, liv
     body = answer.split(b"\r\n\r\n", 1)[1]
     if body:
         payload = json.loads(body[: body.rindex(b"}") + 1])
-        kind = payload["error"]["code"] if dialect == "openai" else payload["error"]["type"]
+        kind = payload["error"]["type" if dialect == "anthropic" else "code"]
         # OpenAI's code and Anthropic's type happen to share the name.
         assert kind == "request_too_large"
 
