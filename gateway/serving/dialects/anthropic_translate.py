@@ -323,16 +323,34 @@ def _cut_at_stop(text: str, stop_sequences) -> tuple[str, str | None]:
     return text[: best[0]], best[1]
 
 
+def cached_prompt_tokens(usage: Any) -> int:
+    """``prompt_tokens_details.cached_tokens`` of a chat ``usage`` (0 when absent or odd)."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and cached > 0 else 0
+
+
 def anthropic_usage(usage: dict | None):
     """The upstream's usage in Anthropic's shape (0 for what it did not report; the dialect
-    shows the gateway's estimates instead when it reported nothing)."""
+    shows the gateway's estimates instead when it reported nothing). As Anthropic means it,
+    ``input_tokens`` is the input *not* read from the prompt cache, and
+    ``cache_read_input_tokens`` the part that was (OpenAI's ``cached_tokens``)."""
     usage = usage or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    cached = min(cached_prompt_tokens(usage), prompt)
     return {
-        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "input_tokens": prompt - cached,
         "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": cached,
     }
+
+
+def _native_stop(choice: dict) -> Any:
+    # vLLM says which stop string (or token id) matched in ``stop_reason``, SGLang in
+    # ``matched_stop``.
+    native = choice.get("stop_reason")
+    return native if native is not None else choice.get("matched_stop")
 
 
 def _stop_reason(finish_reason, native_stop, stop_sequences, has_tool_calls):
@@ -379,7 +397,7 @@ def message_from_chat_response(
         stop_reason, stop_sequence = "stop_sequence", matched
     else:
         stop_reason, stop_sequence = _stop_reason(
-            choice.get("finish_reason"), choice.get("stop_reason"), stop_sequences, bool(tool_calls)
+            choice.get("finish_reason"), _native_stop(choice), stop_sequences, bool(tool_calls)
         )
     return {
         "id": message_id or new_message_id(),
@@ -414,7 +432,7 @@ _TEXT_BLOCK_START = (
 _MESSAGE_DELTA_AND_STOP = (
     b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"%s",'
     b'"stop_sequence":%s},"usage":{"input_tokens":%d,"output_tokens":%d,'
-    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}\n\n' + MESSAGE_STOP_EVENT
+    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":%d}}\n\n' + MESSAGE_STOP_EVENT
 )
 
 
@@ -655,7 +673,7 @@ class MessageStreamTranslator:
         finish = choice.get("finish_reason")
         if finish:
             self.finish_reason = finish
-            self.native_stop = choice.get("stop_reason")
+            self.native_stop = _native_stop(choice)
         return out
 
     def stop_reason(self) -> tuple[str, str | None]:
@@ -704,11 +722,13 @@ class MessageStreamTranslator:
             output_tokens = 0
         if input_tokens is None:
             input_tokens = usage.get("prompt_tokens") or self.input_estimate
+        cached = min(cached_prompt_tokens(usage), int(input_tokens))
         return out + _MESSAGE_DELTA_AND_STOP % (
             stop_reason.encode(),
             _dumps(stop_sequence).encode(),
-            int(input_tokens),
+            int(input_tokens) - cached,
             int(output_tokens),
+            cached,
         )
 
     def fail(self, status: int, message: str, *, error_type: str | None = None) -> bytes:

@@ -178,3 +178,47 @@ def test_it_words_the_context_limit_like_anthropic():
     assert message.startswith(
         "input length and `max_tokens` exceed context limit: 120000 + 8192 > 128000"
     )
+
+
+@pytest.mark.parametrize(
+    ("choice", "content"),
+    [
+        ({"stop_reason": "END"}, "one two"),  # vLLM names the stop string
+        ({"matched_stop": "END"}, "one two"),  # SGLang too, under its own name
+        ({}, "one twoEND"),  # an OpenAI-style server that reports nothing but keeps the stop
+    ],
+    ids=["vllm", "sglang", "unreported"],
+)
+def test_it_finds_the_stop_sequence_however_the_upstream_reports_it(choice, content):
+    out = message_from_chat_response(
+        chat_response({"content": content}, "stop", **choice),
+        model="m",
+        stop_sequences=["END"],
+    )
+    assert (out["stop_reason"], out["stop_sequence"]) == ("stop_sequence", "END")
+    assert out["content"] == [{"type": "text", "text": "one two"}]
+
+
+def test_it_ends_the_turn_when_a_token_id_stopped_it():
+    # vLLM and SGLang give the token id when an end-of-sequence token (not a string) matched.
+    for choice in ({"stop_reason": 151645}, {"matched_stop": 151645}):
+        out = message_from_chat_response(
+            chat_response({"content": "done"}, "stop", **choice), model="m", stop_sequences=["X"]
+        )
+        assert (out["stop_reason"], out["stop_sequence"]) == ("end_turn", None)
+
+
+def test_it_reports_cached_prompt_tokens_as_cache_reads():
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 64},
+    }
+    out = message_from_chat_response(chat_response({"content": "hi"}, usage=usage), model="m")
+    Message.model_validate(out)
+    assert out["usage"] == {
+        "input_tokens": 36,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 64,
+    }

@@ -215,3 +215,25 @@ def test_it_escapes_text_safely():
     text = 'quote " backslash \\ newline \n unicode 你好 \u2028 end'
     raw = run([chunk(text), chunk(finish="stop")])
     assert sdk_message(raw).content[0].text == text
+
+
+def test_it_reports_cached_prompt_tokens_as_cache_reads_in_the_message_delta():
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 64},
+    }
+    translator = MessageStreamTranslator(model="m", input_estimate=90)
+    raw = translator.start() + translator.feed(chunk("Hi")) + translator.feed(chunk(finish="stop"))
+    raw += translator.feed({"choices": [], "usage": usage})
+    raw += translator.finish(input_tokens=100, output_tokens=2)
+    delta = next(data for name, data in sse_events(raw) if name == "message_delta")
+    assert delta["usage"]["input_tokens"] == 36
+    assert delta["usage"]["cache_read_input_tokens"] == 64
+    assert sdk_message(raw).usage.cache_read_input_tokens == 64
+
+
+def test_it_takes_sglang_s_matched_stop_in_a_stream():
+    raw = run([chunk("one"), chunk(finish="stop", matched_stop="END")], stop_sequences=["END"])
+    delta = next(data for name, data in sse_events(raw) if name == "message_delta")
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
