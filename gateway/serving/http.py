@@ -119,5 +119,5 @@ def error_response(error: GatewayError, dialect, extra_headers=()) -> Response:
     return Response(
         dialect.error_status(error),
         dialect.render_error(error),
-        [*error.response_headers(), *extra_headers],
+        [*error.response_headers(), *extra_headers, *dialect.identity_headers()],
     )

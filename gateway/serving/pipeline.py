@@ -361,7 +361,7 @@ class Gateway:
             self._live[reserved.reservation_id] = reserved
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
-            extra = call.rate.headers() if call.rate is not None else ()
+            extra = dialect.rate_headers(call.rate) if call.rate is not None else ()
             await send_response(send, error_response(error, dialect, extra))
             if call.key is not None:
                 call.record(error.status, error.code)
@@ -558,7 +558,10 @@ class _Call:
         chat, model, target = self.chat, self.model, self.target
         outcome, reserved = self.outcome, self.reserved
         started = time.perf_counter()
-        rate_headers = self.rate.headers() if self.rate else []
+        rate_headers = [
+            *(dialect.rate_headers(self.rate) if self.rate else ()),
+            *dialect.identity_headers(),
+        ]
         extra = None
         if model.is_demo and not settings.PRODUCTION:
             # Test and benchmark switches reach the demo upstream, and only the demo upstream,

@@ -64,11 +64,16 @@ def sdk_create_stream_count_and_tools(platform, account):
         client.models.retrieve("no-such-model")
 
     # plain
-    message = client.messages.create(
+    raw = client.messages.with_raw_response.create(
         model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": "Hello!"}]
     )
+    message = raw.parse()
     assert message.content[0].text.startswith(DEMO_TEXT)
     assert message.stop_reason == "end_turn"
+    # request-id as Anthropic sends it, the X-Request-ID of the platform's logs inside.
+    assert raw.headers["request-id"] == "req_" + raw.headers["x-request-id"]
+    assert message._request_id == raw.headers["request-id"]
+    assert raw.headers["anthropic-ratelimit-requests-limit"].isdigit()
     assert message.usage.input_tokens > 0
     assert message.usage.output_tokens > 0
 

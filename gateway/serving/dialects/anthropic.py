@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -46,6 +47,7 @@ from gateway.serving.tokens import (
     completion_output_tokens,
     estimate_chat_tokens,
 )
+from observability.logging import current_request_id
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -197,6 +199,34 @@ class AnthropicDialect(Dialect):
     def error_status(self, error: GatewayError) -> int:
         # Anthropic's SDKs and Claude Code know a saturated service as 529 overloaded_error.
         return 529 if error.code == "upstream_overloaded" else error.status
+
+    def rate_headers(self, rate) -> list[tuple[bytes, bytes]]:
+        # Anthropic's own names beside OpenAI's: its SDKs and Claude Code read these.
+        reset = (
+            (datetime.now(UTC) + timedelta(seconds=max(0.0, rate.reset_seconds)))
+            .replace(microsecond=0)
+            .isoformat()
+            .replace("+00:00", "Z")
+            .encode()
+        )
+        requests_left = str(max(0, rate.remaining_requests)).encode()
+        tokens_left = str(max(0, rate.remaining_tokens)).encode()
+        return [
+            *rate.headers(),
+            (b"anthropic-ratelimit-requests-limit", str(rate.limit_requests).encode()),
+            (b"anthropic-ratelimit-requests-remaining", requests_left),
+            (b"anthropic-ratelimit-requests-reset", reset),
+            (b"anthropic-ratelimit-tokens-limit", str(rate.limit_tokens).encode()),
+            (b"anthropic-ratelimit-tokens-remaining", tokens_left),
+            (b"anthropic-ratelimit-tokens-reset", reset),
+        ]
+
+    def identity_headers(self) -> list[tuple[bytes, bytes]]:
+        # Anthropic answers carry ``request-id``; this one is the X-Request-ID the logs use.
+        request_id = current_request_id() or secrets.token_hex(12)
+        if not request_id.startswith("req_"):
+            request_id = "req_" + request_id
+        return [(b"request-id", request_id.encode())]
 
     def routes(self) -> dict:
         return {

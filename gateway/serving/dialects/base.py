@@ -18,7 +18,9 @@ OpenAI), so a dialect translates *client ⇄ OpenAI-compatible upstream*:
    returns to the client at once, so streams are relayed chunk by chunk.
 5. ``render_error(error)`` renders a ``GatewayError`` in the dialect's error envelope; the
    pipeline adds the status and headers (``Retry-After``, ``x-should-retry`` …).
-6. ``routes()`` maps extra ``(method, path)`` pairs below the prefix to handlers
+6. ``rate_headers(rate)`` and ``identity_headers()``: headers the dialect's clients expect on
+   answers (the per-key rate-limit state once it is known; a request id on every answer).
+7. ``routes()`` maps extra ``(method, path)`` pairs below the prefix to handlers
    ``async def handler(gateway, request) -> Response`` (e.g. ``GET /v1/models``, Anthropic's
    ``count_tokens`` and the ``HEAD /`` probe). ``chat_paths`` are served by the pipeline.
 
@@ -143,6 +145,14 @@ class Dialect:
     def error_status(self, error: GatewayError) -> int:
         """The HTTP status of ``error`` in this dialect (most follow the gateway's own)."""
         return error.status
+
+    def rate_headers(self, rate) -> list[tuple[bytes, bytes]]:
+        """The rate-limit headers for a ``ratelimit.RateState`` (OpenAI's ``x-ratelimit-*``)."""
+        return rate.headers()
+
+    def identity_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers on every answer of this dialect, errors included (e.g. ``request-id``)."""
+        return []
 
     def routes(self) -> dict:
         return {}

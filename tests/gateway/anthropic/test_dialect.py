@@ -362,3 +362,24 @@ def test_it_answers_the_recorded_claude_code_request(gw, alice_key):
     assert record.stream
     assert record.input_tokens > 3_000  # the big system prompt reached the upstream
     assert record.output_tokens == message.usage.output_tokens
+
+
+def test_it_sends_anthropic_s_request_id_and_rate_limit_headers(gw, alice_key):
+    import re
+
+    for payload in (HELLO, {**HELLO, "stream": True}):
+        result = post(gw, alice_key[1], payload)
+        assert result.status == 200
+        headers = result.headers
+        assert re.fullmatch(r"req_[A-Za-z0-9._:\-]{8,}", headers["request-id"])
+        assert headers["anthropic-ratelimit-requests-limit"] == headers[
+            "x-ratelimit-limit-requests"
+        ]
+        assert int(headers["anthropic-ratelimit-requests-remaining"]) >= 0
+        assert int(headers["anthropic-ratelimit-tokens-limit"]) > 0
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", headers["anthropic-ratelimit-tokens-reset"]
+        )
+    refused = post(gw, None)
+    assert refused.status == 401 and refused.headers["request-id"].startswith("req_")
+    assert "request-id" not in gw.chat(alice_key[1]).headers  # the OpenAI side: its own
