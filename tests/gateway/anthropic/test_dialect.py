@@ -372,9 +372,9 @@ def test_it_sends_anthropic_s_request_id_and_rate_limit_headers(gw, alice_key):
         assert result.status == 200
         headers = result.headers
         assert re.fullmatch(r"req_[A-Za-z0-9._:\-]{8,}", headers["request-id"])
-        assert headers["anthropic-ratelimit-requests-limit"] == headers[
-            "x-ratelimit-limit-requests"
-        ]
+        assert (
+            headers["anthropic-ratelimit-requests-limit"] == headers["x-ratelimit-limit-requests"]
+        )
         assert int(headers["anthropic-ratelimit-requests-remaining"]) >= 0
         assert int(headers["anthropic-ratelimit-tokens-limit"]) > 0
         assert re.fullmatch(
