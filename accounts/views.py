@@ -1,6 +1,5 @@
 from allauth.account import app_settings as allauth_settings
 from allauth.account import views as allauth_views
-from allauth.account.internal.decorators import login_not_required
 from allauth.account.internal.flows.login_by_code import LoginCodeVerificationProcess
 from allauth.account.stages import LoginByCodeStage, LoginStageController
 from allauth.account.utils import get_login_redirect_url
@@ -8,7 +7,7 @@ from allauth.core import ratelimit
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_not_required, login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import redirect, render
