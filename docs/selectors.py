@@ -75,6 +75,7 @@ def doc_variables(request, models: list[CatalogModel]) -> dict:
         "rate_limit_tpm": settings.RATE_LIMIT_TPM,
         "max_keys": settings.MAX_KEYS_PER_ACCOUNT,
         "max_body_bytes": settings.GATEWAY_MAX_BODY_BYTES,
+        "stream_max_seconds": f"{settings.GATEWAY_STREAM_MAX_SECONDS:g}",
         "platform_name": settings.PLATFORM_NAME,
         "support_email": settings.SUPPORT_EMAIL,
         "api_docs_url": reverse("api-docs"),

@@ -4,6 +4,8 @@ Every view finds the key through ``api_key_get_for_user``: another account's key
 Responses that may carry a secret are marked ``no-store``.
 """
 
+import logging
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,8 +17,10 @@ from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from keys import selectors, services
+from keys import crypto, selectors, services
 from keys.forms import ApiKeyNameForm, ApiKeyStatusForm
+
+logger = logging.getLogger(__name__)
 
 # The session remembers only *which* key was just made or regenerated, never its secret:
 # the list page decrypts it once and forgets the marker.
@@ -162,11 +166,28 @@ def key_delete(request, public_id):
 def key_reveal(request, public_id):
     """GET: a page with a reveal button. POST: the secret (a page, or JSON for portal.js)."""
     key = selectors.api_key_get_for_user(request.user, public_id)
-    secret = services.api_key_reveal(api_key=key) if request.method == "POST" else None
-    if secret is not None and _wants_json(request):
-        response = JsonResponse({"id": str(key.public_id), "key": secret})
+    secret, status, problem = None, 200, ""
+    if request.method == "POST":
+        try:
+            secret = services.api_key_reveal(api_key=key)
+        except crypto.UndecryptableSecret:
+            # The operator changed KEY_ENCRYPTION_KEY without listing the old one (a check
+            # error at start-up says so too). The key still authenticates: only its copy for
+            # display is unreadable.
+            logger.error(
+                "api key %s cannot be revealed: no configured key decrypts it", key.public_id
+            )
+            status = 503
+            problem = _(
+                "This key cannot be shown right now because of a server configuration problem. "
+                "It still works for API calls. If you no longer have it, regenerate it."
+            )
+    if _wants_json(request) and request.method == "POST":
+        body = {"id": str(key.public_id), "key": secret} if secret else {"error": problem}
+        response = JsonResponse(body, status=status)
     else:
-        response = render(request, "keys/reveal.html", {"key": key, "secret": secret})
+        context = {"key": key, "secret": secret, "problem": problem}
+        response = render(request, "keys/reveal.html", context, status=status)
     return _no_store(response)
 
 

@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "usage",
     "gateway",
     "docs",
+    "playground",
 ]
 
 MIDDLEWARE = [

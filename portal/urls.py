@@ -16,6 +16,7 @@ urlpatterns = [
     path("keys/", include("keys.urls")),
     path("api/v1/keys/", include("keys.api.urls")),
     path("usage/", include("usage.urls")),
+    path("playground/", include("playground.urls")),
     path("review/", include("usage.review_urls")),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -278,3 +278,15 @@ def usage_day_report(*, day: dt.date, top: int = 10) -> dict:
         "top_accounts": top_accounts,
         "closed_by": reset,
     }
+
+
+# --- playground ----------------------------------------------------------------------------
+
+
+def usage_record_latest_for_key(*, user, api_key) -> UsageRecord | None:
+    """The newest usage record of ``api_key`` (which ``user`` must own), or None."""
+    return (
+        UsageRecord.objects.filter(user=user, api_key=api_key)
+        .order_by("-created_at", "-id")
+        .first()
+    )

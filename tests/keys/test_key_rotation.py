@@ -87,3 +87,19 @@ def test_the_system_check_names_secrets_no_configured_key_decrypts(stored_under_
     # Without --database the check stays off (it reads every stored secret).
     settings.KEY_ENCRYPTION_OLD_KEYS = []
     assert stored_secrets_check(None) == []
+
+
+def test_the_owner_is_told_clearly_when_a_key_cannot_be_revealed(stored_under_old, client):
+    raw, _model = stored_under_old
+    key = ApiKey.objects.get(prefix=raw[:12])
+    client.force_login(key.user)
+    url = f"/keys/{key.public_id}/reveal/"
+
+    page = client.post(url)
+    assert page.status_code == 503
+    assert "It still works for API calls" in page.content.decode()
+    assert raw not in page.content.decode()
+
+    answer = client.post(url, headers={"accept": "application/json"})
+    assert answer.status_code == 503
+    assert set(answer.json()) == {"error"} and "regenerate it" in answer.json()["error"]
