@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_APPS = {"portal", "audit", "accounts", "keys", "usage", "gateway", "docs"}
+PROJECT_APPS = {"portal", "audit", "accounts", "keys", "usage", "gateway", "docs", "playground"}
 
 # app -> the project apps it may import (directly, at module level or inside a function).
 ALLOWED = {
