@@ -1,4 +1,3 @@
-import ipaddress
 import logging
 
 from django.conf import settings
@@ -6,64 +5,15 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.translation import gettext as _
 
-from accounts.middleware import current_request
-from accounts.models import SecurityEvent, User
+from accounts.models import User
+from audit.models import SecurityEvent
+from audit.services import security_event_record
+from keys.services import DEFAULT_KEY_NAME, api_key_create, api_keys_deactivate_for_user
 
 logger = logging.getLogger(__name__)
 
 # RFC 2606 reserves .invalid: a deleted account's placeholder address can never receive mail.
 DELETED_EMAIL_DOMAIN = "deleted.invalid"
-
-
-USER_AGENT_MAX_LENGTH = SecurityEvent._meta.get_field("user_agent").max_length
-
-
-def security_event_record(
-    *,
-    action: str,
-    user: User | None = None,
-    user_id: int | None = None,
-    actor: User | None = None,
-    request=None,
-    detail: dict | None = None,
-) -> SecurityEvent:
-    """Write one entry of the security log. Call it from the service performing ``action``.
-
-    ``request`` defaults to the one being served (``accounts.middleware``): it gives the
-    client address (as uvicorn derived it from ``FORWARDED_ALLOW_IPS``, never a raw header)
-    and the user agent. ``actor`` defaults to the request's signed-in account, so an action a
-    staff member takes in the admin names them. Give the account as ``user`` or, where only
-    its id is at hand, ``user_id``. Outside a request (a command, a task) both
-    are empty unless given. ``detail`` must not hold secrets.
-    """
-    request = request if request is not None else current_request()
-    if actor is None and request is not None:
-        signed_in = getattr(request, "user", None)
-        if signed_in is not None and signed_in.is_authenticated:
-            actor = signed_in
-    meta = getattr(request, "META", {}) if request is not None else {}
-    return SecurityEvent.objects.create(
-        user_id=user.pk if user is not None else user_id,
-        actor=actor,
-        action=action,
-        ip_address=_ip_or_none(meta.get("REMOTE_ADDR")),
-        user_agent=(meta.get("HTTP_USER_AGENT") or "")[:USER_AGENT_MAX_LENGTH],
-        detail=detail or {},
-    )
-
-
-def _ip_or_none(value: str | None) -> str | None:
-    # A unix-socket peer or a test client may give something that is not an address.
-    try:
-        return str(ipaddress.ip_address(value or ""))
-    except ValueError:
-        return None
-
-
-def security_events_prune(*, before) -> int:
-    """Delete security-log entries older than ``before``. Returns how many went."""
-    deleted, _by_model = SecurityEvent.objects.filter(created_at__lt=before).delete()
-    return deleted
 
 
 def normalize_email(email: str | None) -> str | None:
@@ -87,8 +37,6 @@ def account_create_with_key(
     *, email: str | None = None, phone: str | None = None, password: str | None = None, **fields
 ) -> tuple[User, str]:
     """Like ``account_create``; also returns the default key's secret (for one-time display)."""
-    from keys.services import DEFAULT_KEY_NAME, api_key_create
-
     user = User(email=normalize_email(email), phone=phone or None, **fields)
     if password:
         user.set_password(password)
@@ -172,8 +120,6 @@ def account_delete(*, user: User) -> User:
     account, and no personal contact detail is left behind.
     """
     from allauth.account.models import EmailAddress
-
-    from keys.services import api_keys_deactivate_for_user
 
     user = User.objects.select_for_update().get(pk=user.pk)
     api_keys_deactivate_for_user(user=user)
