@@ -40,6 +40,67 @@ def _text_list(value: Any) -> Any:
     return value
 
 
+# Block types this schema models; any other block in a message (server tool calls and their
+# results, search results, types newer than this gateway) is turned into a text block that
+# says what it held, rather than refused: a conversation that used them still goes on.
+_MESSAGE_BLOCKS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
+_TOOL_RESULT_BLOCKS = frozenset({"text", "image"})
+_BLOCK_NOTE_CHARS = 4000
+
+
+def _texts_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        ).strip()
+    return ""
+
+
+def block_as_text(block: dict) -> str:
+    """What a block no upstream here can take said, as text for the model."""
+    kind = block.get("type")
+    if kind == "search_result":
+        head = " — ".join(str(block[k]) for k in ("title", "source") if block.get(k))
+        return f"[search result: {head}]\n{_texts_of(block.get('content'))}".strip()
+    if kind == "server_tool_use":
+        arguments = json.dumps(block.get("input"), ensure_ascii=False)[:_BLOCK_NOTE_CHARS]
+        return f"[server tool call {block.get('name', '')}: {arguments}]"
+    if kind == "web_search_tool_result":
+        content = block.get("content")
+        if isinstance(content, list):
+            lines = [
+                " — ".join(str(r[k]) for k in ("title", "url") if r.get(k))
+                for r in content
+                if isinstance(r, dict)
+            ]
+            return "[web search results]\n" + "\n".join(line for line in lines if line)
+        return "[web search failed]"
+    rest = {k: v for k, v in block.items() if k not in ("type", "cache_control", "citations")}
+    body = json.dumps(rest, ensure_ascii=False, default=str)[:_BLOCK_NOTE_CHARS]
+    return f"[{str(kind)[:64]} block: {body}]"
+
+
+def _known_blocks(known: frozenset):
+    def normalise(value: Any) -> Any:
+        value = _text_list(value)
+        if not isinstance(value, list):
+            return value
+        return [
+            {"type": "text", "text": block_as_text(block)}
+            if isinstance(block, dict)
+            and isinstance(block.get("type"), str)
+            and block["type"] not in known
+            else block
+            for block in value
+        ]
+
+    return normalise
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -77,12 +138,17 @@ class ImageBlock(_Lenient):
     source: ImageSource
 
 
+DocumentSource = Annotated[TextSource | Base64Source | UrlSource, Field(discriminator="type")]
+
+
 class DocumentBlock(_Lenient):
-    """Only plain-text documents can be expressed to a chat-completions upstream."""
+    """Sent to a chat-completions upstream as text: plain text as is, a PDF's extracted text,
+    a URL as a note naming it (nothing is fetched)."""
 
     type: Literal["document"]
-    source: TextSource
+    source: DocumentSource
     title: str | None = None
+    context: str | None = None
 
 
 class ToolUseBlock(_Lenient):
@@ -98,7 +164,9 @@ ToolResultContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="
 class ToolResultBlock(_Lenient):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: Annotated[list[ToolResultContentBlock], BeforeValidator(_text_list)] = []
+    content: Annotated[
+        list[ToolResultContentBlock], BeforeValidator(_known_blocks(_TOOL_RESULT_BLOCKS))
+    ] = []
     is_error: bool = False
 
 
@@ -129,7 +197,7 @@ ContentBlock = Annotated[
 
 class Message(_Lenient):
     role: Literal["user", "assistant", "system"]
-    content: Annotated[list[ContentBlock], BeforeValidator(_text_list)]
+    content: Annotated[list[ContentBlock], BeforeValidator(_known_blocks(_MESSAGE_BLOCKS))]
 
 
 class Tool(_Lenient):

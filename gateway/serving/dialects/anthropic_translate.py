@@ -8,23 +8,30 @@ real Anthropic event sequence. ``error_body`` builds Anthropic's error envelope.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from pypdf import PdfReader
+
 from gateway.serving.dialects.anthropic_schema import (
+    Base64Source,
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,
     MessagesRequest,
     TextBlock,
+    TextSource,
     ToolChoiceAny,
     ToolChoiceAuto,
     ToolChoiceNone,
     ToolChoiceTool,
     ToolResultBlock,
     ToolUseBlock,
+    UrlSource,
 )
 
 # Anthropic's error type for each status this gateway answers with.
@@ -115,10 +122,44 @@ def _text_of(blocks) -> str:
     return "\n\n".join(b.text for b in blocks if isinstance(b, TextBlock))
 
 
+def _pdf_text(data: str, name: str) -> str:
+    """The text of a base64 PDF, with its page count; a clear note when it has none."""
+    try:
+        reader = PdfReader(io.BytesIO(base64.b64decode(data, validate=False)))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as error:  # pypdf raises many kinds for broken or encrypted files
+        return f"[PDF document {name}: it could not be read ({error.__class__.__name__}).]"
+    count = len(pages)
+    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    if not text:
+        return (
+            f"[PDF document {name}, {count} page{'s' if count != 1 else ''}: no extractable "
+            "text (it may be scanned images, which this model cannot see).]"
+        )
+    return f"[PDF document {name}, {count} page{'s' if count != 1 else ''}]\n\n{text}"
+
+
 def _document_text(block: DocumentBlock) -> str:
-    if block.title:
-        return f"{block.title}\n\n{block.source.data}"
-    return block.source.data
+    source = block.source
+    name = f"'{block.title}'" if block.title else "(untitled)"
+    if isinstance(source, TextSource):
+        text = source.data
+    elif isinstance(source, UrlSource):
+        text = f"[Document at {source.url}: not fetched; its content is not included.]"
+    elif source.media_type == "application/pdf":
+        text = _pdf_text(source.data, name)
+    elif source.media_type.startswith("text/"):
+        try:
+            text = base64.b64decode(source.data, validate=False).decode("utf-8", "replace")
+        except ValueError:
+            text = f"[Document {name}: its base64 data could not be decoded.]"
+    else:
+        text = f"[Document {name} of type {source.media_type}: not included.]"
+    if block.context:
+        text = f"{block.context}\n\n{text}"
+    if block.title and isinstance(source, TextSource | Base64Source):
+        return f"{block.title}\n\n{text}"
+    return text
 
 
 def _user_content(parts: list[dict]) -> str | list[dict]:

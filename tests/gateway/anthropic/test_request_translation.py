@@ -309,6 +309,114 @@ def test_it_turns_a_text_document_into_text():
     ]
 
 
+def _pdf(*pages: str) -> str:
+    """A small real PDF (one Helvetica text line per page, empty string = a blank page), as
+    base64: built by hand so that the test needs no PDF writer."""
+    import base64
+
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+        content = len(objects) + 2
+        kids.append(len(objects) + 1)
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R "
+            "/Resources << /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica "
+            ">> >> >> >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    refs = " ".join(f"{k} 0 R" for k in kids)
+    objects[1] = f"<< /Type /Pages /Kids [{refs}] /Count {len(kids)} >>".encode()
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return base64.b64encode(out).decode()
+
+
+def _user(*blocks):
+    body = base(messages=[{"role": "user", "content": list(blocks)}])
+    return translate(body).body["messages"][0]["content"]
+
+
+def test_it_turns_a_pdf_document_into_its_text_with_the_page_count():
+    source = {"type": "base64", "media_type": "application/pdf", "data": _pdf("Hello PDF", "Two")}
+    text = _user({"type": "document", "title": "report.pdf", "source": source})
+    assert text.startswith("report.pdf\n\n[PDF document 'report.pdf', 2 pages]")
+    assert "Hello PDF" in text and "Two" in text
+
+
+def test_it_says_so_when_a_pdf_has_no_text_or_cannot_be_read():
+    blank = {"type": "base64", "media_type": "application/pdf", "data": _pdf("")}
+    assert "1 page: no extractable text" in _user({"type": "document", "source": blank})
+    broken = {"type": "base64", "media_type": "application/pdf", "data": "bm90IGEgcGRm"}
+    assert "could not be read" in _user({"type": "document", "source": broken})
+
+
+def test_it_names_a_url_document_without_fetching_it_and_decodes_base64_text():
+    url = {"type": "url", "url": "https://example.com/a.pdf"}
+    assert _user({"type": "document", "source": url}) == (
+        "[Document at https://example.com/a.pdf: not fetched; its content is not included.]"
+    )
+    plain = {"type": "base64", "media_type": "text/plain", "data": "aGVsbG8="}
+    assert _user({"type": "document", "source": plain}) == "hello"
+
+
+def test_it_turns_search_results_server_tools_and_unknown_blocks_into_text():
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "search_result",
+                    "source": "https://example.com",
+                    "title": "Example",
+                    "content": [{"type": "text", "text": "An example page."}],
+                },
+                {"type": "text", "text": "Use it."},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "server_tool_use",
+                    "id": "srv_1",
+                    "name": "web_search",
+                    "input": {"q": "x"},
+                },
+                {
+                    "type": "web_search_tool_result",
+                    "tool_use_id": "srv_1",
+                    "content": [
+                        {"type": "web_search_result", "title": "X", "url": "https://x.org"}
+                    ],
+                },
+                {"type": "text", "text": "Found it."},
+            ],
+        },
+        {"role": "user", "content": [{"type": "container_upload", "file_id": "f_1"}]},
+    ]
+    sent = translate(base(messages=messages)).body["messages"]
+    assert sent[0]["content"] == (
+        "[search result: Example — https://example.com]\nAn example page.\n\nUse it."
+    )
+    assert sent[1]["content"] == (
+        '[server tool call web_search: {"q": "x"}][web search results]\nX — https://x.orgFound it.'
+    )
+    assert sent[2]["content"] == '[container_upload block: {"file_id": "f_1"}]'
+    assert_valid_chat_request(translate(base(messages=messages)).body)
+
+
 # --- validation ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("body", "field"),
@@ -347,9 +455,9 @@ def test_it_turns_a_text_document_into_text():
             {
                 "model": "m",
                 "max_tokens": 5,
-                "messages": [{"role": "user", "content": [{"type": "audio"}]}],
+                "messages": [{"role": "user", "content": [{"type": "image"}]}],
             },
-            "messages.0.content.0",
+            "messages.0.content.0.source",
         ),
         (
             {
