@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "gateway",
     "docs",
     "playground",
+    "staff",
 ]
 
 MIDDLEWARE = [
