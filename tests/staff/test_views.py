@@ -352,3 +352,23 @@ def test_the_queue_takes_a_fixed_number_of_queries_whatever_the_page_holds(
     # security events for the whole page at once, and the recently decided list.
     with django_assert_max_num_queries(10):
         assert staff_client.get(reverse("review:queue")).status_code == 200
+
+
+# --- in Chinese -------------------------------------------------------------------------------
+
+
+def test_the_staff_pages_are_in_chinese(staff_client, alice, bob):
+    from tests.portal.test_translations import english_left_on, get_zh
+
+    record_request(alice)
+    _apply(alice)
+    for url, chinese in [
+        ("/staff/", ["管理概览", "今日新增", "额度不足拒绝（429）"]),
+        ("/staff/accounts/?q=nobody", ["查找账号", "没有匹配的账号。"]),
+        (f"/staff/accounts/{alice.public_id}/", ["停用账号", "安全日志"]),
+        ("/review/", ["额度申请", "用满额度的天数", "批量处理所选申请"]),
+    ]:
+        html = get_zh(staff_client, url)
+        for text in chinese:
+            assert text in html, (url, text)
+        assert english_left_on(html) == [], url
