@@ -1,6 +1,8 @@
 """The staff console: the overview (/staff/), accounts (/staff/accounts/) and the quota
 review queue (/review/). Staff only; every change is a POST through an audited service."""
 
+import uuid
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -178,8 +180,6 @@ def review_bulk(request):
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:
