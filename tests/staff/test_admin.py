@@ -34,3 +34,9 @@ def test_it_shows_the_admin_sections_in_chinese(admin_client):
     sections = _sections(html)
     assert "账号" in sections and "用量与额度" in sections and "API Key" in sections
     assert "Accounts" not in sections
+
+
+def test_the_accounts_list_finds_an_account_by_key_prefix(admin_client, alice, bob):
+    prefix = alice.api_keys.get().prefix
+    response = admin_client.get("/admin/accounts/user/", {"q": prefix})
+    assert list(response.context["cl"].result_list) == [alice]
