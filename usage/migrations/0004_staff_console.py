@@ -2,28 +2,54 @@
 
 from django.conf import settings
 from django.db import migrations, models
+from django.db.migrations.operations import AddIndex
 
-from portal.migration_operations import AddIndexOnline
+
+class AddIndexOnline(AddIndex):
+    """``AddIndex`` that builds the index ``CONCURRENTLY`` on PostgreSQL (no write lock on a
+    busy table: usage records and rollups are written on every model API request) and plainly
+    elsewhere. The migration using it must set ``atomic = False``."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.add_index(model, self.index, concurrently=True)
+        else:
+            schema_editor.add_index(model, self.index)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.remove_index(model, self.index, concurrently=True)
+        else:
+            schema_editor.remove_index(model, self.index)
 
 
 class Migration(migrations.Migration):
     # The indexes are built CONCURRENTLY on PostgreSQL, which cannot run in a transaction.
     atomic = False
 
-
     dependencies = [
-        ('keys', '0001_initial'),
-        ('usage', '0003_reservation_lease'),
+        ("keys", "0001_initial"),
+        ("usage", "0003_reservation_lease"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         AddIndexOnline(
-            model_name='dailyrollup',
-            index=models.Index(fields=['day', 'model'], name='usage_rollup_day_model_idx'),
+            model_name="dailyrollup",
+            index=models.Index(fields=["day", "model"], name="usage_rollup_day_model_idx"),
         ),
         AddIndexOnline(
-            model_name='usagerecord',
-            index=models.Index(condition=models.Q(('error_code', 'insufficient_quota')), fields=['created_at'], name='usage_record_quota_refused_idx'),
+            model_name="usagerecord",
+            index=models.Index(
+                condition=models.Q(("error_code", "insufficient_quota")),
+                fields=["created_at"],
+                name="usage_record_quota_refused_idx",
+            ),
         ),
     ]
