@@ -49,6 +49,7 @@ QUOTA_TOKENS = 3000
 MAX_TOKENS = 60
 RATE_LIMIT_RPM = 12
 METRICS_TOKEN = "topology-metrics-token"
+UNREACHABLE_MODEL = "topology-unreachable"
 
 
 @pytest.fixture(scope="module")
@@ -362,18 +363,40 @@ def test_upstream_failures_are_counted_by_the_server_that_saw_them(topology):
             headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
         )
         pattern = re.compile(
-            r'^portal_gateway_upstream_errors_total\{[^}]*model="' + MODEL + r'"[^}]*\} (\S+)$',
+            r'^portal_gateway_upstream_errors_total\{[^}]*model="'
+            + UNREACHABLE_MODEL
+            + r'"[^}]*\} (\S+)$',
             re.M,
         )
         return sum(float(v) for v in pattern.findall(body.decode()))
 
-    before = upstream_errors()
-    status, _h, body = http(
-        "POST",
-        f"http://127.0.0.1:{port}/openai/v1/chat/completions",
-        headers={"Authorization": f"Bearer {account['key']}", "x-demo-fault": "error500"},
-        body={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+    # Production processes never pass x-demo-* fault headers on: a model whose server refuses
+    # connections stands in for a failing upstream.
+    django(
+        env,
+        f"""
+from gateway.models import Model
+Model.objects.update_or_create(
+    name={UNREACHABLE_MODEL!r},
+    defaults={{"upstream_base_url": "http://127.0.0.1:{free_port()}/v1", "upstream_model": "x"}},
+)
+""",
     )
+
+    def ask():
+        return http(
+            "POST",
+            f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+            headers={"Authorization": f"Bearer {account['key']}"},
+            body={"model": UNREACHABLE_MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+        )
+
+    before = upstream_errors()
+    deadline = time.monotonic() + 15  # the catalog snapshot picks the new model up
+    status, _h, body = ask()
+    while status == 404 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, _h, body = ask()
     assert status == 502, body
     assert json.loads(body)["error"]["code"].startswith("upstream")
     assert upstream_errors() == before + 1

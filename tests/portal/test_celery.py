@@ -43,10 +43,13 @@ def _broker_envs():
 
 @pytest.mark.parametrize("extra_env", list(_broker_envs()))
 def test_a_real_worker_process_executes_a_task(tmp_path, extra_env):
-    env = _env(tmp_path, **extra_env)
+    # A queue of its own: the shared Redis may hold tasks other tests' servers queued for a
+    # database this worker does not have.
+    queue = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    env = _env(tmp_path, CELERY_DEFAULT_QUEUE=queue, **extra_env)
     worker = subprocess.Popen(
         [CELERY, "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO",
-         "-n", f"test-{os.getpid()}@%h", "-Q", "celery"],
+         "-n", f"test-{os.getpid()}@%h", "-Q", queue],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
