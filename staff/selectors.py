@@ -248,7 +248,7 @@ class Overview:
     pending: int
     oldest_pending_at: dt.datetime | None
     by_day: list  # DayTotals, oldest first
-    by_model: list  # (day, {model: tokens}), newest first
+    by_model: list  # (day, [(model, tokens or None) per model seen]), newest first
     models_seen: list  # model names in the by-model table
     health: list
 
@@ -319,7 +319,9 @@ def platform_overview(*, now: dt.datetime | None = None) -> Overview:
         pending=pending["count"],
         oldest_pending_at=pending["oldest"],
         by_day=by_day,
-        by_model=[(day, models_by_day.get(day, {})) for day in reversed(span)],
+        by_model=[
+            (day, [(m, models_by_day[day].get(m)) for m in models_seen]) for day in reversed(span)
+        ],
         models_seen=models_seen,
         health=model_health(),
     )
