@@ -20,7 +20,6 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
-MODEL = "LongCat-Flash-Chat"
 CHUNKS = 20
 PATHS = {"openai": "/openai/v1/chat/completions", "anthropic": "/anthropic/v1/messages"}
 
@@ -111,9 +110,11 @@ async def load(
 ) -> float:
     import aiohttp
 
+    from gateway.models import DEMO_MODEL_NAME
+
     payload = json.dumps(
         {
-            "model": MODEL,
+            "model": DEMO_MODEL_NAME,
             "messages": [{"role": "user", "content": "Hello, please introduce yourself."}],
             "max_tokens": CHUNKS,
             "stream": stream,
@@ -199,10 +200,11 @@ def dialect_costs(iterations: int = 5000) -> dict:
     and translate the request, render the answer, and render a 20-chunk stream (chunks as the
     demo upstream writes them). Everything else on the path is the same code for both dialects,
     so these differences are what the translation costs, free of the load's noise."""
-    from gateway.dialects.anthropic import dialect as anthropic
-    from gateway.dialects.base import UpstreamTarget, Usage
-    from gateway.dialects.openai import dialect as openai
-    from gateway.upstream import chunk_with_usage
+    from gateway.models import DEMO_MODEL_NAME as MODEL
+    from gateway.serving.dialects.anthropic import dialect as anthropic
+    from gateway.serving.dialects.base import UpstreamTarget, Usage
+    from gateway.serving.dialects.openai import dialect as openai
+    from gateway.serving.upstream import chunk_with_usage
 
     target = UpstreamTarget(MODEL, MODEL, CHUNKS)
     request = json.dumps(

@@ -358,9 +358,9 @@ def run(args) -> int:
     from django.utils import timezone
 
     from accounts.models import User
+    from usage.ledger.upkeep import usage_daily_reset
     from usage.models import DailyRollup, QuotaReset, Reservation, UsageRecord
     from usage.quota import quota_day
-    from usage.services import usage_daily_reset
 
     clock = Clock()
     now = timezone.now()

@@ -1,54 +1,29 @@
 """Reads for the docs pages: the model catalog and the values the Markdown refers to."""
 
-import dataclasses
 import logging
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.urls import reverse
 
+from gateway.models import DEFAULT_MAX_OUTPUT_TOKENS, DEMO_MODEL_NAME
+from gateway.selectors import CatalogModel, catalog_model, model_list_enabled
+
 logger = logging.getLogger(__name__)
-
-# What the docs say when the catalog is empty: the platform's flagship model and its output
-# limit (the catalog's own default for it).
-FALLBACK_MODEL_NAME = "LongCat-Flash-Chat"
-FALLBACK_MAX_OUTPUT_TOKENS = 8192
-
-
-@dataclasses.dataclass(frozen=True)
-class CatalogModel:
-    name: str
-    description: str
-    context_window: int | None
-    max_output_tokens: int | None
-    is_demo: bool
 
 
 def catalog_models() -> list[CatalogModel]:
     """The enabled models in catalog order, read through the gateway's selector.
 
-    Empty (never an error) when the gateway app or its table is missing, so the docs still
-    render on a half-migrated database.
+    Empty (never an error) when the catalog's table is missing, so the docs still render on a
+    half-migrated database.
     """
-    try:
-        from gateway.selectors import model_list_enabled
-    except ImportError:
-        return []
     try:
         rows = model_list_enabled()
     except DatabaseError:
         logger.warning("docs: the model catalog could not be read")
         return []
-    return [
-        CatalogModel(
-            name=row.name,
-            description=row.description,
-            context_window=row.context_window,
-            max_output_tokens=row.max_output_tokens,
-            is_demo=row.is_demo,
-        )
-        for row in rows
-    ]
+    return [catalog_model(row) for row in rows]
 
 
 def public_base_url(request) -> str:
@@ -67,8 +42,9 @@ def doc_variables(request, models: list[CatalogModel]) -> dict:
         "base_url": base_url,
         "openai_base": f"{base_url}/openai",
         "anthropic_base": f"{base_url}/anthropic",
-        "model": first.name if first else FALLBACK_MODEL_NAME,
-        "max_output": (first and first.max_output_tokens) or FALLBACK_MAX_OUTPUT_TOKENS,
+        # An empty catalog: what the catalog starts with.
+        "model": first.name if first else DEMO_MODEL_NAME,
+        "max_output": first.max_output_tokens if first else DEFAULT_MAX_OUTPUT_TOKENS,
         "daily_quota": settings.DAILY_FREE_QUOTA,
         "increased_quota": settings.INCREASED_DAILY_QUOTA,
         "rate_limit_rpm": settings.RATE_LIMIT_RPM,

@@ -2,7 +2,7 @@
 
 It answers ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models`` with
 deterministic text, reports real usage of what it received and emitted by its own simple
-tokenizer (``gateway.tokens.estimate_text_tokens`` over each message, plus 3 per message —
+tokenizer (``gateway.serving.tokens.estimate_text_tokens`` over each message, plus 3 per message —
 never more than the gateway's estimate, so reservations always cover it), emits one token per
 stream chunk, and honours ``max_tokens``/``max_completion_tokens`` and
 ``stream_options.include_usage``.
@@ -27,7 +27,8 @@ import time
 
 from aiohttp import web
 
-from gateway.tokens import estimate_text_tokens
+from gateway.models import DEMO_MODEL_NAME
+from gateway.serving.tokens import estimate_text_tokens
 
 DEFAULT_ANSWER_TOKENS = 48
 _TEXT = (
@@ -162,9 +163,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "object": "list",
-            "data": [
-                {"id": "LongCat-Flash-Chat", "object": "model", "created": 0, "owned_by": "demo"}
-            ],
+            "data": [{"id": DEMO_MODEL_NAME, "object": "model", "created": 0, "owned_by": "demo"}],
         }
     )
 

@@ -2,6 +2,12 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+# The model the catalog starts with (served by the built-in demo upstream until an upstream is
+# configured), and the limits a new model gets unless staff set others.
+DEMO_MODEL_NAME = "LongCat-Flash-Chat"
+DEFAULT_CONTEXT_WINDOW = 131_072
+DEFAULT_MAX_OUTPUT_TOKENS = 8_192
+
 
 class Model(models.Model):
     """A model in the public catalog and the upstream that serves it."""
@@ -33,8 +39,12 @@ class Model(models.Model):
     )
     # Fernet token (keys.crypto.encrypt_secret); never shown in the admin.
     upstream_key_encrypted = models.TextField(blank=True, default="", editable=False)
-    context_window = models.PositiveIntegerField(_("context window (tokens)"), default=131072)
-    max_output_tokens = models.PositiveIntegerField(_("max output tokens"), default=8192)
+    context_window = models.PositiveIntegerField(
+        _("context window (tokens)"), default=DEFAULT_CONTEXT_WINDOW
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        _("max output tokens"), default=DEFAULT_MAX_OUTPUT_TOKENS
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     sort_order = models.IntegerField(_("sort order"), default=0)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -3,11 +3,9 @@
 from django.conf import settings
 from django.db import transaction
 
-from gateway.models import Model
+from gateway.models import DEMO_MODEL_NAME, Model
 from keys.crypto import encrypt_secret
 from keys.services import Reencrypted, reencrypt_rows
-
-DEMO_MODEL_NAME = "LongCat-Flash-Chat"
 
 
 def model_set_upstream_key(*, model: Model, raw_key: str) -> Model:
@@ -29,8 +27,6 @@ def catalog_bootstrap(*, name: str = DEMO_MODEL_NAME) -> tuple[Model, str]:
         name=name,
         defaults={
             "description": "High-performance general-purpose chat model",
-            "context_window": 131072,
-            "max_output_tokens": 8192,
         },
     )
     if settings.UPSTREAM_BASE_URL:

@@ -1,8 +1,12 @@
 import uuid
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+
+from keys.limits import effective_rate_limits
 
 
 class ApiKey(models.Model):
@@ -22,9 +26,19 @@ class ApiKey(models.Model):
     digest = models.CharField(max_length=64, editable=False)
     encrypted = models.TextField(editable=False)
     is_active = models.BooleanField(_("enabled"), default=True)
-    # NULL means the platform default (settings.RATE_LIMIT_RPM / RATE_LIMIT_TPM).
-    rate_limit_rpm = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
-    rate_limit_tpm = models.PositiveBigIntegerField(_("tokens per minute"), null=True, blank=True)
+    # NULL (blank) means the platform default; 0 is refused (keys.limits).
+    rate_limit_rpm = models.PositiveIntegerField(
+        _("requests per minute"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+    )
+    rate_limit_tpm = models.PositiveBigIntegerField(
+        _("tokens per minute"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
@@ -37,6 +51,11 @@ class ApiKey(models.Model):
             models.UniqueConstraint(
                 fields=["user", "name"], name="keys_apikey_unique_name_per_user"
             ),
+            models.CheckConstraint(
+                condition=(Q(rate_limit_rpm__isnull=True) | Q(rate_limit_rpm__gte=1))
+                & (Q(rate_limit_tpm__isnull=True) | Q(rate_limit_tpm__gte=1)),
+                name="keys_apikey_rate_limits_positive",
+            ),
         ]
 
     def __str__(self):
@@ -48,8 +67,8 @@ class ApiKey(models.Model):
 
     @property
     def effective_rate_limit_rpm(self) -> int:
-        return self.rate_limit_rpm if self.rate_limit_rpm is not None else settings.RATE_LIMIT_RPM
+        return effective_rate_limits(self.rate_limit_rpm, self.rate_limit_tpm)[0]
 
     @property
     def effective_rate_limit_tpm(self) -> int:
-        return self.rate_limit_tpm if self.rate_limit_tpm is not None else settings.RATE_LIMIT_TPM
+        return effective_rate_limits(self.rate_limit_rpm, self.rate_limit_tpm)[1]

@@ -1,10 +1,10 @@
 """Writes on API keys: create, rename, enable/disable, rate limits, regenerate, delete, reveal.
 
-Nothing here authenticates a request: the gateway does (``gateway.auth`` over the ledger's
+Nothing here authenticates a request: the gateway does (``gateway.serving.auth`` over the ledger's
 ``find_key``), and its reservation statement re-checks the key's digest and the key and account
 flags: a key disabled, regenerated or deleted here stops working in every process at once,
 without telling them. Names and rate-limit overrides reach a process's key cache within
-``gateway.auth.AUTH_CACHE_TTL_SECONDS``.
+``gateway.serving.auth.AUTH_CACHE_TTL_SECONDS``.
 
 The secret (``raw``) exists in the clear only in the return values of create, regenerate and
 reveal. It is never logged, never put in an exception, and the frames that hold it are marked

@@ -16,6 +16,7 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.http import require_GET
 
 from docs.selectors import catalog_models, public_base_url
+from gateway.models import DEFAULT_MAX_OUTPUT_TOKENS, DEMO_MODEL_NAME
 from keys import selectors as key_selectors
 from usage import selectors as usage_selectors
 
@@ -49,8 +50,10 @@ def playground_page(request):
         "keys": keys,
         "models": models,
         "base_url": base_url,
+        # An empty catalog: what the catalog starts with.
+        "default_model": DEMO_MODEL_NAME,
         "max_tokens": min(
-            DEFAULT_MAX_TOKENS, (models[0].max_output_tokens if models else None) or 8192
+            DEFAULT_MAX_TOKENS, models[0].max_output_tokens if models else DEFAULT_MAX_OUTPUT_TOKENS
         ),
         "temperature": DEFAULT_TEMPERATURE,
     }

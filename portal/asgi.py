@@ -1,6 +1,6 @@
 """The one ASGI entry point, for the portal and the model API alike.
 
-``/openai`` and ``/anthropic`` go to the gateway's lean ASGI handlers (``gateway.app``);
+``/openai`` and ``/anthropic`` go to the gateway's lean ASGI handlers (``gateway.serving.app``);
 every other path goes to Django, through a bound on the request body.
 """
 
@@ -111,7 +111,7 @@ async def _plain_response(send, status: int, body: bytes, *, retry: int | None =
 
 from django.conf import settings  # noqa: E402
 
-from gateway.app import GatewayApplication, serve  # noqa: E402  (needs Django set up first)
+from gateway.serving.app import GatewayApplication, serve  # noqa: E402  (needs Django set up first)
 
 portal_application = PortalConcurrencyLimit(
     PortalBodyLimit(django_application, max_bytes=settings.PORTAL_MAX_BODY_BYTES),
@@ -121,6 +121,6 @@ portal_application = PortalConcurrencyLimit(
 application = serve(GatewayApplication(portal_application))
 
 # Outermost: request id, access log and request metrics for the portal and the gateway alike.
-from portal.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
+from observability.logging import wrap_asgi  # noqa: E402  (needs Django set up first)
 
 application = wrap_asgi(application)

@@ -7,7 +7,7 @@ anything shaped like an API key wherever else it appears — a message, a local 
 breadcrumb.
 """
 
-from portal.logging import redact
+from observability.logging import redact
 
 
 def scrub_event(event, hint=None):

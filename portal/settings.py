@@ -87,7 +87,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "portal.logging.request_user_middleware",
+    "observability.logging.request_user_middleware",
     "accounts.middleware.security_context_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -523,17 +523,17 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 # --- Logging ----------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # json: one JSON object per line (production default); plain: readable lines (development).
-# Both mask anything shaped like an API key (portal.logging).
+# Both mask anything shaped like an API key (observability.logging).
 LOG_FORMAT = env.str("LOG_FORMAT", default="") or ("json" if PRODUCTION else "plain")
-# One line per HTTP request from portal.logging.RequestContextMiddleware (uvicorn's own access
-# log is switched off in production: ours carries the request id, account and key prefix).
+# One line per HTTP request from observability.logging.RequestContextMiddleware (uvicorn's own
+# access log is switched off in production: ours carries the request id, account and key prefix).
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "portal.logging.PlainFormatter"},
-        "json": {"()": "portal.logging.JsonFormatter"},
+        "plain": {"()": "observability.logging.PlainFormatter"},
+        "json": {"()": "observability.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal import metrics, views
+from observability import metrics
+from portal import views
 
 urlpatterns = [
     path("", views.home, name="home"),

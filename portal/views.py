@@ -46,7 +46,7 @@ def _django_checks() -> dict:
 async def _gateway_checks() -> dict:
     """What the model API itself uses: its own PostgreSQL connections (asyncpg, not Django's)
     and its catalog's source. Only in a process that serves the gateway (portal.asgi)."""
-    from gateway.app import serving
+    from gateway.serving.app import serving
 
     application = serving()
     if application is None:

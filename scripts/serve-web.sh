@@ -33,7 +33,7 @@ fi
 # portal.serve: uvicorn with the server limits from portal.settings (WEB_LIMIT_CONCURRENCY,
 # WEB_KEEP_ALIVE_SECONDS, WEB_MAX_HEADER_BYTES, WEB_HEADER_TIMEOUT_SECONDS, WEB_BACKLOG) and
 # httptools with the head limits uvicorn lacks; the options below come after them.
-# --no-access-log: portal.logging writes the access line (with request id, account, key prefix).
+# --no-access-log: observability.logging writes the access line (with request id, account, key prefix).
 # The graceful timeout lets streams in flight finish on a deploy.
 exec "$PYTHON" -m portal.serve \
   --host "$HOST" --port "$PORT" --workers "$WEB_WORKERS" \

@@ -60,9 +60,9 @@ class Reservation(models.Model):
     day = models.DateField()
     tokens = models.BigIntegerField()
     created_at = models.DateTimeField(db_index=True)
-    # Renewed by the live request's process (``gateway.pipeline``, one statement per interval
-    # for all its requests): the sweeper leaves a reservation alone while its lease runs, so a
-    # long request keeps its tokens. NULL for rows written before leases existed.
+    # Renewed by the live request's process (``gateway.serving.pipeline``, one statement per
+    # interval for all its requests): the sweeper leaves a reservation alone while its lease
+    # runs, so a long request keeps its tokens. NULL for rows written before leases existed.
     lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:

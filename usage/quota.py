@@ -29,6 +29,8 @@ def next_reset_at(now: dt.datetime | None = None) -> dt.datetime:
 
 
 def seconds_until_reset(now: dt.datetime | None = None) -> int:
+    """Whole seconds (rounded up, at least 1) until the next reset: the 429's Retry-After and
+    the Usage page's countdown."""
     now = now or timezone.now()
     return max(1, int((next_reset_at(now) - now).total_seconds() + 0.999))
 

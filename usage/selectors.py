@@ -12,7 +12,7 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from usage.models import DailyRollup, DailyUsage, QuotaApplication, QuotaReset, UsageRecord
-from usage.quota import effective_quota, next_reset_at, quota_day
+from usage.quota import effective_quota, next_reset_at, quota_day, seconds_until_reset
 
 CHART_RANGES_DAYS = (7, 30, 90)
 MAX_RANGE_DAYS = 400
@@ -60,7 +60,7 @@ def usage_today(*, user, now: dt.datetime | None = None) -> TodayUsage:
         day=day,
         quota=effective_quota(user.daily_quota),
         resets_at=resets_at,
-        seconds_until_reset=max(1, int((resets_at - now).total_seconds() + 0.999)),
+        seconds_until_reset=seconds_until_reset(now),
         **row,
     )
 

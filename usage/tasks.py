@@ -1,12 +1,13 @@
 from celery import shared_task
 
 from usage import services
+from usage.ledger import upkeep
 
 
 @shared_task
 def daily_reset() -> dict | None:
     """Beat runs this at 00:00 Asia/Shanghai (see CELERY_BEAT_SCHEDULE)."""
-    run = services.usage_daily_reset()
+    run = upkeep.usage_daily_reset()
     if run is None:
         return None
     return {
@@ -21,8 +22,8 @@ def daily_reset() -> dict | None:
 @shared_task
 def reservations_sweep() -> int:
     """Give back tokens held by requests that died in flight, without waiting for midnight."""
-    released, _tokens = services.reservations_release_stale(
-        older_than=services.reservation_stale_after()
+    released, _tokens = upkeep.reservations_release_stale(
+        older_than=upkeep.reservation_stale_after()
     )
     return released
 

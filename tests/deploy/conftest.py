@@ -4,7 +4,7 @@ import logging
 import pytest
 from asgiref.sync import async_to_sync
 
-from portal.logging import JsonFormatter
+from observability.logging import JsonFormatter
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def asgi_get():
     from django.core.handlers.asgi import ASGIHandler
     from django.db import close_old_connections
 
-    from portal.logging import RequestContextMiddleware
+    from observability.logging import RequestContextMiddleware
 
     def get(path, *, headers=None, metrics=False):
         # ASGIHandler directly: get_asgi_application() would re-run django.setup() and with

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from portal import metrics
-from portal.logging import RequestContextMiddleware
+from observability import metrics
+from observability.logging import RequestContextMiddleware
 from tests.gateway.harness import DemoUpstreamThread, GatewayClient, asgi_call
 
 MODEL = "LongCat-Flash-Chat"

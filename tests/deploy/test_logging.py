@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from portal.logging import JsonFormatter, PlainFormatter, bind, redact
+from observability.logging import JsonFormatter, PlainFormatter, bind, redact
 
 KEY = "sk-" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-abcd"
 
@@ -158,7 +158,7 @@ def test_the_access_line_can_be_switched_off(json_log, db):
     from asgiref.sync import async_to_sync
     from django.core.handlers.asgi import ASGIHandler
 
-    from portal.logging import RequestContextMiddleware
+    from observability.logging import RequestContextMiddleware
 
     app = RequestContextMiddleware(ASGIHandler(), access_log=False)
 

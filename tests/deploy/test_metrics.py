@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portal import metrics
+from observability import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,14 +157,14 @@ def test_gateway_outcomes_land_in_their_counters(settings):
 
 _RECORD = """
 import django; django.setup()
-from portal import metrics
+from observability import metrics
 metrics.record_gateway_request(
     dialect="openai", model="shared", status=200, error_code="", input_tokens={n}, output_tokens=1
 )
 metrics.observe_request(path="/healthz", method="GET", status=200, seconds=0.01)
 """
 
-_RENDER = "import django; django.setup(); from portal import metrics; " + (
+_RENDER = "import django; django.setup(); from observability import metrics; " + (
     "import sys; sys.stdout.write(metrics.render_latest().decode())"
 )
 

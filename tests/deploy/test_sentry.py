@@ -58,7 +58,7 @@ django.setup()
 try:
     raise RuntimeError("upstream refused key {KEY}")
 except RuntimeError:
-    logging.getLogger("gateway.upstream").exception("the upstream call failed")
+    logging.getLogger("gateway.serving.upstream").exception("the upstream call failed")
 sentry_sdk.flush(timeout=10)
 """
 

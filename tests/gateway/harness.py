@@ -130,11 +130,11 @@ class GatewayClient:
     def __init__(self, *, ledger_factory=None):
         from django.conf import settings
 
-        from gateway.app import GatewayApplication
-        from gateway.catalog import Catalog
-        from gateway.pipeline import Gateway
-        from gateway.ratelimit import RateLimiter
-        from gateway.upstream import Upstream
+        from gateway.serving.app import GatewayApplication
+        from gateway.serving.catalog import Catalog
+        from gateway.serving.pipeline import Gateway
+        from gateway.serving.ratelimit import RateLimiter
+        from gateway.serving.upstream import Upstream
         from usage.ledger import ledger_for_database
 
         def factory():

@@ -15,8 +15,8 @@ from accounts.models import User
 from keys.models import ApiKey
 from tests.gateway.harness import DemoUpstreamThread, GatewayClient, asgi_call
 from tests.reliability.conftest import UpstreamLog, assert_books_balance, fault_upstream_app
+from usage.ledger.upkeep import reservations_release_stale
 from usage.models import DailyUsage, Reservation, UsageRecord
-from usage.services import reservations_release_stale
 
 OPENAI = "/openai/v1/chat/completions"
 ANTHROPIC = "/anthropic/v1/messages"
@@ -153,7 +153,7 @@ def test_it_refuses_a_stream_limit_the_sweeper_could_overtake(settings):
 
 # --- 2. text the estimate must count ----------------------------------------------------------
 def test_it_counts_every_text_field_of_a_delta_at_least_one_token_per_chunk():
-    from gateway.pipeline import _streamed_output_estimate
+    from gateway.serving.tokens import streamed_output_tokens
 
     chunks = [
         json.dumps({"choices": [{"delta": delta}]}).encode()
@@ -165,7 +165,7 @@ def test_it_counts_every_text_field_of_a_delta_at_least_one_token_per_chunk():
             {"role": "assistant"},
         )
     ]
-    assert _streamed_output_estimate(chunks) == 4
+    assert streamed_output_tokens(chunks) == 4
 
 
 def test_it_charges_the_reasoning_of_an_abandoned_stream(faulty, alice_key):
@@ -216,7 +216,7 @@ def test_it_does_not_forward_demo_switches_in_production(gw, alice_key, settings
 
 
 def test_it_answers_and_records_when_the_metrics_fail(gw, alice_key, monkeypatch):
-    from portal import metrics
+    from observability import metrics
 
     def broken(**_kwargs):
         raise RuntimeError("the metrics directory is gone")
@@ -231,7 +231,7 @@ def test_it_answers_and_records_when_the_metrics_fail(gw, alice_key, monkeypatch
 
 # --- 4. resource exhaustion ---------------------------------------------------------------------
 def test_it_checks_the_request_rate_before_reading_the_body(gw, alice_key, settings, monkeypatch):
-    from gateway.http import Request
+    from gateway.serving.http import Request
 
     settings.RATE_LIMIT_RPM = 1
     reads = []
@@ -319,7 +319,7 @@ def test_it_limits_failed_key_checks_per_address(gw, alice_key, settings, dialec
 
 # --- 5. the quota day and settlement -------------------------------------------------------------
 def test_it_records_a_request_on_the_day_it_was_charged_to(gw, alice_key, monkeypatch):
-    from gateway import pipeline
+    from gateway.serving import pipeline
 
     user, key = alice_key
     first = pipeline.quota_day()

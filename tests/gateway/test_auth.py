@@ -122,7 +122,7 @@ def test_a_crash_while_authenticating_carries_no_key(gw, alice_key, caplog, monk
     def crash(raw_key):
         raise RuntimeError("the digest fell over")
 
-    monkeypatch.setattr("gateway.auth.key_digest", crash)
+    monkeypatch.setattr("gateway.serving.auth.key_digest", crash)
     with pytest.raises(RuntimeError) as crashed:
         gw.chat(key)
     report = "".join(traceback.format_exception(crashed.value))

@@ -4,8 +4,8 @@ import uuid
 import pytest
 import time_machine
 
-from gateway.errors import GatewayError
-from gateway.ratelimit import RateLimiter
+from gateway.serving.errors import GatewayError
+from gateway.serving.ratelimit import RateLimiter
 from keys.models import ApiKey
 
 # 30 s into a minute, so that the window's reset is known.
@@ -155,7 +155,7 @@ def test_it_uses_the_per_key_token_override(gw, alice_key):
 
 @pytest.fixture
 def resp_client(settings):
-    from gateway.resp import RespClient
+    from gateway.serving.redis_wire import RespClient
 
     if not settings.REDIS_URL:
         pytest.skip("REDIS_URL is not set")
@@ -180,7 +180,7 @@ def test_it_matches_concurrent_redis_replies_to_their_callers(resp_client):
 
 
 def test_it_loads_a_script_redis_does_not_know(resp_client):
-    from gateway.resp import Script
+    from gateway.serving.redis_wire import Script
 
     # A source never seen before: the first EVALSHA gets NOSCRIPT (as after a Redis restart).
     script = Script(resp_client, f"-- {uuid.uuid4().hex}\nreturn {{1, tonumber(ARGV[1]) + 1}}")
@@ -189,7 +189,7 @@ def test_it_loads_a_script_redis_does_not_know(resp_client):
 
 
 def test_it_reads_the_redis_url():
-    from gateway.resp import RespClient
+    from gateway.serving.redis_wire import RespClient
 
     client = RespClient("redis://:s%40cret@redis.internal:6380/3")
     assert (client.host, client.port, client.password, client.db) == (

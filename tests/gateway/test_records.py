@@ -232,7 +232,7 @@ def _record(user, key_id, when):
 
 
 def test_it_touches_last_used_once_per_interval_per_key(ledger, alice_key, monkeypatch):
-    from gateway import recorder as recorder_module
+    from gateway.serving import recorder as recorder_module
 
     user, _secret = alice_key
     key_id = ApiKey.objects.get(user=user).pk

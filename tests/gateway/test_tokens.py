@@ -2,7 +2,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.demo_upstream import prompt_tokens
-from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
+from gateway.serving.tokens import estimate_chat_tokens, estimate_text_tokens
 
 messages = st.lists(
     st.fixed_dictionaries(

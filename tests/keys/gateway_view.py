@@ -1,6 +1,6 @@
 """What the gateway would answer for a secret right now: the tests' one "does this key work?".
 
-It runs the gateway's own authentication (``gateway.auth.KeyCache`` over the ledger's
+It runs the gateway's own authentication (``gateway.serving.auth.KeyCache`` over the ledger's
 ``find_key``) rather than a copy of it, so a test that passes here passes for a real client.
 The ORM ledger is used on every database: it reads through Django's connection and so sees
 the test's own transaction, which an asyncpg connection of ``PgLedger`` would not.
@@ -8,9 +8,10 @@ the test's own transaction, which an asyncpg connection of ``PgLedger`` would no
 
 from asgiref.sync import async_to_sync
 
-from gateway.auth import KeyCache
-from gateway.errors import GatewayError
-from usage.ledger import KeyRow, OrmLedger
+from gateway.serving.auth import KeyCache
+from gateway.serving.errors import GatewayError
+from usage.ledger import KeyRow
+from usage.ledger.orm import OrmLedger
 
 
 def gateway_answer(secret: str | None) -> KeyRow | str:

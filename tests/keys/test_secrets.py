@@ -15,7 +15,8 @@ from django.views.debug import ExceptionReporter
 from keys import crypto, services
 from keys.models import ApiKey
 from tests.keys.gateway_view import gateway_answer
-from usage.ledger import KeyRow, OrmLedger
+from usage.ledger import KeyRow
+from usage.ledger.orm import OrmLedger
 
 pytestmark = pytest.mark.django_db
 

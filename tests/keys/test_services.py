@@ -165,7 +165,7 @@ def test_reveal_returns_the_real_secret(alice):
 
 
 def test_rate_limit_overrides_reach_the_gateway(alice_key, alice_secret):
-    # None: the gateway applies the platform default (see gateway.pipeline).
+    # None: the gateway applies the platform default (see gateway.serving.pipeline).
     before = gateway_answer(alice_secret)
     assert (before.rate_limit_rpm, before.rate_limit_tpm) == (None, None)
     services.api_key_set_rate_limits(api_key=alice_key, rate_limit_rpm=5, rate_limit_tpm=1000)

@@ -139,6 +139,51 @@ def _consume(folder, out_path, stop_after_idle_seconds=3.0):
     Path(out_path).write_text(json.dumps(seen))
 
 
+BIND_ROUNDS = 60
+
+
+def _bind_and_read(folder, name, start_together, rounds=BIND_ROUNDS):
+    from kombu import Connection
+
+    from portal.celery_broker import Channel
+
+    opts = {"data_folder_in": folder, "data_folder_out": folder, "control_folder": folder + "c"}
+    with Connection("portalfs://", transport_options=opts) as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, Channel)
+        # A new exchange each round: every process races to create its table at once.
+        for n in range(rounds):
+            start_together.wait(timeout=20)
+            channel._queue_bind(f"x{n}", name, None, name)
+            assert name in {q.queue for q in channel.get_table(f"x{n}")}
+
+
+def test_concurrent_bindings_never_tear_the_exchange_table(tmp_path):
+    # kombu's own filesystem transport truncates the table file before locking it: a process
+    # binding a queue while another read the table crashed with a JSONDecodeError.
+    folder = str(tmp_path / "queue")
+    os.makedirs(folder)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    workers = [
+        ctx.Process(target=_bind_and_read, args=(folder, f"p{n}", barrier)) for n in range(4)
+    ]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    from kombu import Connection
+
+    import portal.celery  # noqa: F401
+
+    opts = {"data_folder_in": folder, "data_folder_out": folder, "control_folder": folder + "c"}
+    with Connection("portalfs://", transport_options=opts) as conn:
+        tables = [conn.default_channel.get_table(f"x{n}") for n in range(BIND_ROUNDS)]
+    # No binding lost either (a late creator used to truncate an early one's entry away).
+    assert all({q.queue for q in table} == {f"p{p}" for p in range(4)} for table in tables)
+
+
 def test_the_embedded_broker_never_loses_duplicates_or_tears_messages(tmp_path):
     folder = str(tmp_path / "queue")
     os.makedirs(folder)

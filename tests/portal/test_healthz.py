@@ -61,15 +61,17 @@ class _FakeGateway:
 
 
 def test_it_reports_the_gateways_own_connections_and_catalog(client, monkeypatch):
-    import gateway.app
+    import gateway.serving.app
 
-    monkeypatch.setattr(gateway.app, "_serving", _FakeGateway({"ledger": None, "catalog": None}))
+    monkeypatch.setattr(
+        gateway.serving.app, "_serving", _FakeGateway({"ledger": None, "catalog": None})
+    )
     body = client.get("/healthz").json()
     assert body["checks"]["gateway_ledger"]["ok"] is True
     assert body["checks"]["gateway_catalog"]["ok"] is True
 
     failures = {"ledger": None, "catalog": TimeoutError("postgres://admin:hunter2@db")}
-    monkeypatch.setattr(gateway.app, "_serving", _FakeGateway(failures))
+    monkeypatch.setattr(gateway.serving.app, "_serving", _FakeGateway(failures))
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["checks"]["gateway_catalog"]["error"] == "TimeoutError"

@@ -17,9 +17,9 @@ import django
 
 django.setup()
 
-from usage import services  # noqa: E402
+from usage.ledger import upkeep  # noqa: E402
 
-_finalise = services.usage_day_finalise
+_finalise = upkeep.usage_day_finalise
 
 
 def _finalise_then_hang(*, day):
@@ -29,5 +29,5 @@ def _finalise_then_hang(*, day):
     return corrected
 
 
-services.usage_day_finalise = _finalise_then_hang
-services.usage_daily_reset()
+upkeep.usage_day_finalise = _finalise_then_hang
+upkeep.usage_daily_reset()

@@ -128,7 +128,7 @@ def test_the_gateway_answers_503_quickly_without_its_database_and_recovers(
         from django.conf import settings
         from django.utils import timezone
 
-        from usage.services import reservations_release_stale
+        from usage.ledger.upkeep import reservations_release_stale
 
         lease = dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS + 1)
         released, _tokens = reservations_release_stale(
@@ -167,7 +167,7 @@ def _wait_for_a_fresh_minute(needed_seconds: float = 25) -> None:
 def test_rate_limits_fail_open_without_redis_and_hold_again_when_it_returns(
     redis_proxy, live_key, capfd
 ):
-    """Documented choice (gateway.ratelimit, README): fail open with a warning. The daily
+    """Documented choice (gateway.serving.ratelimit, README): fail open with a warning. The daily
     quota, which protects the money, lives in the database and still holds."""
     from keys.models import ApiKey
 

@@ -25,7 +25,7 @@ from tests.acceptance.live import (
 )
 from tests.reliability.conftest import assert_books_balance, wait_for
 from tests.usage.conftest import record_request, reserve
-from usage import services
+from usage.ledger import upkeep
 from usage.models import DailyRollup, DailyUsage, QuotaReset, Reservation, UsageRecord
 from usage.quota import quota_day, quota_zone
 
@@ -86,7 +86,7 @@ def test_a_reset_killed_midway_is_finished_by_the_next_run_with_nothing_done_twi
     assert not Reservation.objects.filter(pk=stale.pk).exists()
     assert QuotaReset.objects.count() == 1
 
-    run = services.usage_daily_reset()  # the next run (beat's next tick, or the retry)
+    run = upkeep.usage_daily_reset()  # the next run (beat's next tick, or the retry)
 
     assert run is not None, "the killed run's lock was never freed"
     assert run.days_closed == 3
@@ -96,7 +96,7 @@ def test_a_reset_killed_midway_is_finished_by_the_next_run_with_nothing_done_twi
         assert _rollups_match_records(day)
     counter = DailyUsage.objects.get(user=alice, day=stale.day)
     assert counter.reserved_tokens == 0
-    again = services.usage_daily_reset()
+    again = upkeep.usage_daily_reset()
     assert (again.days_closed, again.rollups_written, again.reservations_released) == (0, 0, 0)
 
 
@@ -154,13 +154,13 @@ def test_a_gateway_killed_with_requests_in_flight_leaves_nothing_reserved_for_go
     assert counter.reserved_tokens == sum(r.tokens for r in held)
 
     # The sweeper (every 5 minutes, and in the daily reset) once the cut-off has passed.
-    later = timezone.now() + services.reservation_stale_after() + dt.timedelta(seconds=1)
-    released, tokens = services.reservations_release_stale(
-        older_than=services.reservation_stale_after(), now=later
+    later = timezone.now() + upkeep.reservation_stale_after() + dt.timedelta(seconds=1)
+    released, tokens = upkeep.reservations_release_stale(
+        older_than=upkeep.reservation_stale_after(), now=later
     )
     assert released == 6
-    assert services.reservations_release_stale(
-        older_than=services.reservation_stale_after(), now=later
+    assert upkeep.reservations_release_stale(
+        older_than=upkeep.reservation_stale_after(), now=later
     ) == (0, 0)
 
     counter.refresh_from_db()

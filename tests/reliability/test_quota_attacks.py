@@ -19,7 +19,7 @@ import requests
 from accounts.models import User
 from tests.acceptance.live import gateway_servers
 from tests.reliability.conftest import assert_books_balance, settled_records
-from usage import services
+from usage.ledger import upkeep
 from usage.models import DailyUsage, Reservation, UsageRecord
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def test_a_stream_held_past_the_stale_threshold_cannot_spend_past_the_quota(
     reader.start()
     # Past the stale threshold, the sweeper runs (beat sends it every five minutes).
     time.sleep(stale_seconds + 1)
-    services.reservations_release_stale(older_than=services.reservation_stale_after())
+    upkeep.reservations_release_stale(older_than=upkeep.reservation_stale_after())
     # Another request, on the other process, asks for all that is left.
     other = requests.post(
         servers[1] + OPENAI,

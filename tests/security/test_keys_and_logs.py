@@ -43,7 +43,7 @@ def test_the_gateway_checks_the_digest_with_compare_digest(gw, alice_key):
         calls.append((a, b))
         return real(a, b)
 
-    with mock.patch("gateway.auth.hmac.compare_digest", side_effect=spy):
+    with mock.patch("gateway.serving.auth.hmac.compare_digest", side_effect=spy):
         assert gw.chat(near_miss, {**HELLO, "max_tokens": 5}).status == 401
         assert gw.chat(key, {**HELLO, "max_tokens": 5}).status == 200
     from keys.models import ApiKey

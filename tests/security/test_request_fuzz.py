@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects.anthropic import dialect as anthropic
-from gateway.dialects.base import ChatRequest, UpstreamTarget
-from gateway.dialects.openai import dialect as openai
-from gateway.errors import GatewayError
+from gateway.serving.dialects.anthropic import dialect as anthropic
+from gateway.serving.dialects.base import ChatRequest, UpstreamTarget
+from gateway.serving.dialects.openai import dialect as openai
+from gateway.serving.errors import GatewayError
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "150")),

@@ -7,8 +7,9 @@ import time_machine
 from django.core import mail
 from django.core.management import CommandError, call_command
 
+from usage.ledger.upkeep import usage_daily_reset
 from usage.models import QuotaApplication, QuotaChange
-from usage.services import quota_application_create, usage_daily_reset
+from usage.services import quota_application_create
 
 from .conftest import record_request
 

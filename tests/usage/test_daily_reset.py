@@ -8,7 +8,8 @@ import time_machine
 from django.db import connection
 from django.db.models import Count, Sum
 
-from usage import services, tasks
+from usage import tasks
+from usage.ledger import upkeep
 from usage.models import DailyRollup, DailyUsage, QuotaReset, Reservation, UsageRecord
 from usage.quota import quota_day
 from usage.selectors import usage_today
@@ -71,22 +72,22 @@ def test_it_makes_rollups_agree_with_the_ledger(alice):
         record_request(alice, input_tokens=2, output_tokens=2, model="other-model")
     DailyRollup.objects.filter(user=alice, model="other-model").delete()
     DailyRollup.objects.filter(user=alice).update(input_tokens=999)
-    assert services.usage_day_finalise(day=day) == 2
+    assert upkeep.usage_day_finalise(day=day) == 2
     rows = {
         r.model: (r.requests, r.errors, r.input_tokens, r.output_tokens)
         for r in DailyRollup.objects.filter(user=alice, day=day)
     }
     assert rows == {"LongCat-Flash-Chat": (2, 1, 11, 5), "other-model": (1, 0, 2, 2)}
-    assert services.usage_day_finalise(day=day) == 0
+    assert upkeep.usage_day_finalise(day=day) == 0
 
 
 def test_it_is_idempotent(alice):
     with time_machine.travel(ONE_SECOND_BEFORE, tick=False):
         record_request(alice, rollup=False)
     with time_machine.travel(MIDNIGHT, tick=False):
-        first = services.usage_daily_reset()
+        first = upkeep.usage_daily_reset()
         rollups_before = list(DailyRollup.objects.values_list("requests", "input_tokens"))
-        second = services.usage_daily_reset()
+        second = upkeep.usage_daily_reset()
     assert (first.days_closed, first.rollups_written) == (1, 1)
     assert (second.days_closed, second.rollups_written) == (0, 0)
     assert second.day == first.day
@@ -96,12 +97,12 @@ def test_it_is_idempotent(alice):
 
 def test_it_catches_up_missed_days(alice):
     with time_machine.travel(MIDNIGHT, tick=False):
-        services.usage_daily_reset()  # closes March 1
+        upkeep.usage_daily_reset()  # closes March 1
     for offset in range(3):  # March 2, 3, 4: beat was down
         with time_machine.travel(MIDNIGHT + dt.timedelta(days=offset, hours=3), tick=False):
             record_request(alice, input_tokens=offset + 1, rollup=False)
     with time_machine.travel(MIDNIGHT + dt.timedelta(days=3, minutes=1), tick=False):
-        run = services.usage_daily_reset()
+        run = upkeep.usage_daily_reset()
     assert (run.day, run.days_closed, run.rollups_written) == (dt.date(2026, 3, 4), 3, 3)
     assert list(DailyRollup.objects.order_by("day").values_list("day", "input_tokens")) == [
         (dt.date(2026, 3, 2), 1),
@@ -116,7 +117,7 @@ def test_it_skips_while_another_run_holds_the_lock(alice):
 
     def hold():
         try:
-            with services._exclusive("usage-daily-reset") as held:
+            with upkeep._exclusive("usage-daily-reset") as held:
                 assert held
                 taken.set()
                 release.wait(timeout=30)
@@ -127,23 +128,23 @@ def test_it_skips_while_another_run_holds_the_lock(alice):
     holder.start()
     try:
         assert taken.wait(timeout=30)
-        assert services.usage_daily_reset() is None
+        assert upkeep.usage_daily_reset() is None
         assert not QuotaReset.objects.exists()
     finally:
         release.set()
         holder.join(timeout=30)
-    assert services.usage_daily_reset() is not None
+    assert upkeep.usage_daily_reset() is not None
 
 
 def test_it_prunes_records_past_retention_in_batches(alice, settings, monkeypatch):
     settings.USAGE_RETENTION_DAYS = 90
-    monkeypatch.setattr(services, "PRUNE_BATCH", 2)
+    monkeypatch.setattr(upkeep, "PRUNE_BATCH", 2)
     now = MIDNIGHT
     for days_ago in (95, 92, 91, 90.5, 89, 1):
         record_request(alice, when=now - dt.timedelta(days=days_ago))
     rollups_before = DailyRollup.objects.count()
     with time_machine.travel(now, tick=False):
-        run = services.usage_daily_reset()
+        run = upkeep.usage_daily_reset()
     assert run.records_pruned == 4
     assert UsageRecord.objects.count() == 2
     # Rollups are history the charts keep; only raw records go.
@@ -157,7 +158,7 @@ def test_it_releases_stale_reservations_during_the_reset(alice, settings):
     with time_machine.travel(ONE_SECOND_BEFORE, tick=False):
         fresh = reserve(alice, 500)  # a request still streaming across midnight
     with time_machine.travel(MIDNIGHT, tick=False):
-        run = services.usage_daily_reset()
+        run = upkeep.usage_daily_reset()
     assert (run.reservations_released, run.tokens_released) == (1, 8_000)
     assert list(Reservation.objects.values_list("id", flat=True)) == [fresh.id]
     counter = DailyUsage.objects.get(user=alice, day=dt.date(2026, 3, 1))
@@ -176,7 +177,7 @@ def test_the_ledger_and_the_counter_agree_after_a_reset(alice, bob):
             record_request(alice, input_tokens=n, output_tokens=n)
             record_request(bob, input_tokens=2 * n, output_tokens=1, rollup=n % 2 == 0)
     with time_machine.travel(MIDNIGHT, tick=False):
-        services.usage_daily_reset()
+        upkeep.usage_daily_reset()
     day = dt.date(2026, 3, 1)
     for user in (alice, bob):
         counter = DailyUsage.objects.get(user=user, day=day)
@@ -215,7 +216,7 @@ def test_finalising_keeps_a_settlement_that_commits_while_it_runs(alice):
 
     def finalise():
         try:
-            services.usage_day_finalise(day=day)
+            upkeep.usage_day_finalise(day=day)
         finally:
             connection.close()
 

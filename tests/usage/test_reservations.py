@@ -7,8 +7,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from usage.ledger.upkeep import reservations_release_stale
 from usage.models import DailyUsage, Reservation
-from usage.services import reservations_release_stale
 
 from .conftest import reserve
 
@@ -89,14 +89,14 @@ def test_it_races_the_gateway_settle_without_double_release(alice):
 
 
 def test_it_skips_while_another_sweep_runs(alice):
-    from usage import services
+    from usage.ledger import upkeep
 
     reserve(alice, 10, when=timezone.now() - dt.timedelta(hours=1))
     taken, release = threading.Event(), threading.Event()
 
     def hold():
         try:
-            with services._exclusive("usage-reservation-sweep") as held:
+            with upkeep._exclusive("usage-reservation-sweep") as held:
                 assert held
                 taken.set()
                 release.wait(timeout=30)

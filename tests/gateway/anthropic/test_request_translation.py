@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from gateway.dialects.anthropic_schema import (
+from gateway.serving.dialects.anthropic_schema import (
     MessagesRequestError,
     count_tokens_request_parse,
     messages_request_parse,
 )
-from gateway.dialects.anthropic_translate import chat_request_from_messages
+from gateway.serving.dialects.anthropic_translate import chat_request_from_messages
 
 from .helpers import assert_valid_chat_request
 

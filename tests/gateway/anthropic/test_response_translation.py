@@ -3,7 +3,7 @@
 import pytest
 from anthropic.types import Message
 
-from gateway.dialects.anthropic_translate import (
+from gateway.serving.dialects.anthropic_translate import (
     context_limit_message,
     error_body,
     message_from_chat_response,

@@ -1,6 +1,6 @@
 """Golden tests: OpenAI chunks → the Anthropic stream event sequence."""
 
-from gateway.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
+from gateway.serving.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
 
 from .helpers import sdk_message, sse_events
 
@@ -142,10 +142,10 @@ def test_it_waits_for_a_tool_name_before_opening_its_block():
     assert message.content[0].input == {"a": 1}
 
 
-def test_it_maps_length_to_max_tokens_and_uses_the_estimate_without_usage():
+def test_it_maps_length_to_max_tokens_and_reports_the_charged_usage():
     translator = MessageStreamTranslator(model="m")
     raw = translator.start() + translator.feed(chunk("abc", finish="length"))
-    raw += translator.finish(output_estimate=2)
+    raw += translator.finish(input_tokens=1, output_tokens=2)
     delta = next(d for n, d in sse_events(raw) if n == "message_delta")
     assert delta["delta"]["stop_reason"] == "max_tokens"
     assert delta["usage"]["output_tokens"] == 2

@@ -10,14 +10,14 @@ from anthropic.types import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects.anthropic import _TEXT_ONLY_CHUNK
-from gateway.dialects.anthropic_schema import MessagesRequestError, messages_request_parse
-from gateway.dialects.anthropic_translate import (
+from gateway.serving.dialects.anthropic import _TEXT_ONLY_CHUNK
+from gateway.serving.dialects.anthropic_schema import MessagesRequestError, messages_request_parse
+from gateway.serving.dialects.anthropic_translate import (
     MessageStreamTranslator,
     chat_request_from_messages,
     message_from_chat_response,
 )
-from gateway.dialects.base import Usage
+from gateway.serving.dialects.base import Usage
 
 from .helpers import assert_valid_chat_request, sdk_message, sse_events
 
@@ -382,9 +382,9 @@ def test_a_valid_request_with_one_part_replaced_is_refused_or_still_valid(body, 
 
 # --- the renderer's fast path for text-only chunks --------------------------------------------
 def _renderer(stop_sequences=()):
-    from gateway.dialects.anthropic import AnthropicStream
-    from gateway.dialects.anthropic_translate import ChatTranslation
-    from gateway.dialects.base import ChatRequest, UpstreamTarget
+    from gateway.serving.dialects.anthropic import AnthropicStream
+    from gateway.serving.dialects.anthropic_translate import ChatTranslation
+    from gateway.serving.dialects.base import ChatRequest, UpstreamTarget
 
     translation = ChatTranslation(body={}, stop_sequences=tuple(stop_sequences))
     request = ChatRequest(model="m", stream=True, max_tokens=5, input_tokens=3, body=translation)

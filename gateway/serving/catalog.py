@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from gateway.errors import GatewayError
-from gateway.selectors import model_list_enabled
+from gateway.selectors import CatalogModel, catalog_model, model_list_enabled
+from gateway.serving.errors import GatewayError
 from keys.crypto import UndecryptableSecret, decrypt_secret
 
 log = logging.getLogger(__name__)
@@ -26,20 +25,6 @@ CHECK_MAX_AGE_SECONDS = 1.0
 # (model, stored key) pairs already reported: one error line each per process, not one per
 # snapshot or per request.
 _reported_undecryptable: set[tuple[str, str]] = set()
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogModel:
-    name: str
-    is_demo: bool
-    base_url: str
-    upstream_model: str
-    # None: stored under a key this process no longer has (see _upstream_key).
-    upstream_key: str | None
-    context_window: int
-    max_output_tokens: int
-    created: int
-    owned_by: str
 
 
 def _snapshot() -> dict[str, CatalogModel]:
@@ -79,16 +64,11 @@ def _build() -> dict[str, CatalogModel]:
     models = {}
     for model in model_list_enabled():
         base_url = model.upstream_base_url or (settings.DEMO_UPSTREAM_URL if model.is_demo else "")
-        models[model.name] = CatalogModel(
-            name=model.name,
-            is_demo=model.is_demo,
+        models[model.name] = catalog_model(
+            model,
             base_url=base_url.rstrip("/"),
             upstream_model=model.upstream_model or model.name,
             upstream_key=_upstream_key(model),
-            context_window=model.context_window,
-            max_output_tokens=model.max_output_tokens,
-            created=int(model.created_at.timestamp()),
-            owned_by="demo" if model.is_demo else "platform",
         )
     return models
 
@@ -133,6 +113,3 @@ class Catalog:
         connection as requests do (for /healthz); raises what a request's refresh would.
         Concurrent checks wait for one load instead of queueing one each."""
         await self._refresh(max_age=CHECK_MAX_AGE_SECONDS)
-
-    def invalidate(self) -> None:
-        self._loaded_at = float("-inf")

@@ -8,6 +8,10 @@ token on English and code and about one token per CJK character; we count one to
 ASCII characters and one per wide character, plus a per-message overhead for role markers.
 Reserving a little too much costs nothing (the excess is released at settlement); reserving
 too little could let concurrent requests overshoot the quota.
+
+The output estimates (``completion_output_tokens``, ``streamed_output_tokens``) stand in for
+an upstream that reports no usage: every text a client receives counts, at least a token for
+each part that carries any.
 """
 
 from __future__ import annotations
@@ -72,3 +76,50 @@ def estimate_chat_tokens(messages: Iterable[Any], *, tools: Any = None) -> int:
     if tools:
         total += estimate_text_tokens(json.dumps(tools, ensure_ascii=False))
     return total
+
+
+# Every field of a delta (or message) whose text reaches the client, in either dialect: the
+# Anthropic stream shows reasoning as thinking and tool-call arguments as input_json deltas.
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
+
+
+def _text_tokens(part: dict) -> int:
+    """The estimated tokens of the text in one delta or message; at least 1 if it has any."""
+    tokens = 0
+    carried = False
+    for name in _TEXT_FIELDS:
+        text = part.get(name)
+        if isinstance(text, str) and text:
+            carried = True
+            tokens += estimate_text_tokens(text)
+    for call in part.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            for name in ("name", "arguments"):
+                text = function.get(name)
+                if isinstance(text, str) and text:
+                    carried = True
+                    tokens += estimate_text_tokens(text)
+    return max(tokens, 1) if carried else tokens
+
+
+def streamed_output_tokens(chunks: list[bytes]) -> int:
+    """The estimated output of a stream from its upstream ``data:`` payloads."""
+    tokens = 0
+    for data in chunks:
+        # Runs while settling a failed stream too: a chunk of the wrong shape counts nothing
+        # instead of raising out of the settlement.
+        try:
+            for choice in json.loads(data).get("choices") or ():
+                tokens += _text_tokens(choice.get("delta") or {})
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return tokens
+
+
+def completion_output_tokens(obj: dict) -> int:
+    """The estimated output of an upstream chat completion."""
+    tokens = 0
+    for choice in obj.get("choices") or ():
+        tokens += _text_tokens(choice.get("message") or {})
+    return tokens

@@ -12,9 +12,9 @@ import json
 import aiohttp
 from django.conf import settings
 
-from gateway import errors
-from gateway.catalog import CatalogModel
-from gateway.dialects.base import Usage
+from gateway.selectors import CatalogModel
+from gateway.serving import errors
+from gateway.serving.dialects.base import Usage
 
 
 class Upstream:

@@ -6,7 +6,7 @@ OpenAI), so a dialect translates *client ⇄ OpenAI-compatible upstream*:
 1. ``parse_chat(body, query)`` validates the client's JSON (typed schemas; raise
    ``GatewayError`` 400 naming the field) into a ``ChatRequest``: the public model name, the
    stream flag, the requested output limit (``None`` = the model's maximum), a local estimate of
-   input tokens (``gateway.tokens``), and ``body``, the dialect's own validated request.
+   input tokens (``gateway.serving.tokens``), and ``body``, the dialect's own validated request.
 2. ``upstream_body(request, target)`` returns the OpenAI chat-completions JSON (a dict) to send
    upstream, for ``target.upstream_model`` with ``max_tokens = target.max_tokens`` (already
    clamped to the model and capped to the remaining quota). For a stream it must ask for
@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import GatewayError, bad_request
+from gateway.serving.errors import GatewayError, bad_request
 
 
 @dataclass(slots=True)
@@ -98,8 +98,9 @@ class StreamRenderer:
         decoded it (it does so only for chunks that carry usage), else ``None``."""
         raise NotImplementedError
 
-    def finish(self, usage: Usage | None) -> bytes:
-        """The end of a complete stream (OpenAI: ``data: [DONE]``)."""
+    def finish(self, usage: Usage) -> bytes:
+        """The end of a complete stream (OpenAI: ``data: [DONE]``), with the usage charged
+        (the upstream's report, else the pipeline's estimate)."""
         raise NotImplementedError
 
     def error(self, error: GatewayError) -> bytes:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from gateway.dialects.base import (
+from gateway.serving.dialects.base import (
     ChatRequest,
     Dialect,
     StreamRenderer,
@@ -20,9 +20,9 @@ from gateway.dialects.base import (
     Usage,
     refuse_unpaired_surrogates,
 )
-from gateway.errors import GatewayError, bad_request
-from gateway.http import Request, Response, json_response
-from gateway.tokens import estimate_chat_tokens
+from gateway.serving.errors import GatewayError, bad_request
+from gateway.serving.http import Request, Response, json_response
+from gateway.serving.tokens import estimate_chat_tokens
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -119,7 +119,7 @@ class OpenAIStream(StreamRenderer):
             data = json.dumps(parsed, ensure_ascii=False).encode()
         return b"data: " + data + b"\n\n"
 
-    def finish(self, usage: Usage | None) -> bytes:
+    def finish(self, usage: Usage) -> bytes:
         return b"data: [DONE]\n\n"
 
     def error(self, error: GatewayError) -> bytes:

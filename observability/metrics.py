@@ -3,7 +3,8 @@
 What is counted:
 
 - every HTTP request by route (the URL pattern, never the raw path), method and status, and its
-  duration (``RequestContextMiddleware`` in ``portal.logging`` calls ``observe_request``);
+  duration (``RequestContextMiddleware`` in ``observability.logging`` calls
+  ``observe_request``);
 - the model API's outcomes: tokens charged, upstream failures, quota and rate-limit rejections
   (the gateway calls ``record_gateway_request`` once per authenticated request).
 

@@ -162,7 +162,7 @@ class RequestContextMiddleware:
         method = scope.get("method", "")
         path = scope.get("path", "")
         if self.metrics:
-            from portal import metrics
+            from observability import metrics
 
             metrics.observe_request(path=path, method=method, status=status, seconds=seconds)
         if self.access_log and access_logger.isEnabledFor(logging.INFO):

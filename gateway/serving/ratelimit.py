@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway import errors
+from gateway.serving import errors
+from keys.limits import effective_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class RateLimiter:
 
     async def open(self) -> None:
         if self.redis_url:
-            from gateway.resp import RespClient, Script
+            from gateway.serving.redis_wire import RespClient, Script
 
             self._redis = RespClient(self.redis_url)
             self._script = Script(self._redis, _LUA)
@@ -168,8 +169,7 @@ class RateLimiter:
     async def check(
         self, *, key_id: int, rpm: int | None, tpm: int | None, tokens: int
     ) -> RateState:
-        rpm = rpm or settings.RATE_LIMIT_RPM
-        tpm = tpm or settings.RATE_LIMIT_TPM
+        rpm, tpm = effective_rate_limits(rpm, tpm)
         now = time.time()
         window = int(now // WINDOW_SECONDS)
         reset = (window + 1) * WINDOW_SECONDS - now

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from gateway.errors import GatewayError, bad_request, body_too_large
+from gateway.serving.errors import GatewayError, bad_request, body_too_large
 
 JSON = b"application/json"
 
@@ -84,6 +84,33 @@ async def send_response(send, response: Response) -> None:
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+class StreamingResponse:
+    """A response sent in parts on ASGI's ``send``: ``start`` (status and headers), any number
+    of ``chunk`` calls, then ``finish`` (the last bytes, which end the response); or all of it
+    at once with ``send_whole``."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send):
+        self._send = send
+        self.started = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        self.started = True
+
+    async def chunk(self, body: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def finish(self, body: bytes = b"") -> None:
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def send_whole(self, response: Response) -> None:
+        """The whole response at once instead (an answer not streamed, an error)."""
+        self.started = True
+        await send_response(self._send, response)
 
 
 def error_response(error: GatewayError, dialect, extra_headers=()) -> Response:

@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from gateway.dialects.anthropic_schema import (
+from gateway.serving.dialects.anthropic_schema import (
     MessagesRequestError,
     count_tokens_request_parse,
     messages_request_parse,
 )
-from gateway.dialects.anthropic_translate import (
+from gateway.serving.dialects.anthropic_translate import (
     PING_EVENT,
     ChatTranslation,
     MessageStreamTranslator,
@@ -32,7 +32,7 @@ from gateway.dialects.anthropic_translate import (
     error_type_for_status,
     message_from_chat_response,
 )
-from gateway.dialects.base import (
+from gateway.serving.dialects.base import (
     ChatRequest,
     Dialect,
     StreamRenderer,
@@ -40,9 +40,12 @@ from gateway.dialects.base import (
     Usage,
     refuse_unpaired_surrogates,
 )
-from gateway.errors import GatewayError, bad_request, model_not_found
-from gateway.http import Request, Response, json_response
-from gateway.tokens import estimate_chat_tokens, estimate_text_tokens
+from gateway.serving.errors import GatewayError, bad_request, model_not_found
+from gateway.serving.http import Request, Response, json_response
+from gateway.serving.tokens import (
+    completion_output_tokens,
+    estimate_chat_tokens,
+)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -119,10 +122,7 @@ class AnthropicStream(StreamRenderer):
             return b""
         return self.translator.feed(parsed)
 
-    def finish(self, usage: Usage | None) -> bytes:
-        if usage is None:
-            chars = self.translator.output_chars
-            return self.translator.finish(output_estimate=chars // 3 + 1 if chars else 0)
+    def finish(self, usage: Usage) -> bytes:
         return self.translator.finish(
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
         )
@@ -180,9 +180,10 @@ class AnthropicDialect(Dialect):
         )
         if not isinstance(upstream.get("usage"), dict):
             # No report from the upstream: show the estimates the gateway charges instead.
-            text = "".join(b.get("text", "") for b in message["content"])
             message["usage"]["input_tokens"] = request.input_tokens
-            message["usage"]["output_tokens"] = estimate_text_tokens(text)
+            message["usage"]["output_tokens"] = min(
+                completion_output_tokens(upstream), target.max_tokens
+            )
         return _dumps(message).encode()
 
     def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:

@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import logging
 
 from django.conf import settings
 
-from gateway import errors
-from gateway.catalog import Catalog
-from gateway.dialects import DIALECT_MODULES
-from gateway.dialects.base import Dialect
-from gateway.errors import GatewayError
-from gateway.http import Request, error_response, send_response
-from gateway.pipeline import Gateway
-from gateway.ratelimit import RateLimiter
-from gateway.upstream import Upstream
+from gateway.serving import errors
+from gateway.serving.catalog import Catalog
+from gateway.serving.dialects import DIALECT_MODULES
+from gateway.serving.dialects.base import Dialect
+from gateway.serving.errors import GatewayError
+from gateway.serving.http import Request, error_response, send_response
+from gateway.serving.pipeline import Gateway
+from gateway.serving.ratelimit import RateLimiter
+from gateway.serving.upstream import Upstream
 from usage.ledger import ledger_for_database
 
 log = logging.getLogger(__name__)
 
 
 def load_dialects(modules=DIALECT_MODULES) -> list[Dialect]:
-    dialects = []
-    for name in modules:
-        if importlib.util.find_spec(name) is not None:
-            dialects.append(importlib.import_module(name).dialect)
-    return dialects
+    return [importlib.import_module(name).dialect for name in modules]
 
 
 def build_gateway() -> Gateway:

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dialects.anthropic_schema import (
+from gateway.serving.dialects.anthropic_schema import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,
@@ -323,11 +323,13 @@ def _cut_at_stop(text: str, stop_sequences) -> tuple[str, str | None]:
     return text[: best[0]], best[1]
 
 
-def anthropic_usage(usage: dict | None, *, input_estimate: int = 0, output_estimate: int = 0):
+def anthropic_usage(usage: dict | None):
+    """The upstream's usage in Anthropic's shape (0 for what it did not report; the dialect
+    shows the gateway's estimates instead when it reported nothing)."""
     usage = usage or {}
     return {
-        "input_tokens": int(usage.get("prompt_tokens") or input_estimate),
-        "output_tokens": int(usage.get("completion_tokens") or output_estimate),
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
     }
@@ -443,7 +445,6 @@ class MessageStreamTranslator:
         "message_id",
         "model",
         "native_stop",
-        "output_chars",
         "stop_sequence",
         "stop_sequences",
         "thinking",
@@ -471,7 +472,6 @@ class MessageStreamTranslator:
         self.native_stop: Any = None
         self.stop_sequence: str | None = None
         self.tool_calls_seen = False
-        self.output_chars = 0
         self._index = -1  # index of the open (or last) content block
         self._block_open = False
         self._block_kind: str | None = None
@@ -528,7 +528,6 @@ class MessageStreamTranslator:
         out = b""
         if self._block_kind != "text":
             out = self._open_text_block()
-        self.output_chars += len(text)
         return out + (
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
             b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._index, _dumps(text).encode())
@@ -562,7 +561,6 @@ class MessageStreamTranslator:
         out = b""
         if self._block_kind != "text":
             out = self._open_text_block()
-        self.output_chars += len(literal) - 2
         return out + (
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
             b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._index, literal)
@@ -574,7 +572,6 @@ class MessageStreamTranslator:
             out = self._open_block(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}
             )
-        self.output_chars += len(text)
         delta = {
             "type": "content_block_delta",
             "index": self._index,
@@ -583,7 +580,6 @@ class MessageStreamTranslator:
         return out + sse_event("content_block_delta", delta)
 
     def _json_delta(self, fragment: str) -> bytes:
-        self.output_chars += len(fragment)
         delta = {
             "type": "content_block_delta",
             "index": self._index,
@@ -672,15 +668,13 @@ class MessageStreamTranslator:
     def finish(
         self,
         *,
-        output_estimate: int | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
     ) -> bytes:
         """Close the message: last block, ``message_delta`` (stop reason, usage), ``message_stop``.
 
         ``input_tokens``/``output_tokens``, when given, are what the gateway charged and win;
-        else the upstream's usage chunk counts, and ``output_estimate`` stands in when the
-        upstream sent none.
+        else the upstream's usage chunk counts (0 output tokens when it sent none).
         """
         if self._finished:
             return b""
@@ -707,7 +701,7 @@ class MessageStreamTranslator:
         if output_tokens is None:
             output_tokens = usage.get("completion_tokens")
         if output_tokens is None:
-            output_tokens = output_estimate if output_estimate is not None else 0
+            output_tokens = 0
         if input_tokens is None:
             input_tokens = usage.get("prompt_tokens") or self.input_estimate
         return out + _MESSAGE_DELTA_AND_STOP % (

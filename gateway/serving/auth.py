@@ -10,9 +10,9 @@ from __future__ import annotations
 import hmac
 import time
 
-from gateway import errors
+from gateway.serving import errors
 from keys.crypto import key_digest, key_prefix, looks_like_key
-from portal.logging import bind as bind_log_context
+from observability.logging import bind as bind_log_context
 from usage.ledger import KeyRow, Ledger
 
 AUTH_CACHE_TTL_SECONDS = 30.0
@@ -55,9 +55,6 @@ class KeyCache:
         self.ledger = ledger
         self.ttl = ttl
         self._rows: dict[str, tuple[float, KeyRow | None]] = {}
-
-    def invalidate(self, raw_key: str) -> None:
-        self._rows.pop(key_prefix(raw_key), None)
 
     async def _lookup(self, prefix: str, fresh: bool) -> KeyRow | None:
         now = time.monotonic()

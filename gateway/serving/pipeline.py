@@ -8,7 +8,7 @@
     → settle (one statement, charge clamped to the reservation, shielded from cancellation,
     retried while the database is away) → usage record (batched, on the reservation's day)
 
-A dialect (``gateway.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
+A dialect (``gateway.serving.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
 and the error envelope; nothing here knows which dialect it is serving.
 """
 
@@ -27,23 +27,31 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
-from gateway import errors
-from gateway.auth import KeyCache, api_key_from_headers
-from gateway.catalog import Catalog
-from gateway.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
-from gateway.errors import GatewayError
-from gateway.http import ClientGone, Request, Response, error_response, send_response
-from gateway.ratelimit import RateLimiter, RateState
-from gateway.recorder import Recorder
-from gateway.tokens import estimate_text_tokens
-from gateway.upstream import (
+from gateway.selectors import CatalogModel
+from gateway.serving import errors
+from gateway.serving.auth import KeyCache, api_key_from_headers
+from gateway.serving.catalog import Catalog
+from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
+from gateway.serving.errors import GatewayError
+from gateway.serving.http import (
+    ClientGone,
+    Request,
+    Response,
+    StreamingResponse,
+    error_response,
+    send_response,
+)
+from gateway.serving.ratelimit import RateLimiter, RateState
+from gateway.serving.recorder import Recorder
+from gateway.serving.tokens import completion_output_tokens, streamed_output_tokens
+from gateway.serving.upstream import (
     SSEReader,
     Upstream,
     chunk_with_usage,
     upstream_http_error,
     usage_from,
 )
-from portal import metrics
+from observability import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
 from usage.quota import quota_day, seconds_until_reset
 
@@ -93,51 +101,6 @@ class _DisconnectWatcher:
         self._task.cancel()
 
 
-# Every field of a delta (or message) whose text reaches the client, in either dialect: the
-# Anthropic stream shows reasoning as thinking and tool-call arguments as input_json deltas.
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
-
-
-def _text_tokens(part: dict) -> int:
-    """The estimated tokens of the text in one delta or message; at least 1 if it has any."""
-    tokens = 0
-    carried = False
-    for name in _TEXT_FIELDS:
-        text = part.get(name)
-        if isinstance(text, str) and text:
-            carried = True
-            tokens += estimate_text_tokens(text)
-    for call in part.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            for name in ("name", "arguments"):
-                text = function.get(name)
-                if isinstance(text, str) and text:
-                    carried = True
-                    tokens += estimate_text_tokens(text)
-    return max(tokens, 1) if carried else tokens
-
-
-def _streamed_output_estimate(chunks: list[bytes]) -> int:
-    tokens = 0
-    for data in chunks:
-        # Runs while settling a failed stream too: a chunk of the wrong shape counts nothing
-        # instead of raising out of the settlement.
-        try:
-            for choice in json.loads(data).get("choices") or ():
-                tokens += _text_tokens(choice.get("delta") or {})
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return tokens
-
-
-def _completion_output_estimate(obj: dict) -> int:
-    tokens = 0
-    for choice in obj.get("choices") or ():
-        tokens += _text_tokens(choice.get("message") or {})
-    return tokens
-
-
 def _client_address(request: Request) -> str:
     client = request.scope.get("client")
     return client[0] if client else "unknown"
@@ -166,10 +129,10 @@ class _Keepalive:
     ``renderer.keepalive()`` and sends what it returns. A timer, not a task, while nothing is
     due, so that a stream that keeps flowing pays next to nothing for it."""
 
-    __slots__ = ("_handle", "_loop", "_renderer", "_seconds", "_send", "_sending")
+    __slots__ = ("_handle", "_loop", "_renderer", "_response", "_seconds", "_sending")
 
-    def __init__(self, send, renderer, seconds: float):
-        self._send = send
+    def __init__(self, response: StreamingResponse, renderer, seconds: float):
+        self._response = response
         self._renderer = renderer
         self._seconds = seconds
         self._sending: asyncio.Task | None = None
@@ -184,7 +147,7 @@ class _Keepalive:
 
     async def _deliver(self, data: bytes) -> None:
         try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+            await self._response.chunk(data)
         except Exception:  # noqa: S110 - the response ended or the client left meanwhile
             pass
         finally:
@@ -196,9 +159,9 @@ class _Keepalive:
             self._sending.cancel()
 
 
-def _keepalive(send, renderer) -> _Keepalive | None:
+def _keepalive(response: StreamingResponse, renderer) -> _Keepalive | None:
     seconds = renderer.keepalive_seconds
-    return _Keepalive(send, renderer, seconds) if seconds else None
+    return _Keepalive(response, renderer, seconds) if seconds else None
 
 
 class _Outcome:
@@ -330,34 +293,22 @@ class Gateway:
         fresh key check (a revoked key stops at once), the key's rate limit before the body,
         the body budget, and a usage record of 0 tokens under ``endpoint``.
         ``work(body)`` returns (model name, Response) or raises a ``GatewayError``."""
-        started = time.perf_counter()
+        call = _Call(self, dialect, request, endpoint=endpoint)
         key, _digest = await self.authenticate(request, fresh=True)
-        model_name = ""
+        call.key = key
         try:
             await self.limiter.check(
                 key_id=key.key_id, rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm, tokens=0
             )
             with self._body_budget(request):
                 body = await request.body(self.max_body_bytes)
-                model_name, response = await work(body)
+                call.model_name, response = await work(body)
         except GatewayError as error:
-            self._record(
-                key,
-                dialect,
-                model_name,
-                False,
-                started,
-                error.status,
-                error.code,
-                None,
-                endpoint=endpoint,
-            )
+            call.record(error.status, error.code)
             raise
         except ClientGone:
             return Response(CLIENT_CLOSED_REQUEST, b"")
-        self._record(
-            key, dialect, model_name, False, started, response.status, "", None, endpoint=endpoint
-        )
+        call.record(response.status, "")
         return response
 
     async def _database(self, step):
@@ -390,76 +341,45 @@ class Gateway:
 
     # --- the chat endpoint ---------------------------------------------------------------
     async def handle_chat(self, dialect: Dialect, request: Request, send) -> None:
-        started = time.perf_counter()
-        key: KeyRow | None = None
-        model_name = ""
-        stream = False
-        rate: RateState | None = None
+        call = _Call(self, dialect, request)
         try:
             key, digest = await self.authenticate(request)
+            call.key = key
             # Counted before a byte of the body is read: a key over its limit costs no parsing.
-            rate = await self.limiter.check(
+            call.rate = await self.limiter.check(
                 key_id=key.key_id, rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm, tokens=0
             )
             with self._body_budget(request):
                 chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
-            model_name, stream = chat.model, chat.stream
-            self.limiter.admit_tokens(rate, key_id=key.key_id, tokens=chat.input_tokens)
+            call.chat, call.model_name, call.stream = chat, chat.model, chat.stream
+            self.limiter.admit_tokens(call.rate, key_id=key.key_id, tokens=chat.input_tokens)
             model = await self._database(self.catalog.get(chat.model))
             if model is None:
                 raise errors.model_not_found(chat.model)
-            room = model.context_window - chat.input_tokens
-            if chat.max_tokens is None:
-                # Absent means the model's maximum, or whatever still fits the context.
-                max_out = min(model.max_output_tokens, room)
-                if max_out < 1:
-                    raise errors.context_length_exceeded(
-                        input_tokens=chat.input_tokens,
-                        max_tokens=model.max_output_tokens,
-                        limit=model.context_window,
-                    )
-            else:
-                max_out = min(chat.max_tokens, model.max_output_tokens)
-                if max_out > room:
-                    raise errors.context_length_exceeded(
-                        input_tokens=chat.input_tokens,
-                        max_tokens=max_out,
-                        limit=model.context_window,
-                    )
-            reserved = await self._database(self._reserve(request, key, digest, chat, max_out))
+            budget = output_budget(chat, model)
+            reserved = await self._database(self._reserve(request, key, digest, chat, budget))
             self._live[reserved.reservation_id] = reserved
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
-            extra = rate.headers() if rate is not None else ()
+            extra = call.rate.headers() if call.rate is not None else ()
             await send_response(send, error_response(error, dialect, extra))
-            if key is not None:
-                self._record(
-                    key, dialect, model_name, stream, started, error.status, error.code, None
-                )
+            if call.key is not None:
+                call.record(error.status, error.code)
             return
         except ClientGone:
             return
 
-        target = UpstreamTarget(
+        call.model, call.reserved = model, reserved
+        call.target = UpstreamTarget(
             model.name, model.upstream_model, reserved.output_budget, model.base_url
         )
-        outcome = _Outcome()
+        outcome = call.outcome = _Outcome()
         try:
-            await self._relay(dialect, request, send, chat, model, target, rate, outcome, reserved)
+            await call.relay(StreamingResponse(send))
         finally:
             settle = self._settle(reserved, outcome)
             self.limiter.add_output(key.key_id, outcome.output)
-            self._record(
-                key,
-                dialect,
-                model_name,
-                stream,
-                started,
-                outcome.status,
-                outcome.error_code,
-                outcome,
-                day=reserved.day,
-            )
+            call.record(outcome.status, outcome.error_code, outcome, day=reserved.day)
             if settle is not None:
                 # The settlement runs to the end even if this task is cancelled while waiting.
                 await asyncio.shield(settle)
@@ -526,50 +446,102 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("quota settlement failed", exc_info=task.exception())
 
-    def _record(
-        self,
-        key,
-        dialect,
-        model_name,
-        stream,
-        started,
-        status,
-        error_code,
-        outcome,
-        *,
-        day=None,
-        endpoint=None,
-    ):
+
+def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
+    """The output tokens to ask the upstream for, before the quota caps them: the client's
+    ``max_tokens`` clamped to the model's limit, or, absent, the model's limit or whatever
+    still fits its context. 400 ``context_length_exceeded`` when that leaves no room."""
+    room = model.context_window - chat.input_tokens
+    if chat.max_tokens is None:
+        budget = min(model.max_output_tokens, room)
+        if budget < 1:
+            raise errors.context_length_exceeded(
+                input_tokens=chat.input_tokens,
+                max_tokens=model.max_output_tokens,
+                limit=model.context_window,
+            )
+        return budget
+    budget = min(chat.max_tokens, model.max_output_tokens)
+    if budget > room:
+        raise errors.context_length_exceeded(
+            input_tokens=chat.input_tokens, max_tokens=budget, limit=model.context_window
+        )
+    return budget
+
+
+class _Call:
+    """One request to the gateway, from its arrival to its usage record: what the steps have
+    learnt so far (the key, the parsed chat, the model, the upstream target, the rate state,
+    the reservation, the outcome) and the steps that need it (``relay``, ``record``)."""
+
+    __slots__ = (
+        "chat",
+        "dialect",
+        "endpoint",
+        "gateway",
+        "key",
+        "model",
+        "model_name",
+        "outcome",
+        "rate",
+        "request",
+        "reserved",
+        "started",
+        "stream",
+        "target",
+    )
+
+    def __init__(self, gateway: Gateway, dialect: Dialect, request: Request, *, endpoint=None):
+        self.started = time.perf_counter()
+        self.gateway = gateway
+        self.dialect = dialect
+        self.request = request
+        self.endpoint: str = endpoint or dialect.endpoint
+        self.key: KeyRow | None = None
+        self.rate: RateState | None = None
+        self.chat: ChatRequest | None = None
+        self.model_name = ""
+        self.stream = False
+        self.model: CatalogModel | None = None
+        self.target: UpstreamTarget | None = None
+        self.reserved: Reserved | None = None
+        self.outcome: _Outcome | None = None
+
+    def record(self, status: int, error_code: str, outcome=None, *, day=None) -> None:
+        """The request's usage record (batched) and metrics; ``day`` is its reservation's."""
         now = datetime.now(UTC)
+        key = self.key
         # The client's text, recorded even for an unknown model: PostgreSQL refuses NUL in
         # text, and a batch it refuses would be retried forever, holding up every record.
-        model_name = model_name[:128].replace("\x00", "\ufffd")
+        model_name = self.model_name[:128].replace("\x00", "\ufffd")
+        input_tokens = outcome.input if outcome else 0
+        output_tokens = outcome.output if outcome else 0
         try:
             metrics.record_gateway_request(
-                dialect=dialect.name,
-                model=model_name[:128],
+                dialect=self.dialect.name,
+                model=model_name,
                 status=status,
                 error_code=error_code,
-                input_tokens=outcome.input if outcome else 0,
-                output_tokens=outcome.output if outcome else 0,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
             )
         except Exception:
             # Metrics are for operators: they must never fail a request or skip its record.
             log.exception("gateway metrics could not be recorded")
-        self.recorder.add(
+        self.gateway.recorder.add(
             RecordRow(
                 user_id=key.user_id,
                 api_key_id=key.key_id,
                 key_name=key.key_name,
-                model=model_name[:128],
-                endpoint=endpoint or dialect.endpoint,
-                stream=stream,
-                input_tokens=outcome.input if outcome else 0,
-                output_tokens=outcome.output if outcome else 0,
+                model=model_name,
+                endpoint=self.endpoint,
+                stream=self.stream,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
                 estimated=outcome.estimated if outcome else False,
                 status_code=status,
                 error_code=error_code[:64],
-                latency_ms=int((time.perf_counter() - started) * 1000),
+                latency_ms=int((time.perf_counter() - self.started) * 1000),
                 first_token_ms=outcome.first_token_ms if outcome else None,
                 # The day the request was charged to (its reservation's), even past midnight.
                 day=day or quota_day(now),
@@ -577,11 +549,14 @@ class Gateway:
             )
         )
 
-    async def _relay(
-        self, dialect, request, send, chat, model, target, rate, outcome, reserved
-    ) -> None:
+    async def relay(self, response: StreamingResponse) -> None:
+        """The upstream call, relayed in the client's dialect; fills in ``self.outcome`` (and
+        settles it before the last bytes leave, when the upstream answered in full)."""
+        gateway, dialect, request = self.gateway, self.dialect, self.request
+        chat, model, target = self.chat, self.model, self.target
+        outcome, reserved = self.outcome, self.reserved
         started = time.perf_counter()
-        rate_headers = rate.headers() if rate else []
+        rate_headers = self.rate.headers() if self.rate else []
         extra = None
         if model.is_demo and not settings.PRODUCTION:
             # Test and benchmark switches reach the demo upstream, and only the demo upstream,
@@ -594,7 +569,6 @@ class Gateway:
             }
         body = dialect.upstream_body(chat, target)
         watcher = _DisconnectWatcher(request.receive, asyncio.current_task())
-        response_started = False
         renderer = None
         keepalive = None
         delivered: list[bytes] = []
@@ -607,7 +581,7 @@ class Gateway:
         # could take it for an orphan, even when the client reads nothing (send() blocks).
         deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
         try:
-            async with deadline, self.upstream.post_chat(model, body, extra) as upstream:
+            async with deadline, gateway.upstream.post_chat(model, body, extra) as upstream:
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.
@@ -617,30 +591,23 @@ class Gateway:
                     usage = usage_from(obj)
                     if usage is None:
                         usage = Usage(
-                            chat.input_tokens, min(_completion_output_estimate(obj), cap), True
+                            chat.input_tokens, min(completion_output_tokens(obj), cap), True
                         )
                     payload = dialect.render_completion(chat, obj, target)
                     outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
                     # Settled before the answer leaves: a client that got its answer sees it
                     # counted (the dashboard, its next request).
                     outcome.charge(usage)
-                    await asyncio.shield(self._settle(reserved, outcome))
+                    await asyncio.shield(gateway._settle(reserved, outcome))
                     watcher.done = True
-                    await send_response(send, Response(200, payload, rate_headers))
+                    await response.send_whole(Response(200, payload, rate_headers))
                     return
                 renderer = dialect.stream_renderer(chat, target)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*SSE_HEADERS, *rate_headers],
-                    }
-                )
-                response_started = True
+                await response.start(200, [*SSE_HEADERS, *rate_headers])
                 opening = renderer.start()
                 if opening:
-                    await send({"type": "http.response.body", "body": opening, "more_body": True})
-                keepalive = _keepalive(send, renderer)
+                    await response.chunk(opening)
+                keepalive = _keepalive(response, renderer)
                 reader = SSEReader(upstream)
                 async for data in reader:
                     parsed, chunk_usage = chunk_with_usage(data)
@@ -651,37 +618,33 @@ class Gateway:
                     if out:
                         if outcome.first_token_ms is None:
                             outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                        await response.chunk(out)
                 if not reader.done:
                     raise errors.upstream_unavailable("the stream ended early")
                 if usage is None:
                     usage = Usage(
-                        chat.input_tokens, min(_streamed_output_estimate(delivered), cap), True
+                        chat.input_tokens, min(streamed_output_tokens(delivered), cap), True
                     )
                 outcome.charge(usage)
-                await asyncio.shield(self._settle(reserved, outcome))
+                await asyncio.shield(gateway._settle(reserved, outcome))
                 watcher.done = True
-                await send({"type": "http.response.body", "body": renderer.finish(usage)})
+                await response.finish(renderer.finish(usage))
         except asyncio.CancelledError:
             if not watcher.fired:
                 raise
             asyncio.current_task().uncancel()
             outcome.status, outcome.error_code = CLIENT_CLOSED_REQUEST, "client_disconnected"
         except GatewayError as error:
-            outcome.status, outcome.error_code = error.status, error.code
-            await self._fail(dialect, send, error, response_started, renderer)
+            await self._fail(response, error, renderer)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             if deadline.expired():
                 error = errors.stream_time_limit(settings.GATEWAY_STREAM_MAX_SECONDS)
             else:
                 error = errors.upstream_timeout()
-            outcome.status, outcome.error_code = error.status, error.code
-            await self._fail(dialect, send, error, response_started, renderer)
+            await self._fail(response, error, renderer)
         except (aiohttp.ClientError, ValueError, OSError) as failure:
             log.warning("upstream %s failed: %s", model.name, failure.__class__.__name__)
-            error = errors.upstream_unavailable()
-            outcome.status, outcome.error_code = error.status, error.code
-            await self._fail(dialect, send, error, response_started, renderer)
+            await self._fail(response, errors.upstream_unavailable(), renderer)
         except (TypeError, AttributeError, KeyError, IndexError):
             # JSON that is not a chat completion (a list, "choices": 7 …) breaks the renderers.
             # With its traceback: a bug of ours would land here too.
@@ -689,28 +652,29 @@ class Gateway:
                 "upstream %s answered something that is not a chat completion", model.name
             )
             error = errors.upstream_unavailable("the answer was not a chat completion")
-            outcome.status, outcome.error_code = error.status, error.code
-            await self._fail(dialect, send, error, response_started, renderer)
+            await self._fail(response, error, renderer)
         finally:
             watcher.stop()
             if keepalive is not None:
                 keepalive.cancel()
-            if outcome.settled:
-                pass
-            elif usage is not None:
-                outcome.charge(usage)
-            elif upstream_sent:
-                # No report: charge the prompt and what was delivered, by estimate.
-                outcome.input = chat.input_tokens
-                outcome.output = min(_streamed_output_estimate(delivered), cap)
-                outcome.estimated = True
+            if not outcome.settled:
+                if usage is not None:
+                    outcome.charge(usage)
+                elif upstream_sent:
+                    # No report: charge the prompt and what was delivered, by estimate.
+                    outcome.input = chat.input_tokens
+                    outcome.output = min(streamed_output_tokens(delivered), cap)
+                    outcome.estimated = True
 
-    async def _fail(self, dialect, send, error, response_started, renderer) -> None:
+    async def _fail(self, response: StreamingResponse, error: GatewayError, renderer) -> None:
+        """Note the failure in the outcome and tell the client: an error response, or an error
+        event in a stream already started."""
+        self.outcome.status, self.outcome.error_code = error.status, error.code
         # Bounded: a client that reads nothing must not hold the request (and its settlement)
         # open past the stream limit.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_FAIL_SEND_SECONDS):
-                if response_started and renderer is not None:
-                    await send({"type": "http.response.body", "body": renderer.error(error)})
-                elif not response_started:
-                    await send_response(send, error_response(error, dialect))
+                if response.started and renderer is not None:
+                    await response.finish(renderer.error(error))
+                elif not response.started:
+                    await response.send_whole(error_response(error, self.dialect))
