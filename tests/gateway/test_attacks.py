@@ -230,7 +230,9 @@ def test_it_answers_and_records_when_the_metrics_fail(gw, alice_key, monkeypatch
 
 
 # --- 4. resource exhaustion ---------------------------------------------------------------------
-def test_it_checks_the_request_rate_before_reading_the_body(gw, alice_key, settings, monkeypatch):
+def test_it_checks_the_request_rate_before_reading_the_body(
+    one_rate_window, gw, alice_key, settings, monkeypatch
+):
     from gateway.serving.http import Request
 
     settings.RATE_LIMIT_RPM = 1
@@ -251,7 +253,7 @@ def test_it_checks_the_request_rate_before_reading_the_body(gw, alice_key, setti
     _books(gw, user)
 
 
-def test_it_rate_limits_and_records_count_tokens(gw, alice_key, settings):
+def test_it_rate_limits_and_records_count_tokens(one_rate_window, gw, alice_key, settings):
     user, key = alice_key
     settings.RATE_LIMIT_RPM = 2
     payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})

@@ -103,7 +103,7 @@ def test_it_fails_open_when_redis_is_down(caplog):
 
 
 # --- through the gateway -------------------------------------------------------------------
-def test_it_answers_the_documented_429_body_and_headers(gw, alice_key):
+def test_it_answers_the_documented_429_body_and_headers(one_rate_window, gw, alice_key):
     user, key = alice_key
     ApiKey.objects.filter(user=user).update(rate_limit_rpm=2)
     for _ in range(2):

@@ -186,7 +186,9 @@ def test_the_context_limit_error_uses_anthropics_wording(gw, alice_key):
     assert estimate + output > int(limit)
 
 
-def test_rate_limits_answer_429_with_the_same_headers_as_openai(gw, alice_key, settings):
+def test_rate_limits_answer_429_with_the_same_headers_as_openai(
+    one_rate_window, gw, alice_key, settings
+):
     _user, key = alice_key
     ApiKey.objects.filter(user=alice_key[0]).update(rate_limit_rpm=1)
     gw.close()
