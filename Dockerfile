@@ -20,10 +20,25 @@ RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin app
 
-# Dependencies first: this layer is rebuilt only when the lock changes. Every runtime package
-# has a binary wheel for this platform, so no compiler is needed.
-COPY requirements.lock ./
-RUN pip install -r requirements.lock
+# Dependencies first: this layer is rebuilt only when a lock changes. Every runtime package
+# has a binary wheel for this platform, so no compiler is needed; every file is checked against
+# the lock's hashes. The SMS providers' SDKs are optional: SMS_EXTRAS names the ones to add
+# (comma-separated: sms-aliyun, sms-tencent, sms-twilio, or sms for all three), e.g.
+#   docker build --build-arg SMS_EXTRAS=sms-aliyun -t llm-portal .
+# Default: none, which is enough for SMS_BACKEND=console and email-only sign-in. An image
+# without the SDK of the configured SMS_BACKEND fails `manage.py check` (accounts.E002).
+ARG SMS_EXTRAS=""
+COPY requirements.lock requirements-sms-aliyun.lock requirements-sms-tencent.lock \
+     requirements-sms-twilio.lock ./
+RUN pip install --require-hashes -r requirements.lock \
+ && for extra in $(echo "$SMS_EXTRAS" | tr ',' ' '); do \
+      case "$extra" in \
+        sms) locks="requirements-sms-aliyun.lock requirements-sms-tencent.lock requirements-sms-twilio.lock" ;; \
+        sms-aliyun|sms-tencent|sms-twilio) locks="requirements-$extra.lock" ;; \
+        *) echo "SMS_EXTRAS: unknown extra '$extra' (sms, sms-aliyun, sms-tencent, sms-twilio)" >&2; exit 1 ;; \
+      esac; \
+      for lock in $locks; do pip install --require-hashes -r requirements.lock -r "$lock" || exit 1; done; \
+    done
 
 # The code belongs to root and is read-only to the app user; only var/ is writable.
 COPY . .

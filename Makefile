@@ -5,19 +5,24 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-prod test lint format bench messages clean install install-dev
+.PHONY: run run-prod test lint format bench messages clean install install-dev lock audit
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Every line of the locks carries its hashes: pip installs exactly the files that were locked.
+# phonenumberslite replaced phonenumbers (both install the `phonenumbers` module): a venv made
+# before drops the old one first, or the two would share and then delete each other's files.
 $(VENV)/.installed: requirements.lock | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.lock
+	@if $(BIN)/pip show --quiet phonenumbers 2>/dev/null; then $(BIN)/pip uninstall --quiet --yes phonenumbers; fi
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.lock | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.lock
+	@if $(BIN)/pip show --quiet phonenumbers 2>/dev/null; then $(BIN)/pip uninstall --quiet --yes phonenumbers; fi
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -51,6 +56,15 @@ messages: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/run.py
+
+# Recompile every lock from pyproject.toml, with hashes (README, "Dependencies").
+# LOCK_ARGS="--upgrade-package NAME" moves one pin, LOCK_ARGS=--upgrade all of them.
+lock: install-dev
+	BIN=$(BIN) LOCK_ARGS="$(LOCK_ARGS)" bash scripts/lock.sh
+
+# Known vulnerabilities in the locked packages (PyPI's advisory data); CI runs it.
+audit: install-dev
+	BIN=$(BIN) bash scripts/audit.sh
 
 clean:
 	rm -rf $(VENV) var

@@ -13,7 +13,9 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts import codes, delivery, selectors, services, sms
 from accounts.identifiers import phone_mask
-from accounts.models import Region, SecurityEvent
+from accounts.models import Region
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class AccountAdapter(DefaultAccountAdapter):
         action = (
             SecurityEvent.Action.STAFF_SIGN_IN if user.is_staff else SecurityEvent.Action.SIGN_IN
         )
-        services.security_event_record(action=action, user=user, request=request)
+        security_event_record(action=action, user=user, request=request)
         if user.language:
             translation.activate(user.language)
             response.set_cookie(

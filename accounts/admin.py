@@ -5,7 +5,7 @@ from django.contrib.auth.forms import UserChangeForm
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import AdminAccountCreationForm
-from accounts.models import SecurityEvent, User
+from accounts.models import User
 from accounts.services import account_delete
 
 # /admin/login/ would take passwords without any rate limit (150 wrong ones, then the right
@@ -81,34 +81,3 @@ class AccountAdmin(DjangoUserAdmin):
             # AdminAccountCreationForm.save() already created it through account_create.
             return
         super().save_model(request, obj, form, change)
-
-
-@admin.register(SecurityEvent)
-class SecurityEventAdmin(admin.ModelAdmin):
-    """The security log, read-only: entries are written by the services that act."""
-
-    list_display = ["created_at", "action", "user", "actor", "ip_address"]
-    list_filter = ["action", "created_at"]
-    search_fields = ["user__email", "user__phone", "actor__email", "ip_address"]
-    date_hierarchy = "created_at"
-    list_select_related = ["user", "actor"]
-    readonly_fields = [
-        "created_at",
-        "action",
-        "user",
-        "actor",
-        "ip_address",
-        "user_agent",
-        "detail",
-    ]
-    # Searching by account or address must not scan the whole table for a count.
-    show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

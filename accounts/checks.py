@@ -1,5 +1,9 @@
+import importlib.util
+
 from django.conf import settings
 from django.core.checks import Error, Warning, register
+
+from accounts.sms.base import SDK_EXTRAS, sdk_missing
 
 _REQUIRED = {
     "aliyun": [
@@ -32,6 +36,14 @@ def sms_settings_check(app_configs, **kwargs):
                 id="accounts.E001",
             )
         )
+    if backend in SDK_EXTRAS and not _sdk_installed(SDK_EXTRAS[backend][0]):
+        messages.append(
+            Error(
+                str(sdk_missing(backend).args[0]),
+                hint=f"Install the '{SDK_EXTRAS[backend][1]}' extra, or pick another SMS_BACKEND.",
+                id="accounts.E002",
+            )
+        )
     if backend == "console" and getattr(settings, "PRODUCTION", False):
         messages.append(
             Warning(
@@ -41,3 +53,11 @@ def sms_settings_check(app_configs, **kwargs):
             )
         )
     return messages
+
+
+def _sdk_installed(module: str) -> bool:
+    # find_spec, not import: the check must not load a whole SDK into every process.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (tencentcloud) is missing
+        return False

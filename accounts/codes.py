@@ -23,6 +23,8 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from accounts.models import SmsBudgetDay, UseCounter, User
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +179,6 @@ def _budget_spent(*, day, scope: str, budget: int) -> None:
 
 
 def _security_event(*, scope: str, budget: int) -> None:
-    from accounts.models import SecurityEvent
-    from accounts.services import security_event_record
-
     security_event_record(
         action=SecurityEvent.Action.SMS_BUDGET_REACHED,
         detail={"scope": scope, "budget": budget},

@@ -2,14 +2,14 @@
 
 from allauth.account import forms as allauth_forms
 from allauth.account.internal.flows.login_by_code import LoginCodeVerificationProcess
-from allauth.account.internal.userkit import filter_users_by_email
+from allauth.account.utils import filter_users_by_email
 from allauth.core import context as allauth_context
 from allauth.core import ratelimit
-from allauth.core.internal.httpkit import headed_redirect_response
 from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
@@ -188,7 +188,7 @@ class SignupForm(ChallengeFormMixin, allauth_forms.SignupForm):
         else:
             user = selectors.account_get_by_email(email=email)
         LoginCodeVerificationProcess.initiate(request=request, user=user, email=email, phone=phone)
-        return None, headed_redirect_response("account_confirm_login_code")
+        return None, redirect("account_confirm_login_code")
 
 
 def code_send_checks(form, *, address: str) -> bool:

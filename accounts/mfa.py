@@ -15,8 +15,8 @@ from django.dispatch import receiver
 from django.shortcuts import redirect
 from django.utils.translation import gettext as _
 
-from accounts.models import SecurityEvent
-from accounts.services import security_event_record
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 
 STAFF_PREFIXES = ("/admin/", "/review/", "/staff/")
 

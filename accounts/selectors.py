@@ -1,4 +1,4 @@
-from accounts.models import SecurityEvent, User
+from accounts.models import User
 
 
 def account_get_by_phone(*, phone: str) -> User | None:
@@ -16,15 +16,3 @@ def account_email_verified(*, user: User) -> bool:
     if not user.email:
         return False
     return EmailAddress.objects.filter(user=user, email=user.email, verified=True).exists()
-
-
-ACCOUNT_PAGE_EVENTS = 20
-
-
-def security_events_for_account(*, user: User, limit: int = ACCOUNT_PAGE_EVENTS):
-    """The latest security-log entries of ``user``'s account, newest first."""
-    return list(
-        SecurityEvent.objects.filter(user=user)
-        .select_related("actor")
-        .order_by("-created_at", "-id")[:limit]
-    )

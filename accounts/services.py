@@ -1,69 +1,20 @@
-import ipaddress
 import logging
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from accounts.middleware import current_request
-from accounts.models import SecurityEvent, User
+from accounts.models import User
+from audit.models import SecurityEvent
+from audit.services import security_event_record
+from keys.services import DEFAULT_KEY_NAME, api_key_create, api_keys_deactivate_for_user
 
 logger = logging.getLogger(__name__)
 
 # RFC 2606 reserves .invalid: a deleted account's placeholder address can never receive mail.
 DELETED_EMAIL_DOMAIN = "deleted.invalid"
-
-
-USER_AGENT_MAX_LENGTH = SecurityEvent._meta.get_field("user_agent").max_length
-
-
-def security_event_record(
-    *,
-    action: str,
-    user: User | None = None,
-    user_id: int | None = None,
-    actor: User | None = None,
-    request=None,
-    detail: dict | None = None,
-) -> SecurityEvent:
-    """Write one entry of the security log. Call it from the service performing ``action``.
-
-    ``request`` defaults to the one being served (``accounts.middleware``): it gives the
-    client address (as uvicorn derived it from ``FORWARDED_ALLOW_IPS``, never a raw header)
-    and the user agent. ``actor`` defaults to the request's signed-in account, so an action a
-    staff member takes in the admin names them. Give the account as ``user`` or, where only
-    its id is at hand, ``user_id``. Outside a request (a command, a task) both
-    are empty unless given. ``detail`` must not hold secrets.
-    """
-    request = request if request is not None else current_request()
-    if actor is None and request is not None:
-        signed_in = getattr(request, "user", None)
-        if signed_in is not None and signed_in.is_authenticated:
-            actor = signed_in
-    meta = getattr(request, "META", {}) if request is not None else {}
-    return SecurityEvent.objects.create(
-        user_id=user.pk if user is not None else user_id,
-        actor=actor,
-        action=action,
-        ip_address=_ip_or_none(meta.get("REMOTE_ADDR")),
-        user_agent=(meta.get("HTTP_USER_AGENT") or "")[:USER_AGENT_MAX_LENGTH],
-        detail=detail or {},
-    )
-
-
-def _ip_or_none(value: str | None) -> str | None:
-    # A unix-socket peer or a test client may give something that is not an address.
-    try:
-        return str(ipaddress.ip_address(value or ""))
-    except ValueError:
-        return None
-
-
-def security_events_prune(*, before) -> int:
-    """Delete security-log entries older than ``before``. Returns how many went."""
-    deleted, _by_model = SecurityEvent.objects.filter(created_at__lt=before).delete()
-    return deleted
 
 
 def normalize_email(email: str | None) -> str | None:
@@ -87,8 +38,6 @@ def account_create_with_key(
     *, email: str | None = None, phone: str | None = None, password: str | None = None, **fields
 ) -> tuple[User, str]:
     """Like ``account_create``; also returns the default key's secret (for one-time display)."""
-    from keys.services import DEFAULT_KEY_NAME, api_key_create
-
     user = User(email=normalize_email(email), phone=phone or None, **fields)
     if password:
         user.set_password(password)
@@ -173,8 +122,6 @@ def account_delete(*, user: User) -> User:
     """
     from allauth.account.models import EmailAddress
 
-    from keys.services import api_keys_deactivate_for_user
-
     user = User.objects.select_for_update().get(pk=user.pk)
     api_keys_deactivate_for_user(user=user)
     user.is_active = False
@@ -199,12 +146,6 @@ def account_delete(*, user: User) -> User:
 # revoked (``account_keys_revoke``) stays revoked until its owner enables it again.
 
 
-def _now():
-    from django.utils import timezone
-
-    return timezone.now()
-
-
 def _is_closed(user: User) -> bool:
     return bool(user.email) and user.email.endswith("@" + DELETED_EMAIL_DOMAIN)
 
@@ -225,7 +166,7 @@ def account_suspend(*, user: User, actor: User, reason: str) -> User:
         raise ValidationError(_("You cannot suspend your own account."))
     if not locked.is_active:
         raise ValidationError(_("This account is already inactive."))
-    User.objects.filter(pk=locked.pk).update(is_active=False, updated_at=_now())
+    User.objects.filter(pk=locked.pk).update(is_active=False, updated_at=timezone.now())
     security_event_record(
         action=SecurityEvent.Action.ACCOUNT_SUSPENDED,
         user=locked,
@@ -246,7 +187,7 @@ def account_reactivate(*, user: User, actor: User, reason: str) -> User:
         raise ValidationError(_("A closed account cannot be reactivated."))
     if locked.is_active:
         raise ValidationError(_("This account is not suspended."))
-    User.objects.filter(pk=locked.pk).update(is_active=True, updated_at=_now())
+    User.objects.filter(pk=locked.pk).update(is_active=True, updated_at=timezone.now())
     security_event_record(
         action=SecurityEvent.Action.ACCOUNT_REACTIVATED,
         user=locked,
@@ -265,8 +206,6 @@ def account_keys_revoke(*, user: User, actor: User, reason: str) -> int:
     The owner can enable or regenerate them again on the API Keys page (suspend the account
     to stop that too).
     """
-    from keys.services import api_keys_deactivate_for_user
-
     reason = _staff_reason(reason)
     User.objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
     count = api_keys_deactivate_for_user(user=user)

@@ -1,22 +1,37 @@
 """Proving ownership of a second identifier (the Account page's "add a phone / an email").
 
 A pending check lives in the session: the address, the expected code, when it was sent and
-how many wrong codes were typed. Codes are allauth's (same 6-digit format, same constant-time
-comparison) and expire and run out of attempts like sign-in codes. An address that belongs
+how many wrong codes were typed. Codes are allauth's (its adapter makes them) and are compared
+the way allauth compares sign-in codes (``codes_match``: constant time, punctuation, spaces and
+case ignored), and expire and run out of attempts like sign-in codes. An address that belongs
 to another account gets no code at all, yet the page reads the same: the check simply never
 succeeds, so the Account page cannot be used to find out who is registered.
 """
 
+import secrets
+import string
 import time
 from dataclasses import asdict, dataclass
 
 from allauth.account.adapter import get_adapter
-from allauth.core.internal.cryptokit import compare_user_code
 from django.conf import settings
 
 from accounts import codes, selectors
 
 SESSION_KEY = "accounts_pending_identifier"
+
+# What a person may type around a code ("123 456", "123-456"): ignored, as allauth does.
+_IGNORED = str.maketrans("", "", string.punctuation + string.whitespace)
+
+
+def codes_match(*, actual: str, expected: str) -> bool:
+    """Whether ``actual`` (as typed) is ``expected``, in constant time."""
+    actual = actual.translate(_IGNORED).lower()
+    expected = expected.translate(_IGNORED).lower()
+    try:
+        return bool(expected) and secrets.compare_digest(actual, expected)
+    except TypeError:  # compare_digest refuses non-ASCII text: such a code is wrong anyway
+        return False
 
 
 @dataclass
@@ -86,7 +101,7 @@ def identifier_check(request, pending: PendingIdentifier, code: str) -> bool:
         pending.failed_attempts = settings.ACCOUNT_LOGIN_BY_CODE_MAX_ATTEMPTS
         pending_clear(request)
         return False
-    if pending.code and compare_user_code(actual=code, expected=pending.code):
+    if pending.code and codes_match(actual=code, expected=pending.code):
         pending_clear(request)
         return True
     pending.failed_attempts += 1

@@ -1,6 +1,5 @@
 from allauth.account import app_settings as allauth_settings
 from allauth.account import views as allauth_views
-from allauth.account.internal.decorators import login_not_required
 from allauth.account.internal.flows.login_by_code import LoginCodeVerificationProcess
 from allauth.account.stages import LoginByCodeStage, LoginStageController
 from allauth.account.utils import get_login_redirect_url
@@ -8,7 +7,7 @@ from allauth.core import ratelimit
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_not_required, login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -35,7 +34,9 @@ from accounts.forms import (
     LanguageForm,
 )
 from accounts.mfa import staff_mfa_missing
-from accounts.models import SecurityEvent
+from audit import selectors as audit_selectors
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 
 
 # --- sign-in code entry (allauth's view with clearer messages and a resend cooldown) -------
@@ -84,7 +85,7 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
 
     def _record_exhausted(self) -> None:
         if codes.code_exhausted_first_time(**self._code_identity()):
-            services.security_event_record(
+            security_event_record(
                 action=SecurityEvent.Action.CODE_ATTEMPTS_EXHAUSTED, user=self._process.user
             )
 
@@ -108,9 +109,7 @@ class ConfirmLoginCodeView(allauth_views.ConfirmLoginCodeView):
 
     def form_invalid(self, form):
         # The account is named only when the address has one; the log is staff-only.
-        services.security_event_record(
-            action=SecurityEvent.Action.SIGN_IN_FAILED, user=self._process.user
-        )
+        security_event_record(action=SecurityEvent.Action.SIGN_IN_FAILED, user=self._process.user)
         if self._process.record_invalid_attempt():
             self.attempts_left = (
                 allauth_settings.LOGIN_BY_CODE_MAX_ATTEMPTS - self._process.state["failed_attempts"]
@@ -146,7 +145,7 @@ def _account_context(request, *, add_email_form=None, add_phone_form=None) -> di
         "add_email_form": None if user.email else (add_email_form or AddEmailForm()),
         "add_phone_form": None if user.phone else (add_phone_form or AddPhoneForm()),
         "pending": pending if pending and not pending.expired else None,
-        "security_events": selectors.security_events_for_account(user=user),
+        "security_events": audit_selectors.security_events_for_account(user=user),
         "security_log_days": settings.SECURITY_LOG_RETENTION_DAYS,
         "mfa_enabled": user.is_staff and not staff_mfa_missing(user),
     }

@@ -23,8 +23,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_variables
 
-from accounts.models import SecurityEvent
-from accounts.services import security_event_record
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 from keys import crypto
 from keys.models import ApiKey
 

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "portal",
+    "audit",
     "accounts",
     "keys",
     "usage",
@@ -88,7 +89,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "observability.logging.request_user_middleware",
-    "accounts.middleware.security_context_middleware",
+    "audit.middleware.security_context_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -513,8 +514,8 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "usage.tasks.reservations_sweep",
         "schedule": crontab(minute="*/5"),
     },
-    "accounts-security-log-prune": {
-        "task": "accounts.tasks.security_log_prune",
+    "audit-security-log-prune": {
+        "task": "audit.tasks.security_log_prune",
         "schedule": crontab(hour=0, minute=30),
     },
 }

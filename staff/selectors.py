@@ -22,7 +22,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.identifiers import phone_normalize
-from accounts.models import SecurityEvent
+from audit.models import SecurityEvent
 from gateway.models import Model
 from keys.crypto import PREFIX_LENGTH
 from keys.models import ApiKey

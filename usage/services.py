@@ -13,8 +13,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from accounts.models import SecurityEvent
-from accounts.services import security_event_record
+from audit.models import SecurityEvent
+from audit.services import security_event_record
 from usage import notifications, tasks
 from usage.models import QuotaApplication, QuotaChange
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0003_security_event'),
+        ('accounts', '0002_user_phone_verified'),
     ]
 
     operations = [

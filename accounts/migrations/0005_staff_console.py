@@ -38,40 +38,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="securityevent",
-            name="action",
-            field=models.CharField(
-                choices=[
-                    ("sign_up", "Account created"),
-                    ("sign_in", "Signed in"),
-                    ("sign_in_failed", "Wrong sign-in code entered"),
-                    ("code_attempts_exhausted", "Sign-in code blocked after too many tries"),
-                    ("staff_sign_in", "Signed in to the admin"),
-                    ("mfa_enabled", "Two-factor authentication turned on"),
-                    ("mfa_disabled", "Two-factor authentication turned off"),
-                    ("identifier_added", "Email address or phone number added"),
-                    ("account_closed", "Account closed"),
-                    ("key_created", "API key created"),
-                    ("key_revealed", "API key revealed"),
-                    ("key_regenerated", "API key regenerated"),
-                    ("key_renamed", "API key renamed"),
-                    ("key_enabled", "API key enabled"),
-                    ("key_disabled", "API key disabled"),
-                    ("key_deleted", "API key deleted"),
-                    ("key_limits_changed", "API key limits changed"),
-                    ("quota_changed", "Daily quota changed"),
-                    ("application_approved", "Quota application approved"),
-                    ("application_rejected", "Quota application rejected"),
-                    ("sms_budget_reached", "SMS budget reached"),
-                    ("account_suspended", "Account suspended by staff"),
-                    ("account_reactivated", "Account reactivated by staff"),
-                    ("keys_revoked", "All API keys revoked by staff"),
-                ],
-                max_length=40,
-                verbose_name="action",
-            ),
-        ),
         AddIndexOnline(
             model_name="user",
             index=models.Index(fields=["date_joined"], name="accounts_user_joined_idx"),

@@ -8,15 +8,21 @@ parameter) and optionally ``SMS_ALIYUN_ENDPOINT``.
 import json
 import logging
 
-from alibabacloud_dysmsapi20170525 import models as dysms_models
-from alibabacloud_dysmsapi20170525.client import Client
-from alibabacloud_tea_openapi import utils_models as openapi_models
-from darabonba.runtime import RuntimeOptions
 from django.conf import settings
 
 from accounts.identifiers import phone_mask
 from accounts.sms._endpoint import split_endpoint
-from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage
+from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage, sdk_missing
+
+try:  # the optional 'sms-aliyun' extra
+    from alibabacloud_dysmsapi20170525 import models as dysms_models
+    from alibabacloud_dysmsapi20170525.client import Client
+    from alibabacloud_tea_openapi import utils_models as openapi_models
+    from darabonba.runtime import RuntimeOptions
+except ImportError:
+    SDK_INSTALLED = False
+else:
+    SDK_INSTALLED = True
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,8 @@ class AliyunBackend(SmsBackend):
     name = "aliyun"
 
     def __init__(self):
+        if not SDK_INSTALLED:
+            raise sdk_missing(self.name)
         protocol, endpoint = split_endpoint(settings.SMS_ALIYUN_ENDPOINT)
         self.client = Client(
             openapi_models.Config(

@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext
@@ -14,6 +15,26 @@ BACKEND_ALIASES = {
     "tencent": "accounts.sms.tencent.TencentBackend",
     "twilio": "accounts.sms.twilio.TwilioBackend",
 }
+
+
+# The provider SDKs are optional extras of the package (pyproject ``[project.optional-
+# dependencies]``): backend name -> (a module the SDK installs, the extra that installs it).
+SDK_EXTRAS = {
+    "aliyun": ("alibabacloud_dysmsapi20170525", "sms-aliyun"),
+    "tencent": ("tencentcloud.sms", "sms-tencent"),
+    "twilio": ("twilio", "sms-twilio"),
+}
+
+
+def sdk_missing(backend: str) -> ImproperlyConfigured:
+    """The error a backend raises when its provider's SDK is not installed."""
+    module, extra = SDK_EXTRAS[backend]
+    return ImproperlyConfigured(
+        f"SMS_BACKEND={backend} needs the {module} SDK, which is not installed: install the "
+        f"'{extra}' extra (pip install --require-hashes -r requirements.lock "
+        f"-r requirements-{extra}.lock, or build the image with --build-arg "
+        f"SMS_EXTRAS={extra}; README, 'Dependencies')."
+    )
 
 
 class SmsDeliveryError(Exception):

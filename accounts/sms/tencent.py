@@ -8,15 +8,21 @@ code), and optionally ``SMS_TENCENT_REGION`` and ``SMS_TENCENT_ENDPOINT``.
 import logging
 
 from django.conf import settings
-from tencentcloud.common import credential
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
-from tencentcloud.sms.v20210111 import models as sms_models
-from tencentcloud.sms.v20210111 import sms_client
 
 from accounts.identifiers import phone_mask
 from accounts.sms._endpoint import split_endpoint
-from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage
+from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage, sdk_missing
+
+try:  # the optional 'sms-tencent' extra
+    from tencentcloud.common import credential
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.sms.v20210111 import models as sms_models
+    from tencentcloud.sms.v20210111 import sms_client
+except ImportError:
+    SDK_INSTALLED = False
+else:
+    SDK_INSTALLED = True
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +31,8 @@ class TencentBackend(SmsBackend):
     name = "tencent"
 
     def __init__(self):
+        if not SDK_INSTALLED:
+            raise sdk_missing(self.name)
         protocol, endpoint = split_endpoint(settings.SMS_TENCENT_ENDPOINT)
         http_profile = HttpProfile(
             endpoint=endpoint, protocol=protocol, reqTimeout=int(settings.SMS_TIMEOUT_SECONDS)

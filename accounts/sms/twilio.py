@@ -8,12 +8,18 @@ sender number in E.164, or a Messaging Service SID starting with ``MG``); option
 import logging
 
 from django.conf import settings
-from twilio.base.exceptions import TwilioException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 
 from accounts.identifiers import phone_mask
-from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage
+from accounts.sms.base import SmsBackend, SmsDeliveryError, SmsMessage, sdk_missing
+
+try:  # the optional 'sms-twilio' extra
+    from twilio.base.exceptions import TwilioException
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+except ImportError:
+    SDK_INSTALLED = False
+else:
+    SDK_INSTALLED = True
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +28,8 @@ class TwilioBackend(SmsBackend):
     name = "twilio"
 
     def __init__(self):
+        if not SDK_INSTALLED:
+            raise sdk_missing(self.name)
         self.client = Client(
             settings.SMS_TWILIO_ACCOUNT_SID,
             settings.SMS_TWILIO_AUTH_TOKEN,

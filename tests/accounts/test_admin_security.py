@@ -14,7 +14,7 @@ from allauth.mfa.totp.internal.auth import (
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import SecurityEvent
+from audit.models import SecurityEvent
 from tests.accounts.conftest import last_mail_code
 
 LOGIN = reverse("account_login")

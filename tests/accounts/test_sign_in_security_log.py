@@ -1,11 +1,13 @@
 """What sign-in writes to the security log: sign-ins, wrong codes, blocked codes, spent SMS
-budgets (identifiers added and 2FA changes: test_security_log.py, test_admin_security.py)."""
+budgets (identifiers added and 2FA changes: tests/audit/test_security_log.py,
+test_admin_security.py)."""
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import Region, SecurityEvent
+from accounts.models import Region
+from audit.models import SecurityEvent
 from tests.accounts.conftest import last_mail_code
 
 LOGIN = reverse("account_login")

@@ -4,10 +4,28 @@ import json
 import logging
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from accounts import sms
+from accounts.sms import aliyun as aliyun_module
+from accounts.sms import tencent as tencent_module
+from accounts.sms import twilio as twilio_module
 from accounts.sms.aliyun import aliyun_phone_number
+from accounts.sms.base import SDK_EXTRAS
 from tests.accounts.fake_sms import FakeProvider, start_fake
+
+SDK_MODULES = {"aliyun": aliyun_module, "tencent": tencent_module, "twilio": twilio_module}
+
+
+def require_sdk(backend: str) -> None:
+    """Skip, saying why, where the provider's SDK (an optional extra) is not installed.
+
+    requirements-dev.lock installs every extra, so CI always runs these tests."""
+    if not SDK_MODULES[backend].SDK_INSTALLED:
+        module, extra = SDK_EXTRAS[backend]
+        pytest.skip(
+            f"{module} is not installed (the '{extra}' extra; requirements-dev.lock has it)"
+        )
 
 
 @pytest.fixture
@@ -38,6 +56,7 @@ def test_it_loads_a_backend_by_dotted_path(settings, sms_outbox):
 # --- Alibaba Cloud ------------------------------------------------------------------------
 @pytest.fixture
 def aliyun(settings, fake):
+    require_sdk("aliyun")
     settings.SMS_BACKEND = "aliyun"
     settings.SMS_ALIYUN_ACCESS_KEY_ID = "test-ak"
     settings.SMS_ALIYUN_ACCESS_KEY_SECRET = "test-secret"
@@ -88,6 +107,7 @@ def test_it_formats_numbers_the_aliyun_way():
 # --- Tencent Cloud ------------------------------------------------------------------------
 @pytest.fixture
 def tencent(settings, fake):
+    require_sdk("tencent")
     settings.SMS_BACKEND = "tencent"
     settings.SMS_TENCENT_SECRET_ID = "test-id"
     settings.SMS_TENCENT_SECRET_KEY = "test-key"
@@ -152,6 +172,7 @@ def test_it_reports_a_tencent_api_error(tencent):
 # --- Twilio -------------------------------------------------------------------------------
 @pytest.fixture
 def twilio(settings, fake):
+    require_sdk("twilio")
     settings.SMS_BACKEND = "twilio"
     settings.SMS_TWILIO_ACCOUNT_SID = "AC00000000000000000000000000000000"
     settings.SMS_TWILIO_AUTH_TOKEN = "test-token"
@@ -217,3 +238,36 @@ def test_it_warns_about_console_codes_in_production(settings):
     assert [m.id for m in sms_settings_check(None)] == ["accounts.W001"]
     settings.PRODUCTION = False
     assert sms_settings_check(None) == []
+
+
+@pytest.mark.parametrize("backend", sorted(SDK_EXTRAS))
+def test_a_backend_without_its_sdk_names_the_extra_to_install(backend, settings, monkeypatch):
+    monkeypatch.setattr(SDK_MODULES[backend], "SDK_INSTALLED", False)
+    settings.SMS_BACKEND = backend
+    with pytest.raises(ImproperlyConfigured, match=f"install the 'sms-{backend}' extra"):
+        sms.get_backend()
+
+
+@pytest.mark.parametrize("backend", sorted(SDK_EXTRAS))
+def test_the_checks_report_a_configured_backend_without_its_sdk(backend, settings, monkeypatch):
+    from accounts import checks
+
+    real_find_spec = checks.importlib.util.find_spec
+    module = SDK_EXTRAS[backend][0]
+
+    def find_spec(name, *args):
+        return None if name == module else real_find_spec(name, *args)
+
+    monkeypatch.setattr(checks.importlib.util, "find_spec", find_spec)
+    settings.SMS_BACKEND = backend
+    [error] = [m for m in checks.sms_settings_check(None) if m.id == "accounts.E002"]
+    assert f"sms-{backend}" in error.msg
+
+
+@pytest.mark.parametrize("backend", sorted(SDK_EXTRAS))
+def test_the_checks_accept_a_backend_whose_sdk_is_installed(backend, settings):
+    require_sdk(backend)
+    settings.SMS_BACKEND = backend
+    from accounts.checks import sms_settings_check
+
+    assert "accounts.E002" not in [m.id for m in sms_settings_check(None)]

@@ -36,8 +36,8 @@ def test_staff_find_an_applicant_read_their_usage_and_approve_a_custom_quota(
     from django.db import connection
     from playwright.sync_api import expect
 
-    from accounts.models import SecurityEvent
     from accounts.services import account_create, account_create_with_key
+    from audit.models import SecurityEvent
     from gateway.services import catalog_bootstrap
     from tests.docs.examples import live_platform
     from usage.models import QuotaApplication

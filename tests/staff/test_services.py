@@ -4,8 +4,8 @@ the staff member, and suspension stops the account's keys in the gateway at once
 import pytest
 from django.core.exceptions import ValidationError
 
-from accounts.models import SecurityEvent
 from accounts.services import account_keys_revoke, account_reactivate, account_suspend
+from audit.models import SecurityEvent
 from keys.models import ApiKey
 from keys.services import api_key_create, api_key_set_active
 from tests.keys.gateway_view import gateway_answer

@@ -7,7 +7,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import SecurityEvent, User
+from accounts.models import User
+from audit.models import SecurityEvent
 from keys.models import ApiKey
 from keys.services import api_key_create
 from tests.usage.conftest import record_request

@@ -1,6 +1,6 @@
 """Where a security event comes from: the request being served, for the services to read.
 
-The services that record security events (``accounts.services.security_event_record``) are
+The services that record security events (``audit.services.security_event_record``) are
 called from views, the admin, the REST API, commands and tasks. Rather than threading the
 request through every one of them, this middleware keeps it in a context variable for the
 length of the request; outside a request (a command, a Celery task) there is none and events

@@ -9,9 +9,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import SecurityEvent
-from accounts.services import account_delete, security_event_record
-from accounts.tasks import security_log_prune
+from accounts.services import account_delete
+from audit.models import SecurityEvent
+from audit.services import security_event_record
+from audit.tasks import security_log_prune
 from keys import services as key_services
 from keys.models import ApiKey
 from usage import services as usage_services
@@ -160,13 +161,13 @@ def test_the_account_page_reads_the_log_in_a_fixed_number_of_queries(
 
 
 def test_only_staff_see_the_log_in_the_admin(alice, alice_browser, staff, staff_client):
-    url = reverse("admin:accounts_securityevent_changelist")
+    url = reverse("admin:audit_securityevent_changelist")
     assert staff_client.get(url).status_code == 403  # staff, but not allowed to view it
     staff.user_permissions.add(Permission.objects.get(codename="view_securityevent"))
     assert staff_client.get(url).status_code == 200
     assert staff_client.get(url, {"q": "alice@example.com"}).status_code == 200
     event = SecurityEvent.objects.filter(user=alice).first()
-    detail = reverse("admin:accounts_securityevent_change", args=[event.pk])
+    detail = reverse("admin:audit_securityevent_change", args=[event.pk])
     assert staff_client.get(detail).status_code == 200
     assert staff_client.post(detail, {"action": "sign_in"}).status_code == 403
     assert alice_browser.get(url).status_code == 302  # to the admin login
