@@ -41,9 +41,6 @@
   var chat = 0;            // bumped by "New chat": a late answer must not land in the new one
 
   function msg(name) { return root.getAttribute("data-msg-" + name) || ""; }
-  function csrfToken() {
-    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
-  }
   function selectedKey() { return keySelect.options[keySelect.selectedIndex]; }
   function format() {
     var checked = root.querySelector("[data-pg-format]:checked");
@@ -56,16 +53,9 @@
   function revealSecret(option) {
     var id = option.value;
     if (secrets[id]) return Promise.resolve(secrets[id]);
-    return fetch(option.getAttribute("data-reveal-url"), {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
-    }).then(function (response) {
-      if (!response.ok) throw new Error("reveal");
-      return response.json();
-    }).then(function (data) {
-      secrets[id] = data.key;
-      return data.key;
+    return Portal.fetchSecret(option.getAttribute("data-reveal-url")).then(function (secret) {
+      secrets[id] = secret;
+      return secret;
     });
   }
 
@@ -467,21 +457,6 @@
     });
     showKeyButton.textContent = msg(snippetShowsKey ? "hide-key" : "show-key");
   }
-  function copyText(text) {
-    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
-    return new Promise(function (resolve, reject) {
-      var area = document.createElement("textarea");
-      area.value = text;
-      area.setAttribute("readonly", "");
-      area.className = "offscreen-copy";
-      document.body.appendChild(area);
-      area.select();
-      var ok = false;
-      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-      document.body.removeChild(area);
-      if (ok) { resolve(); } else { reject(new Error("copy failed")); }
-    });
-  }
   root.querySelectorAll("[data-pg-view]").forEach(function (button) {
     button.addEventListener("click", function () {
       snippetView = button.getAttribute("data-pg-view");
@@ -493,7 +468,7 @@
       if (!lastSent) return;
       snippetView = button.getAttribute("data-pg-copy");
       renderSnippet();
-      copyText(snippetEl.textContent).then(function () {
+      Portal.copyText(snippetEl.textContent).then(function () {
         copyStatus.textContent = msg("copied");
       }, function () {
         copyStatus.textContent = msg("copy-failed");

@@ -1,4 +1,42 @@
 // Small progressive enhancements; every page works without this file.
+
+// What the page scripts share (portal.js loads first on every page, playground.js after it):
+// the CSRF token, the owner-only key reveal, and copying text to the clipboard.
+window.Portal = (function () {
+  "use strict";
+  function csrfToken() {
+    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
+  }
+  // POSTs to a key's reveal URL (API Keys page endpoint): its secret, never rendered into HTML.
+  function fetchSecret(url) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
+    }).then(function (response) {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.json();
+    }).then(function (data) { return data.key; });
+  }
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Plain-HTTP deployments have no Clipboard API: fall back to a selected, hidden textarea.
+    return new Promise(function (resolve, reject) {
+      var area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "offscreen-copy";
+      document.body.appendChild(area);
+      area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      document.body.removeChild(area);
+      if (ok) { resolve(); } else { reject(new Error("copy failed")); }
+    });
+  }
+  return { csrfToken: csrfToken, fetchSecret: fetchSecret, copyText: copyText };
+})();
+
 (function () {
   "use strict";
   // The language switcher submits on change; the button stays for no-JS users.
@@ -30,24 +68,14 @@
     var placeholder = slots.length ? slots[0].textContent : "YOUR_API_KEY";
     var label = button.textContent;
     var filled = false;
-    function csrfToken() {
-      try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
-    }
     function show(text, isFilled) {
       slots.forEach(function (slot) { slot.textContent = text; slot.classList.toggle("is-filled", isFilled); });
     }
     function fill() {
       button.disabled = true;
       status.textContent = "";
-      fetch(select.value, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
-      }).then(function (response) {
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return response.json();
-      }).then(function (data) {
-        show(data.key, true);
+      Portal.fetchSecret(select.value).then(function (secret) {
+        show(secret, true);
         filled = true;
         button.textContent = button.getAttribute("data-label-undo");
       }).catch(function () {
@@ -67,36 +95,8 @@
 // that shows the key, and the copy buttons stay hidden (there is nothing they could do).
 (function () {
   "use strict";
-  function csrfToken() {
-    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; } catch (e) { return ""; }
-  }
-  function fetchSecret(url) {
-    return fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Accept": "application/json", "X-CSRFToken": csrfToken() }
-    }).then(function (response) {
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      return response.json();
-    }).then(function (data) { return data.key; });
-  }
-  function copyText(text) {
-    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
-    // Plain-HTTP deployments have no Clipboard API: fall back to a selected, hidden textarea.
-    return new Promise(function (resolve, reject) {
-      var area = document.createElement("textarea");
-      area.value = text;
-      area.setAttribute("readonly", "");
-      area.style.position = "fixed";
-      area.style.opacity = "0";
-      document.body.appendChild(area);
-      area.select();
-      var ok = false;
-      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-      document.body.removeChild(area);
-      if (ok) { resolve(); } else { reject(new Error("copy failed")); }
-    });
-  }
+  var fetchSecret = Portal.fetchSecret;
+  var copyText = Portal.copyText;
   function flash(button, text) {
     var label = button.getAttribute("data-label") || button.textContent;
     button.setAttribute("data-label", label);
