@@ -28,8 +28,9 @@ class AccountAdmin(DjangoUserAdmin):
     form = AccountChangeForm
     add_form = AdminAccountCreationForm
     list_display = ["__str__", "email", "phone", "region", "is_active", "is_staff", "date_joined"]
-    list_filter = ["is_active", "is_staff", "is_superuser", "region"]
-    search_fields = ["email", "phone", "public_id"]
+    list_filter = ["is_active", "is_staff", "is_superuser", "region", "date_joined"]
+    # An API key's public prefix finds its owner (exact: the prefix column is unique).
+    search_fields = ["email", "phone", "public_id", "=api_keys__prefix"]
     ordering = ["-date_joined"]
     # The quota is changed only through the audited quota service (usage: "Add quota change" or
     # `manage.py set_quota`), never edited here without a record of who and why.

@@ -18,7 +18,7 @@ from django.utils.translation import gettext as _
 from audit.models import SecurityEvent
 from audit.services import security_event_record
 
-STAFF_PREFIXES = ("/admin/", "/review/")
+STAFF_PREFIXES = ("/admin/", "/review/", "/staff/")
 
 
 def staff_mfa_missing(user) -> bool:

@@ -67,6 +67,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     class Meta:
         verbose_name = _("account")
         verbose_name_plural = _("accounts")
+        # New accounts today (the staff overview) and the admin's newest-first list.
+        indexes = [models.Index(fields=["date_joined"], name="accounts_user_joined_idx")]
         constraints = [
             models.CheckConstraint(
                 condition=Q(email__isnull=False) | Q(phone__isnull=False),

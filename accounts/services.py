@@ -3,6 +3,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import User
@@ -133,3 +134,85 @@ def account_delete(*, user: User) -> User:
     security_event_record(action=SecurityEvent.Action.ACCOUNT_CLOSED, user=user)
     logger.info("account deleted: user=%s", user.public_id)
     return user
+
+
+# --- staff actions on an account -----------------------------------------------------------
+#
+# Suspension blocks through the account flag alone: ``User.is_active`` is re-checked by the
+# gateway's reservation statement on every request (and by its fresh key check), so a
+# suspended account's keys stop at once in every process, and its sessions stop too (Django
+# refuses inactive users). Key flags are left as they were, so reactivating restores exactly
+# the keys the owner had enabled — a key the owner disabled stays disabled, and a key staff
+# revoked (``account_keys_revoke``) stays revoked until its owner enables it again.
+
+
+def _is_closed(user: User) -> bool:
+    return bool(user.email) and user.email.endswith("@" + DELETED_EMAIL_DOMAIN)
+
+
+def _staff_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": _("Give a reason: it goes into the security log.")})
+    return reason
+
+
+@transaction.atomic
+def account_suspend(*, user: User, actor: User, reason: str) -> User:
+    """Suspend ``user``: it can neither sign in nor use its keys until reactivated."""
+    reason = _staff_reason(reason)
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    if locked.pk == actor.pk:
+        raise ValidationError(_("You cannot suspend your own account."))
+    if not locked.is_active:
+        raise ValidationError(_("This account is already inactive."))
+    User.objects.filter(pk=locked.pk).update(is_active=False, updated_at=timezone.now())
+    security_event_record(
+        action=SecurityEvent.Action.ACCOUNT_SUSPENDED,
+        user=locked,
+        actor=actor,
+        detail={"reason": reason},
+    )
+    user.is_active = False
+    logger.info("account suspended: user=%s by=%s", user.public_id, actor.pk)
+    return user
+
+
+@transaction.atomic
+def account_reactivate(*, user: User, actor: User, reason: str) -> User:
+    """Lift a suspension. Keys keep their own flags (see above). Closed accounts stay closed."""
+    reason = _staff_reason(reason)
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    if _is_closed(locked):
+        raise ValidationError(_("A closed account cannot be reactivated."))
+    if locked.is_active:
+        raise ValidationError(_("This account is not suspended."))
+    User.objects.filter(pk=locked.pk).update(is_active=True, updated_at=timezone.now())
+    security_event_record(
+        action=SecurityEvent.Action.ACCOUNT_REACTIVATED,
+        user=locked,
+        actor=actor,
+        detail={"reason": reason},
+    )
+    user.is_active = True
+    logger.info("account reactivated: user=%s by=%s", user.public_id, actor.pk)
+    return user
+
+
+@transaction.atomic
+def account_keys_revoke(*, user: User, actor: User, reason: str) -> int:
+    """Disable every enabled key of ``user`` at once; one security-log entry. Returns how many.
+
+    The owner can enable or regenerate them again on the API Keys page (suspend the account
+    to stop that too).
+    """
+    reason = _staff_reason(reason)
+    User.objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
+    count = api_keys_deactivate_for_user(user=user)
+    security_event_record(
+        action=SecurityEvent.Action.KEYS_REVOKED,
+        user=user,
+        actor=actor,
+        detail={"reason": reason, "keys": count},
+    )
+    return count

@@ -38,6 +38,9 @@ class SecurityEvent(models.Model):
         APPLICATION_APPROVED = "application_approved", _("Quota application approved")
         APPLICATION_REJECTED = "application_rejected", _("Quota application rejected")
         SMS_BUDGET_REACHED = "sms_budget_reached", _("SMS budget reached")
+        ACCOUNT_SUSPENDED = "account_suspended", _("Account suspended by staff")
+        ACCOUNT_REACTIVATED = "account_reactivated", _("Account reactivated by staff")
+        KEYS_REVOKED = "keys_revoked", _("All API keys revoked by staff")
 
     # The account the event concerns; NULL for platform-wide events (an SMS budget reached).
     user = models.ForeignKey(

@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "gateway",
     "docs",
     "playground",
+    "staff",
 ]
 
 MIDDLEWARE = [

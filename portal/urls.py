@@ -18,7 +18,8 @@ urlpatterns = [
     path("api/v1/keys/", include("keys.api.urls")),
     path("usage/", include("usage.urls")),
     path("playground/", include("playground.urls")),
-    path("review/", include("usage.review_urls")),
+    path("review/", include("staff.review_urls")),
+    path("staff/", include("staff.urls")),
     path("api/v1/", include("usage.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's start-up script as a file: the CSP forbids inline scripts.

@@ -29,19 +29,6 @@ class QuotaApplicationForm(forms.ModelForm):
         return value
 
 
-class ReviewDecisionForm(forms.Form):
-    decision = forms.ChoiceField(choices=[("approve", _("Approve")), ("reject", _("Reject"))])
-    reason = forms.CharField(
-        label=_("Reason"), required=False, widget=forms.Textarea(attrs={"rows": 2})
-    )
-
-    def clean(self):
-        data = super().clean()
-        if data.get("decision") == "reject" and not (data.get("reason") or "").strip():
-            self.add_error("reason", _("A rejection needs a reason for the applicant."))
-        return data
-
-
 class ExportForm(forms.Form):
     KIND_DAILY = "daily"
     KIND_REQUESTS = "requests"

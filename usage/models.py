@@ -112,6 +112,13 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at"], name="usage_record_user_time_idx"),
             models.Index(fields=["created_at"], name="usage_record_time_idx"),
+            # Quota refusals only (a small share of records): the staff overview counts
+            # today's without reading the day's records.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(error_code="insufficient_quota"),
+                name="usage_record_quota_refused_idx",
+            ),
         ]
 
     def __str__(self):
@@ -139,7 +146,11 @@ class DailyRollup(models.Model):
                 fields=["user", "key_name", "model", "day"], name="usage_rollup_unique_slot"
             ),
         ]
-        indexes = [models.Index(fields=["user", "day"], name="usage_rollup_user_day_idx")]
+        indexes = [
+            models.Index(fields=["user", "day"], name="usage_rollup_user_day_idx"),
+            # The staff overview's platform totals per day and model.
+            models.Index(fields=["day", "model"], name="usage_rollup_day_model_idx"),
+        ]
 
     def __str__(self):
         return f"{self.day} {self.key_name} {self.model}"

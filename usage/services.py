@@ -118,13 +118,17 @@ def _lock_pending(application: QuotaApplication) -> QuotaApplication:
 
 
 def quota_application_approve(
-    *, application: QuotaApplication, reviewer, reason: str = ""
+    *, application: QuotaApplication, reviewer, reason: str = "", quota: int | None = None
 ) -> QuotaApplication:
-    """Approve: the account gets ``INCREASED_DAILY_QUOTA`` from this moment, today included.
+    """Approve: the account gets ``quota`` tokens a day (by default ``INCREASED_DAILY_QUOTA``)
+    from this moment, today included.
 
     An account whose quota staff already set higher keeps it; approval never lowers a quota.
     The applicant is notified after the commit.
     """
+    target = settings.INCREASED_DAILY_QUOTA if quota is None else quota
+    if target < 1 or target > MAX_EXPECTED_DAILY_TOKENS:
+        raise ValidationError({"quota": _("Enter a quota between 1 and 10¹² tokens a day.")})
     with transaction.atomic():
         locked = _lock_pending(application)
         locked.status = QuotaApplication.Status.APPROVED
@@ -132,12 +136,12 @@ def quota_application_approve(
         locked.review_reason = (reason or "").strip()
         locked.decided_at = timezone.now()
         locked.save(update_fields=["status", "reviewer", "review_reason", "decided_at"])
-        _log_decision(locked)
+        _log_decision(locked, quota=target)
         current = locked.user.daily_quota
-        if current is None or current < settings.INCREASED_DAILY_QUOTA:
+        if current is None or current < target:
             quota_set(
                 user=locked.user,
-                new_quota=settings.INCREASED_DAILY_QUOTA,
+                new_quota=target,
                 reason=f"Quota application {locked.public_id} approved",
                 actor=reviewer,
             )
@@ -166,8 +170,11 @@ def quota_application_reject(
     return locked
 
 
-def _log_decision(application: QuotaApplication) -> None:
+def _log_decision(application: QuotaApplication, *, quota: int | None = None) -> None:
     approved = application.status == QuotaApplication.Status.APPROVED
+    detail = {"application": str(application.public_id), "reason": application.review_reason}
+    if quota is not None:
+        detail["quota"] = quota
     security_event_record(
         action=(
             SecurityEvent.Action.APPLICATION_APPROVED
@@ -176,7 +183,7 @@ def _log_decision(application: QuotaApplication) -> None:
         ),
         user_id=application.user_id,
         actor=application.reviewer,
-        detail={"application": str(application.public_id), "reason": application.review_reason},
+        detail=detail,
     )
 
 
@@ -199,3 +206,46 @@ def quota_application_notify(*, application_id: int) -> None:
     """
     application = QuotaApplication.objects.select_related("user").get(pk=application_id)
     notifications.application_decided(application)
+
+
+# --- bulk decisions (the review queue) ------------------------------------------------------
+
+
+def quota_applications_approve_bulk(
+    *, applications, reviewer, reason: str = ""
+) -> list[QuotaApplication]:
+    """Approve each of ``applications`` with the standard ``INCREASED_DAILY_QUOTA``.
+
+    Each is decided in its own transaction by ``quota_application_approve`` (so each is
+    audited and notified on its own); one decided meanwhile by someone else is skipped.
+    Returns the applications this call approved.
+    """
+    decided = []
+    for application in applications:
+        try:
+            decided.append(
+                quota_application_approve(application=application, reviewer=reviewer, reason=reason)
+            )
+        except ValidationError:
+            continue
+    return decided
+
+
+def quota_applications_reject_bulk(
+    *, applications, reviewer, reason: str
+) -> list[QuotaApplication]:
+    """Reject each of ``applications`` with one ``reason`` for all (the applicants read it).
+
+    Like the bulk approval: one transaction each, already decided ones skipped.
+    """
+    if not (reason or "").strip():
+        raise ValidationError({"reason": _("A rejection needs a reason for the applicant.")})
+    decided = []
+    for application in applications:
+        try:
+            decided.append(
+                quota_application_reject(application=application, reviewer=reviewer, reason=reason)
+            )
+        except ValidationError:
+            continue
+    return decided

@@ -1,5 +1,6 @@
-"""The Usage page (with its live fragment, CSV export and quota application) and the staff
-review queue. Plain GET forms and POST/redirect/GET; htmx only refreshes today's figures.
+"""The Usage page (with its live fragment, CSV export and quota application); the staff
+review queue is in ``staff.views``. Plain GET forms and POST/redirect/GET; htmx only
+refreshes today's figures.
 """
 
 import csv
@@ -13,8 +14,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -22,7 +23,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from usage import charts, selectors, services
-from usage.forms import ExportForm, QuotaApplicationForm, ReviewDecisionForm
+from usage.forms import ExportForm, QuotaApplicationForm
 from usage.models import QuotaApplication
 from usage.quota import quota_zone
 
@@ -298,68 +299,3 @@ def _request_rows(user, start, end):
     )
     for created_at, day, *rest in rows.iterator(chunk_size=2000):
         yield [created_at.astimezone(dt.UTC).isoformat(), day.isoformat(), *rest]
-
-
-# --- staff review ----------------------------------------------------------------------------
-
-
-def _staff_only(view):
-    """Anonymous visitors go to the login page; signed-in non-staff get a 404 (no hint)."""
-
-    def wrapped(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise Http404
-        return view(request, *args, **kwargs)
-
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
-    return wrapped
-
-
-@never_cache
-@_staff_only
-@require_GET
-def review_queue(request):
-    return render(
-        request,
-        "usage/review.html",
-        {
-            "pending": list(selectors.quota_applications_pending()),
-            "decided": list(selectors.quota_applications_decided()),
-            "increased_quota": settings.INCREASED_DAILY_QUOTA,
-            "form": ReviewDecisionForm(),
-        },
-    )
-
-
-@_staff_only
-@require_POST
-def review_decide(request, public_id):
-    application = get_object_or_404(QuotaApplication, public_id=public_id)
-    form = ReviewDecisionForm(request.POST)
-    if not form.is_valid():
-        for errors in form.errors.values():
-            for error in errors:
-                messages.error(request, error)
-        return redirect("review:queue")
-    try:
-        if form.cleaned_data["decision"] == "approve":
-            services.quota_application_approve(
-                application=application,
-                reviewer=request.user,
-                reason=form.cleaned_data["reason"],
-            )
-            messages.success(request, _("Approved: %(account)s.") % {"account": application.user})
-        else:
-            services.quota_application_reject(
-                application=application,
-                reviewer=request.user,
-                reason=form.cleaned_data["reason"],
-            )
-            messages.success(request, _("Rejected: %(account)s.") % {"account": application.user})
-    except ValidationError as error:
-        for message in error.messages:
-            messages.error(request, message)
-    return redirect("review:queue")

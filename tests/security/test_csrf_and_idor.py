@@ -123,7 +123,14 @@ def bobs_things(bob):
 def test_every_customer_url_with_an_id_is_covered_here():
     # A new URL taking an id must be added to the IDOR list below (or consciously left out).
     routes = {route for route, _ in _routes() if "<uuid:" in route}
-    staff_only = {"review/<uuid:public_id>/"}
+    staff_only = {
+        "review/<uuid:public_id>/",
+        "staff/accounts/<uuid:public_id>/",
+        "staff/accounts/<uuid:public_id>/suspend/",
+        "staff/accounts/<uuid:public_id>/reactivate/",
+        "staff/accounts/<uuid:public_id>/quota/",
+        "staff/accounts/<uuid:public_id>/revoke-keys/",
+    }
     assert routes - staff_only == set(PARAMETERISED_FOR_CUSTOMERS)
 
 

@@ -1,10 +1,11 @@
 from django.urls import path
 
-from usage import views
+from staff import views
 
 app_name = "review"
 
 urlpatterns = [
     path("", views.review_queue, name="queue"),
+    path("bulk/", views.review_bulk, name="bulk"),
     path("<uuid:public_id>/", views.review_decide, name="decide"),
 ]
