@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0003_reservation_lease'),
+        ('usage', '0004_staff_console'),
     ]
 
     operations = [
