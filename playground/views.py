@@ -3,7 +3,7 @@
 The page never holds a secret: ``static/js/playground.js`` asks the API Keys reveal endpoint
 (POST + CSRF, owner-only) for the chosen key, keeps it in memory and calls
 ``/openai/v1/chat/completions`` or ``/anthropic/v1/messages`` on the same origin with it. After
-each answer it reads back the key's latest usage record and today's quota from
+each answer it reads back the key's latest Playground usage record and today's quota from
 ``playground_usage``, so the figures it shows are the ones the Usage page holds. The
 conversation stays in the browser; nothing here stores it.
 """
@@ -63,9 +63,10 @@ def playground_page(request):
 @login_required
 @require_GET
 def playground_usage(request, public_id):
-    """The key's latest usage record and today's quota, as JSON (owner-only: else 404)."""
+    """The key's latest Playground usage record and today's quota, as JSON (owner-only: else
+    404)."""
     key = key_selectors.api_key_get_for_user(request.user, public_id)
-    record = usage_selectors.usage_record_latest_for_key(user=request.user, api_key=key)
+    record = usage_selectors.usage_record_latest_from_playground(user=request.user, api_key=key)
     today = usage_selectors.usage_today(user=request.user)
     payload = {
         "record": None,

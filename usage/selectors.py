@@ -283,10 +283,12 @@ def usage_day_report(*, day: dt.date, top: int = 10) -> dict:
 # --- playground ----------------------------------------------------------------------------
 
 
-def usage_record_latest_for_key(*, user, api_key) -> UsageRecord | None:
-    """The newest usage record of ``api_key`` (which ``user`` must own), or None."""
+def usage_record_latest_from_playground(*, user, api_key) -> UsageRecord | None:
+    """The newest record of a Playground request made with ``api_key`` (which ``user`` must
+    own), or None. Requests from elsewhere (the owner's own code) are left out: records are
+    written in batches, so one of those landing late must not pass for the Playground's."""
     return (
-        UsageRecord.objects.filter(user=user, api_key=api_key)
+        UsageRecord.objects.filter(user=user, api_key=api_key, playground=True)
         .order_by("-created_at", "-id")
         .first()
     )

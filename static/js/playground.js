@@ -4,7 +4,7 @@
 // lives only in this script's memory: never in the page's HTML, never in storage. Requests go
 // to /openai/v1/chat/completions or /anthropic/v1/messages with `X-Playground: 1` so that the
 // platform can tell them apart; the answer is streamed into the page as it arrives, and after
-// it the key's latest usage record is read back from the server (the Usage page's numbers).
+// it the key's latest Playground usage record is read back from the server (the Usage page's numbers).
 // The conversation is kept in this tab only; "New chat" forgets it.
 (function () {
   "use strict";
