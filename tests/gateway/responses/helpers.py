@@ -1,11 +1,14 @@
 """Test helpers: read Responses SSE bytes and check every event against the official openai
 SDK's own event types (strictly: a wrong field name or type fails)."""
 
-import json
 import typing
 
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
+
+# The SSE framing (event and data lines, the name equal to the data's type) is the same as the
+# Anthropic stream's: one reader for both.
+from tests.gateway.anthropic.helpers import sse_events as sse_frames
 
 _RESPONSE = TypeAdapter(Response)
 
@@ -19,20 +22,6 @@ def _event_classes() -> dict[str, type]:
 
 
 _EVENTS = _event_classes()
-
-
-def sse_frames(raw: bytes) -> list[tuple[str, dict]]:
-    """(event name, data) pairs; every frame carries both lines and the name is the type."""
-    frames = []
-    for frame in raw.decode().split("\n\n"):
-        if not frame.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
-        assert set(lines) == {"event", "data"}, frame
-        data = json.loads(lines["data"])
-        assert data["type"] == lines["event"], frame
-        frames.append((lines["event"], data))
-    return frames
 
 
 def sdk_events(raw: bytes) -> list:
