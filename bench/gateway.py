@@ -161,12 +161,13 @@ def measure(
     requests: int,
     concurrency: int,
     dialect: str = "openai",
+    cpu_of=cpu_seconds,
 ):
     kwargs = {"stream": stream, "concurrency": concurrency, "dialect": dialect}
     asyncio.run(load(url, key, requests=min(300, requests), **kwargs))
-    before = cpu_seconds(pid)
+    before = cpu_of(pid)
     elapsed = asyncio.run(load(url, key, requests=requests, **kwargs))
-    cpu = cpu_seconds(pid) - before
+    cpu = cpu_of(pid) - before
     return {"rps": requests / elapsed, "cpu_ms": cpu * 1000 / requests}
 
 
@@ -286,6 +287,9 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
     from django.conf import settings
     from django.db import connection
 
+    from bench import litellm_peer
+    from gateway.models import DEMO_MODEL_NAME
+
     env = dict(os.environ, ACCESS_LOG="false", PYTHONUNBUFFERED="1")
     processes = []
     try:
@@ -302,6 +306,20 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
             uvicorn("bench.bare_proxy:app"), {**env, "BARE_UPSTREAM_URL": upstream}
         )
         processes.append(bare)
+        servers = [("bare", bare.pid, bare_port, key, cpu_seconds)]
+        servers.append(("gateway", gateway.pid, gateway_port, key, cpu_seconds))
+        peer = (
+            None
+            if os.environ.get("BENCH_LITELLM") == "0"
+            else litellm_peer.start(upstream, DEMO_MODEL_NAME, env)
+        )
+        if peer is not None:
+            processes.append(peer[0])
+            master = [litellm_peer.MASTER_KEY]
+            servers.append(("litellm", peer[0].pid, peer[1], master, litellm_peer.tree_cpu_seconds))
+            print(
+                "  (litellm: its proxy, one worker, master key, budgets off: see bench/README.md)"
+            )
 
         print(
             f"gateway benchmark: {requests} requests per case, {concurrency} concurrent; "
@@ -312,21 +330,25 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
         results = {}
         for name, stream in (("non-streamed", False), (f"streamed ({CHUNKS} chunks)", True)):
             row = {}
-            for server, pid, port in (
-                ("bare", bare.pid, bare_port),
-                ("gateway", gateway.pid, gateway_port),
-            ):
-                url = f"http://127.0.0.1:{port}/openai/v1/chat/completions"
+            for server, pid, port, keys, cpu_of in servers:
+                path = "/v1/chat/completions" if server == "litellm" else PATHS["openai"]
                 row[server] = measure(
-                    pid, url, key, stream=stream, requests=requests, concurrency=concurrency
+                    pid,
+                    f"http://127.0.0.1:{port}{path}",
+                    keys,
+                    stream=stream,
+                    requests=requests,
+                    concurrency=concurrency,
+                    cpu_of=cpu_of,
                 )
             results[name] = row
-            ratio = row["gateway"]["cpu_ms"] / max(row["bare"]["cpu_ms"], 1e-9)
-            print(
-                f"  {name:<22} gateway {row['gateway']['rps']:7.0f} req/s "
-                f"{row['gateway']['cpu_ms']:6.3f} ms CPU/req | bare {row['bare']['rps']:7.0f} "
-                f"req/s {row['bare']['cpu_ms']:6.3f} ms CPU/req | CPU ratio {ratio:4.2f}x"
-            )
+            print(f"  {name}:")
+            for server in row:
+                ratio = row[server]["cpu_ms"] / max(row["bare"]["cpu_ms"], 1e-9)
+                print(
+                    f"    {server:<8} {row[server]['rps']:7.0f} req/s "
+                    f"{row[server]['cpu_ms']:6.3f} ms CPU/req  {ratio:5.2f}x bare"
+                )
         print("Anthropic vs OpenAI path, same gateway process (best of 3 interleaved rounds):")
         results["anthropic"] = compare_dialects(
             gateway.pid, gateway_port, key, requests=requests // 2, concurrency=concurrency
