@@ -14,6 +14,10 @@ from alerts.webhooks import WebhookFailed, WebhookRefused, webhook_post
 TEST_WEBHOOK_INTERVAL_SECONDS = 10
 
 
+def webhook_test_cache_key(user) -> str:
+    return f"alerts:webhook-test:{user.pk}"
+
+
 def _usage_anchor() -> str:
     return reverse("usage:page") + "#alerts"
 
@@ -54,7 +58,7 @@ def webhook_test(request):
     if not row.webhook_url or not secret:
         messages.error(request, _("Save a webhook URL first."))
         return redirect(_usage_anchor())
-    if not cache.add(f"alerts:webhook-test:{request.user.pk}", 1, TEST_WEBHOOK_INTERVAL_SECONDS):
+    if not cache.add(webhook_test_cache_key(request.user), 1, TEST_WEBHOOK_INTERVAL_SECONDS):
         messages.error(request, _("Wait a few seconds before sending another test."))
         return redirect(_usage_anchor())
     payload = {"type": "quota.test", "sent_at": timezone.now().isoformat()}
