@@ -101,5 +101,9 @@ def alert_crossings_record(*, charges: Iterable[Charge]) -> int:
 
 
 def _queue_delivery(alert_ids: list[int]) -> None:
-    for alert_id in alert_ids:
-        alert_deliver.delay(alert_id)
+    try:
+        for alert_id in alert_ids:
+            alert_deliver.delay(alert_id)
+    except Exception:
+        # The broker is down: the rows are written, and the beat sweep queues them later.
+        logger.warning("could not queue %d alerts; the sweep will", len(alert_ids), exc_info=True)

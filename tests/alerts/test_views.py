@@ -47,6 +47,9 @@ def test_the_usage_page_shows_the_default_settings(alice_client):
     page = alice_client.get("/usage/").content.decode()
     assert 'id="alerts"' in page
     assert 'value="80, 100"' in page
+    form = page[page.index('action="/usage/alerts/"') :]
+    token = form.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    assert len(token) >= 32
 
 
 def test_it_saves_thresholds_and_a_webhook(alice_client, alice):
@@ -138,3 +141,18 @@ def test_the_test_webhook_is_rate_limited(alice_client, alice, monkeypatch):
     response = alice_client.post(reverse("alerts:test"), follow=True)
     assert len(sent) == 1
     assert "Wait a few seconds" in response.content.decode()
+
+
+def test_the_form_on_the_usage_page_posts_with_its_csrf_token(alice, db):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    page = client.get("/usage/").content.decode()
+    form = page[page.index('action="/usage/alerts/"') :]
+    token = form.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    response = client.post(
+        reverse("alerts:settings"), {"thresholds": "90", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 302
+    assert AlertSettings.objects.get(user=alice).thresholds == [90]

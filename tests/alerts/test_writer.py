@@ -128,3 +128,18 @@ def test_the_banner_shows_todays_crossings_only(alice, alice_client):
         assert "You crossed 80%" in alice_client.get("/usage/").content.decode()
     with time_machine.travel(late + dt.timedelta(seconds=2), tick=False):
         assert "You crossed 80%" not in alice_client.get("/usage/").content.decode()
+
+
+def test_a_broker_outage_leaves_the_alert_for_the_sweep(
+    alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from alerts import services
+
+    def broker_down(*args):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(services.alert_deliver, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alert_crossings_record(charges=[_charge(alice, before=700, after=810)]) == 1
+    assert Alert.objects.get().pending
+    assert mail.outbox == []
