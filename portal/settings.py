@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "docs",
     "playground",
     "staff",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -408,6 +409,10 @@ SMS_TWILIO_ACCOUNT_SID = env.str("SMS_TWILIO_ACCOUNT_SID", default="")
 SMS_TWILIO_AUTH_TOKEN = env.str("SMS_TWILIO_AUTH_TOKEN", default="")
 SMS_TWILIO_FROM = env.str("SMS_TWILIO_FROM", default="")
 SMS_TWILIO_API_BASE_URL = env.str("SMS_TWILIO_API_BASE_URL", default="")
+# Quota alerts by SMS: Aliyun and Tencent send only approved templates, so each needs its own
+# notice template (parameters: percent, limit); left empty, alerts go by email and webhook only.
+SMS_ALIYUN_NOTICE_TEMPLATE_CODE = env.str("SMS_ALIYUN_NOTICE_TEMPLATE_CODE", default="")
+SMS_TENCENT_NOTICE_TEMPLATE_ID = env.str("SMS_TENCENT_NOTICE_TEMPLATE_ID", default="")
 
 # --- Product ----------------------------------------------------------------------------
 PLATFORM_NAME = env.str("PLATFORM_NAME", default="Model API Platform")
@@ -422,6 +427,14 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
 SECURITY_LOG_RETENTION_DAYS = env.int("SECURITY_LOG_RETENTION_DAYS", default=365)
 # A reservation this old belongs to a request that died in flight; the sweeper releases it.
 RESERVATION_STALE_SECONDS = env.int("RESERVATION_STALE_SECONDS", default=900)
+# Quota alerts' webhooks (alerts.webhooks): how long one attempt may take, how many attempts
+# before giving up (with backoff between them), and whether private, loopback and link-local
+# addresses may be called (only for a receiver on the operator's own network).
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+ALERT_WEBHOOK_MAX_ATTEMPTS = env.int("ALERT_WEBHOOK_MAX_ATTEMPTS", default=5)
+ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
+# Staff get a daily digest of quota applications waiting longer than this.
+QUOTA_APPLICATION_DIGEST_AFTER_HOURS = env.int("QUOTA_APPLICATION_DIGEST_AFTER_HOURS", default=24)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 RATE_LIMIT_TPM = env.int("RATE_LIMIT_TPM", default=1_000_000)
 MAX_KEYS_PER_ACCOUNT = env.int("MAX_KEYS_PER_ACCOUNT", default=10)
@@ -517,6 +530,15 @@ CELERY_BEAT_SCHEDULE: dict = {
     "audit-security-log-prune": {
         "task": "audit.tasks.security_log_prune",
         "schedule": crontab(hour=0, minute=30),
+    },
+    # Alerts are queued as they are detected; this catches any whose task was lost.
+    "alerts-deliver-pending": {
+        "task": "alerts.tasks.alerts_deliver_pending",
+        "schedule": crontab(minute="*/10"),
+    },
+    "alerts-quota-application-digest": {
+        "task": "alerts.tasks.quota_application_digest",
+        "schedule": crontab(hour=9, minute=0),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")

@@ -16,6 +16,7 @@ urlpatterns = [
     path("docs/", include("docs.urls")),
     path("keys/", include("keys.urls")),
     path("api/v1/keys/", include("keys.api.urls")),
+    path("usage/alerts/", include("alerts.urls")),
     path("usage/", include("usage.urls")),
     path("playground/", include("playground.urls")),
     path("review/", include("staff.review_urls")),

@@ -23,7 +23,12 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     # The staff console reads across the apps and acts through their services; nothing
     # imports it.
     "staff": {"accounts", "audit", "keys", "usage", "gateway", "observability"},
-    "gateway": {"usage", "keys", "accounts", "observability"},
+    # The gateway records alert crossings when it settles usage (alerts.services).
+    "gateway": {"usage", "keys", "accounts", "alerts", "observability"},
+    # Quota alerts read the quota day and pending applications from usage, send through
+    # accounts' SMS backends and keep the webhook secret with keys' encryption. Nothing but
+    # the gateway (and the Usage page's template, through a template tag) uses them.
+    "alerts": {"usage", "keys", "accounts", "observability"},
     "usage": {"keys", "accounts", "audit", "observability"},
     # accounts -> keys -> audit: keys never imports accounts (the user is AUTH_USER_MODEL);
     # audit, the security log, imports no project package, so that every package records.

@@ -2,7 +2,8 @@
 
 Settings: ``SMS_ALIYUN_ACCESS_KEY_ID``, ``SMS_ALIYUN_ACCESS_KEY_SECRET``,
 ``SMS_ALIYUN_SIGN_NAME``, ``SMS_ALIYUN_TEMPLATE_CODE`` (a template with one ``${code}``
-parameter) and optionally ``SMS_ALIYUN_ENDPOINT``.
+parameter), optionally ``SMS_ALIYUN_NOTICE_TEMPLATE_CODE`` (an approved notice template whose
+parameters are named as the notice's ``notice_params``) and ``SMS_ALIYUN_ENDPOINT``.
 """
 
 import json
@@ -55,8 +56,14 @@ class AliyunBackend(SmsBackend):
         request = dysms_models.SendSmsRequest(
             phone_numbers=aliyun_phone_number(message.to),
             sign_name=settings.SMS_ALIYUN_SIGN_NAME,
-            template_code=settings.SMS_ALIYUN_TEMPLATE_CODE,
-            template_param=json.dumps({"code": message.code}),
+            template_code=(
+                settings.SMS_ALIYUN_NOTICE_TEMPLATE_CODE
+                if message.is_notice
+                else settings.SMS_ALIYUN_TEMPLATE_CODE
+            ),
+            template_param=json.dumps(
+                message.notice_params if message.is_notice else {"code": message.code}
+            ),
         )
         try:
             response = self.client.send_sms_with_options(

@@ -41,15 +41,40 @@ class SmsDeliveryError(Exception):
     """The provider refused or failed to take the message. Never carries the code."""
 
 
+# The setting that names the approved notice template, for providers that send templates
+# only: without it they send codes but no notices (quota alerts).
+NOTICE_TEMPLATE_SETTINGS = {
+    "aliyun": "SMS_ALIYUN_NOTICE_TEMPLATE_CODE",
+    "tencent": "SMS_TENCENT_NOTICE_TEMPLATE_ID",
+}
+
+
+def notices_enabled() -> bool:
+    """Whether the configured backend can send a notice (free text, or a notice template)."""
+    name = NOTICE_TEMPLATE_SETTINGS.get(settings.SMS_BACKEND)
+    return name is None or bool(getattr(settings, name))
+
+
 @dataclass
 class SmsMessage:
+    """A verification code (``code``) or a notice (``notice_text``, with ``notice_params`` in
+    the order of the notice template's parameters, for the template providers)."""
+
     to: str
-    code: str
+    code: str = ""
+    notice_text: str = ""
+    notice_params: dict[str, str] = field(default_factory=dict)
     sent_at: object = field(default_factory=timezone.now)
+
+    @property
+    def is_notice(self) -> bool:
+        return bool(self.notice_text)
 
     @property
     def body(self) -> str:
         """The full text, for providers that send free text (console, Twilio)."""
+        if self.is_notice:
+            return self.notice_text
         minutes = max(1, settings.ACCOUNT_LOGIN_BY_CODE_TIMEOUT // 60)
         return gettext(
             "%(platform)s verification code: %(code)s. It expires in %(minutes)d minutes. "

@@ -2,7 +2,9 @@
 
 Settings: ``SMS_TENCENT_SECRET_ID``, ``SMS_TENCENT_SECRET_KEY``, ``SMS_TENCENT_SDK_APP_ID``,
 ``SMS_TENCENT_SIGN_NAME``, ``SMS_TENCENT_TEMPLATE_ID`` (a template with one parameter, the
-code), and optionally ``SMS_TENCENT_REGION`` and ``SMS_TENCENT_ENDPOINT``.
+code), and optionally ``SMS_TENCENT_NOTICE_TEMPLATE_ID`` (an approved notice template whose
+parameters {1}, {2}… are the notice's ``notice_params`` in order), ``SMS_TENCENT_REGION`` and
+``SMS_TENCENT_ENDPOINT``.
 """
 
 import logging
@@ -47,8 +49,12 @@ class TencentBackend(SmsBackend):
         request = sms_models.SendSmsRequest()
         request.SmsSdkAppId = settings.SMS_TENCENT_SDK_APP_ID
         request.SignName = settings.SMS_TENCENT_SIGN_NAME
-        request.TemplateId = settings.SMS_TENCENT_TEMPLATE_ID
-        request.TemplateParamSet = [message.code]
+        if message.is_notice:
+            request.TemplateId = settings.SMS_TENCENT_NOTICE_TEMPLATE_ID
+            request.TemplateParamSet = list(message.notice_params.values())
+        else:
+            request.TemplateId = settings.SMS_TENCENT_TEMPLATE_ID
+            request.TemplateParamSet = [message.code]
         request.PhoneNumberSet = [message.to]
         try:
             response = self.client.SendSms(request)

@@ -99,6 +99,22 @@ def test_it_reports_an_aliyun_http_error(aliyun):
     assert "123456" not in str(caught.value)
 
 
+def test_it_sends_a_notice_through_aliyuns_notice_template(aliyun, settings):
+    settings.SMS_ALIYUN_NOTICE_TEMPLATE_CODE = "SMS_000002"
+    assert sms.notices_enabled()
+    sms.send_notice(phone="+8613800138000", text="80% used", params={"percent": "80", "limit": "5"})
+
+    [request] = aliyun.requests
+    assert request.query["TemplateCode"] == "SMS_000002"
+    assert json.loads(request.query["TemplateParam"]) == {"percent": "80", "limit": "5"}
+
+
+def test_aliyun_sends_no_notices_without_a_notice_template(settings):
+    settings.SMS_BACKEND = "aliyun"
+    settings.SMS_ALIYUN_NOTICE_TEMPLATE_CODE = ""
+    assert not sms.notices_enabled()
+
+
 def test_it_formats_numbers_the_aliyun_way():
     assert aliyun_phone_number("+8613800138000") == "13800138000"
     assert aliyun_phone_number("+85261234567") == "85261234567"
@@ -147,6 +163,29 @@ def test_it_sends_through_tencent(tencent):
         "TemplateId": "100001",
         "TemplateParamSet": ["123456"],
     }
+
+
+def test_it_sends_a_notice_through_tencents_notice_template(tencent, settings):
+    settings.SMS_TENCENT_NOTICE_TEMPLATE_ID = "100002"
+    assert sms.notices_enabled()
+    sms.send_notice(phone="+8613800138000", text="80% used", params={"percent": "80", "limit": "5"})
+
+    [request] = tencent.requests
+    assert request.json["TemplateId"] == "100002"
+    assert request.json["TemplateParamSet"] == ["80", "5"]
+
+
+def test_tencent_sends_no_notices_without_a_notice_template(settings):
+    settings.SMS_BACKEND = "tencent"
+    settings.SMS_TENCENT_NOTICE_TEMPLATE_ID = ""
+    assert not sms.notices_enabled()
+
+
+def test_free_text_backends_send_the_notice_text(settings, sms_outbox):
+    settings.SMS_BACKEND = "console"
+    assert sms.notices_enabled()
+    sms.send_notice(phone="+8613800138000", text="80% of your quota used", params={})
+    assert sms_outbox[-1].body == "80% of your quota used"
 
 
 def test_it_reports_a_tencent_refusal(tencent):

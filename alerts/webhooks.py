@@ -1,0 +1,131 @@
+"""Signed webhook posts, and the guard that keeps them off the operator's own network.
+
+The URL's host is resolved once, every address it resolves to must be global (not private,
+loopback, link-local, shared, reserved or multicast) unless ``ALERT_WEBHOOK_ALLOW_PRIVATE``
+is on, and the connection goes to the address that was checked, so a DNS answer that changes
+between the check and the connect (rebinding) cannot reach an internal service. TLS still
+verifies the certificate against the URL's host name.
+
+Signature: ``X-Alert-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
+A receiver recomputes it over the raw body and refuses old timestamps (replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import socket
+import ssl
+import time
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+SIGNATURE_HEADER = "X-Alert-Signature"
+USER_AGENT = "quota-alerts/1"
+
+
+class WebhookRefused(Exception):
+    """The URL may not be called (scheme, host, address). Permanent: no retry."""
+
+
+class WebhookFailed(Exception):
+    """The receiver could not be reached or did not answer 2xx. Worth a retry."""
+
+
+def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def address_allowed(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever is_global says of it
+    return ip.is_global and not ip.is_multicast
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook, before any DNS look-up (for the settings form)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return "the webhook URL must start with https://"
+    if not parts.hostname:
+        return "the webhook URL has no host"
+    if parts.username or parts.password:
+        return "the webhook URL must not contain a user name or password"
+    return None
+
+
+def resolve_checked(host: str, port: int) -> str:
+    """The address to connect to: the first one ``host`` resolves to, after checking them all."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise WebhookFailed(f"cannot resolve the webhook host: {type(exc).__name__}") from None
+    addresses = [info[4][0] for info in infos]
+    if not addresses:
+        raise WebhookFailed("the webhook host has no address")
+    if not settings.ALERT_WEBHOOK_ALLOW_PRIVATE:
+        for address in addresses:
+            if not address_allowed(address):
+                raise WebhookRefused(
+                    f"the webhook host resolves to a non-public address ({address})"
+                )
+    return addresses[0]
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a given address, with SNI and certificate checks for the URL's host name."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float, context):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def webhook_post(*, url: str, secret: str, payload: dict) -> int:
+    """POST ``payload`` as JSON, signed; the receiver's status code. Raises ``WebhookRefused``
+    (do not retry) or ``WebhookFailed`` (retry later)."""
+    problem = webhook_url_problem(url)
+    if problem:
+        raise WebhookRefused(problem)
+    parts = urlsplit(url)
+    port = parts.port or 443
+    address = resolve_checked(parts.hostname, port)
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        SIGNATURE_HEADER: webhook_signature(secret=secret, timestamp=int(time.time()), body=body),
+    }
+    conn = _PinnedHTTPSConnection(
+        parts.hostname,
+        port,
+        address=address,
+        timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECONDS,
+        context=ssl_context(),
+    )
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        raise WebhookFailed(f"webhook request failed: {type(exc).__name__}") from None
+    finally:
+        conn.close()
+    if not 200 <= status < 300:
+        raise WebhookFailed(f"webhook answered {status}")
+    return status

@@ -1,0 +1,137 @@
+import hashlib
+import hmac
+import json
+import ssl
+
+import pytest
+
+from alerts import webhooks
+from alerts.webhooks import (
+    WebhookFailed,
+    WebhookRefused,
+    address_allowed,
+    webhook_post,
+    webhook_signature,
+)
+
+from .webhook_server import receiver
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.5",
+        "192.168.1.1",
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",  # carrier-grade NAT
+        "0.0.0.0",  # noqa: S104 - an address to refuse, not one to bind
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_it_refuses_non_global_addresses(address):
+    assert not address_allowed(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
+def test_it_allows_global_addresses(address):
+    assert address_allowed(address)
+
+
+def test_it_refuses_a_host_name_that_resolves_to_loopback(resolve_to, settings):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = False
+    resolve_to["hooks.example.com"] = "127.0.0.1"
+    with pytest.raises(WebhookRefused, match="non-public"):
+        webhook_post(url="https://hooks.example.com/x", secret="s", payload={})
+
+
+def test_it_refuses_localhost(settings):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = False
+    with pytest.raises(WebhookRefused):
+        webhook_post(url="https://localhost:8443/x", secret="s", payload={})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example.com/x", "ftp://hooks.example.com/", "https://u:p@example.com/"]
+)
+def test_it_refuses_urls_that_are_not_plain_https(url):
+    with pytest.raises(WebhookRefused):
+        webhook_post(url=url, secret="s", payload={})
+
+
+def test_it_signs_timestamp_and_body():
+    body = b'{"a":1}'
+    expected = hmac.new(b"secret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert webhook_signature(secret="secret", timestamp=1700000000, body=body) == (
+        f"t=1700000000,v1={expected}"
+    )
+
+
+def _trusting(cafile):
+    def context():
+        return ssl.create_default_context(cafile=cafile)
+
+    return context
+
+
+def test_it_posts_signed_json_to_the_checked_address(tmp_path, resolve_to, settings, monkeypatch):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True  # the receiver runs on this machine
+    resolve_to["hooks.test"] = "127.0.0.1"
+    with receiver(tmp_path, "hooks.test", [204]) as (port, cafile, received):
+        monkeypatch.setattr(webhooks, "ssl_context", _trusting(cafile))
+        status = webhook_post(
+            url=f"https://hooks.test:{port}/alerts?x=1", secret="whsec_abc", payload={"n": 1}
+        )
+    assert status == 204
+    [(headers, body)] = received
+    assert json.loads(body) == {"n": 1}
+    assert headers["Content-Type"] == "application/json"
+    timestamp = headers["X-Alert-Signature"].split(",")[0].removeprefix("t=")
+    assert headers["X-Alert-Signature"] == webhook_signature(
+        secret="whsec_abc", timestamp=int(timestamp), body=body
+    )
+
+
+def test_it_reports_a_non_2xx_answer_as_a_failure(tmp_path, resolve_to, settings, monkeypatch):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    resolve_to["hooks.test"] = "127.0.0.1"
+    with receiver(tmp_path, "hooks.test", [500]) as (port, cafile, _received):
+        monkeypatch.setattr(webhooks, "ssl_context", _trusting(cafile))
+        with pytest.raises(WebhookFailed, match="500"):
+            webhook_post(url=f"https://hooks.test:{port}/", secret="s", payload={})
+
+
+def test_it_checks_the_certificate_against_the_url_host(
+    tmp_path, resolve_to, settings, monkeypatch
+):
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    resolve_to["other.test"] = "127.0.0.1"
+    with receiver(tmp_path, "hooks.test", [204]) as (port, cafile, received):
+        monkeypatch.setattr(webhooks, "ssl_context", _trusting(cafile))
+        with pytest.raises(WebhookFailed):
+            webhook_post(url=f"https://other.test:{port}/", secret="s", payload={})
+    assert received == []
+
+
+def test_it_times_out_fast(settings, resolve_to):
+    import socket
+
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    settings.ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.3
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never speaks TLS
+    resolve_to["slow.test"] = "127.0.0.1"
+    try:
+        with pytest.raises(WebhookFailed, match=r"Timeout|timed out"):
+            webhook_post(
+                url=f"https://slow.test:{silent.getsockname()[1]}/", secret="s", payload={}
+            )
+    finally:
+        silent.close()
