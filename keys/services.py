@@ -109,7 +109,7 @@ def api_key_create(*, user, name: str, key_controls: dict | None = None) -> tupl
     ``MAX_KEYS_PER_ACCOUNT`` keys.
     """
     name = _clean_name(name)
-    wanted = _clean_controls(**(key_controls or {}))
+    wanted = api_key_validate_controls(**(key_controls or {}))
     with transaction.atomic():
         # Lock the account row so that two concurrent creates cannot pass the limit together.
         _lock_account(user.pk)
@@ -208,8 +208,19 @@ def _positive_or_none(field: str, value) -> int | None:
     return value
 
 
+def api_key_validate_controls(*, api_key: ApiKey | None = None, **changes) -> dict:
+    """The given controls, validated and normalised (``ValidationError`` names the field), for
+    forms that want to say so early. A new expiry must be in the future; the key's stored one
+    (an unchanged form) is accepted as it is."""
+    cleaned = _clean_controls(**changes)
+    expires_at = cleaned.get("expires_at")
+    stored = api_key.expires_at if api_key is not None else None
+    if expires_at is not None and expires_at != stored and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": _("Choose a time in the future.")})
+    return cleaned
+
+
 def _clean_controls(**changes) -> dict:
-    """The given controls, validated and normalised (``ValidationError`` names the field)."""
     unknown = set(changes) - set(CONTROL_FIELDS)
     if unknown:
         raise TypeError(f"not a key control: {', '.join(sorted(unknown))}")
@@ -256,9 +267,7 @@ def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
         }
         if not changed:
             return api_key
-        expires_at = changed.get("expires_at")
-        if expires_at is not None and expires_at <= timezone.now():
-            raise ValidationError({"expires_at": _("Choose a time in the future.")})
+        api_key_validate_controls(api_key=stored, **changed)
         before = {field: _control_value(getattr(stored, field)) for field in changed}
         after = {field: _control_value(value) for field, value in changed.items()}
         for field, value in changed.items():

@@ -104,6 +104,12 @@ def test_list_shows_masked_keys_only(alice_client, alice, alice_key, alice_secre
         "is_active",
         "rate_limit_rpm",
         "rate_limit_tpm",
+        "daily_token_cap",
+        "allowed_models",
+        "expires_at",
+        "is_expired",
+        "allowed_ips",
+        "max_concurrent_requests",
         "created_at",
         "last_used_at",
     }
