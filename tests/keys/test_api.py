@@ -24,6 +24,8 @@ def _endpoints(key):
         ("get", detail, None),
         ("put", detail, {"name": "sneaky", "is_active": False}),
         ("patch", detail, {"is_active": False}),
+        ("patch", detail, {"daily_token_cap": 5, "allowed_ips": ["203.0.113.7"]}),
+        ("get", f"{detail}changes/", None),
         ("delete", detail, None),
         ("post", f"{detail}regenerate/", None),
         ("post", f"{detail}reveal/", None),
@@ -35,7 +37,11 @@ def _call(client, method, url, body):
 
 
 def _snapshot():
-    return list(ApiKey.objects.order_by("pk").values("name", "is_active", "digest"))
+    return list(
+        ApiKey.objects.order_by("pk").values(
+            "name", "is_active", "digest", "daily_token_cap", "allowed_ips", "controls_version"
+        )
+    )
 
 
 # --- permissions ------------------------------------------------------------------------
