@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
@@ -274,3 +275,13 @@ def test_it_never_spends_past_the_key_cap_across_processes(alice_capped):
     assert not any(set(r["refused"]) - {"key_quota"} for r in results)
     account = DailyUsage.objects.get(user=user, day=day)
     assert (account.used_tokens, account.reserved_tokens) == (charged, 0)
+
+
+def test_a_capped_key_reserves_in_one_round_trip_once_known(ledger, alice_capped):
+    if connection.vendor != "postgresql":
+        pytest.skip("the ORM ledger runs several statements in one transaction by design")
+    _user, key, secret = alice_capped
+    _reserve(ledger, key, secret)  # learns the key has a cap; creates the day's counters
+    trips = ledger.round_trips
+    _reserve(ledger, key, secret)
+    assert ledger.round_trips == trips + 1

@@ -41,18 +41,50 @@ FROM {_t(ApiKey)} k JOIN {_t(User)} u ON u.id = k.user_id
 WHERE k.prefix = $1
 """
 
-# One statement: check the key and account, lock the key's cap counter (a capped key only)
-# and today's account counter, cap, reserve, record the reservation. The quota is
-# usage.quota.effective_quota and the grant usage.ledger.reservation_grant, in SQL
-# (tests/gateway/test_rules.py and tests/usage/test_key_cap.py hold them to the same
-# answers). FOR UPDATE makes ``kcur``/``cur`` read the newest committed counters (after
-# waiting for any concurrent reservation), so the grant is computed on what is really left.
-# ``kcur`` is locked before ``cur`` (the one-time filter in ``cur`` makes the order sure), as
-# settling and the sweeper do. For a key without a cap, ``kcur``'s one-time filter is false
-# and no key counter is read, locked or written.
+# One statement: check the key and account, lock today's counter, cap, reserve, record the
+# reservation. The quota is usage.quota.effective_quota and the grant
+# usage.ledger.reservation_grant, in SQL (tests/gateway/test_rules.py and
+# tests/usage/test_key_cap.py hold them to the same answers). FOR UPDATE makes ``cur`` read
+# the newest committed counter (after waiting for any concurrent reservation), so the grant is
+# computed on what is really left. This is the statement for a key without a daily cap: it
+# grants nothing to a key that has one (``cap`` comes back set) and the ledger then uses
+# ``_RESERVE_CAPPED_SQL``, so an uncapped key pays nothing for key counters.
 # $1 default quota, $2 key id, $3 digest, $4 day, $5 input estimate, $6 max output, $7 lease (s),
 # $8 the cached controls version (NULL: no check).
 _RESERVE_SQL = f"""
+WITH auth AS (
+    SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota,
+           k.daily_token_cap AS cap, k.controls_version AS version
+    FROM {_t(ApiKey)} k JOIN {_t(User)} u ON u.id = k.user_id
+    WHERE k.id = $2 AND k.digest = $3 AND k.is_active AND u.is_active
+), cur AS (
+    SELECT du.id, du.input_tokens + du.output_tokens + du.reserved_tokens AS total, auth.quota
+    FROM {_t(DailyUsage)} du JOIN auth ON du.user_id = auth.user_id
+    WHERE du.day = $4 AND auth.cap IS NULL AND ($8::bigint IS NULL OR auth.version = $8::bigint)
+    FOR UPDATE OF du
+), granted AS (
+    SELECT id, $5::bigint + LEAST($6::bigint, quota - total - $5::bigint) AS tokens
+    FROM cur WHERE quota - total - $5::bigint >= 1
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + g.tokens, updated_at = now()
+    FROM granted g WHERE du.id = g.id
+    RETURNING g.tokens
+), res AS (
+    INSERT INTO {_t(Reservation)} (user_id, day, tokens, created_at, lease_until)
+    SELECT auth.user_id, $4, upd.tokens, now(), now() + make_interval(secs => $7::float8)
+    FROM upd CROSS JOIN auth
+    RETURNING id, tokens
+)
+SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
+       (SELECT tokens FROM res), auth.cap, NULL::bigint, auth.version
+FROM auth
+"""
+
+# The same for a key with a daily cap: the key's counter is locked first (the one-time filter
+# in ``cur`` makes the order sure), as settling and the sweeper do, and the grant fits both.
+# Same parameters.
+_RESERVE_CAPPED_SQL = f"""
 WITH auth AS (
     SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota,
            k.daily_token_cap AS cap, k.controls_version AS version
@@ -217,6 +249,9 @@ WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)
 """
 
 
+_CAPPED_KEYS_MAX = 100_000
+
+
 def pg_connect_args() -> dict:
     """asyncpg connection arguments for Django's default database (the test one under pytest)."""
     db = connection.settings_dict
@@ -313,6 +348,8 @@ class PgLedger(Ledger):
         self.max_size = max_size
         self.connections: _Connections | None = None
         self.round_trips = 0
+        # Keys seen with a daily cap: they reserve with _RESERVE_CAPPED_SQL from the start.
+        self._capped_keys: set[int] = set()
 
     async def open(self) -> None:
         self.connections = _Connections(max_size=self.max_size)
@@ -377,13 +414,21 @@ class PgLedger(Ledger):
             float(settings.GATEWAY_RESERVATION_LEASE_SECONDS),
             controls_version,
         )
-        for _attempt in range(2):
-            row = await self._fetchrow(_RESERVE_SQL, *args)
+        capped = key_id in self._capped_keys
+        for _attempt in range(3):
+            row = await self._fetchrow(_RESERVE_CAPPED_SQL if capped else _RESERVE_SQL, *args)
             if row is None:
                 return Refused("auth")
             user_id, quota, total, reservation_id, tokens, cap, key_total, version = row
             if controls_version is not None and version != controls_version:
                 return Refused("controls")
+            if (cap is not None) != capped:
+                # The key gained or lost its cap: remember which statement it needs. Only a
+                # lean statement on a capped key must go round again (it granted nothing).
+                self._remember_capped(key_id, cap is not None)
+                if not capped:
+                    capped = True
+                    continue
             if total is None or (cap is not None and key_total is None):
                 # First request of the day for this account (or capped key): create the
                 # counters, then retry.
@@ -408,7 +453,15 @@ class PgLedger(Ledger):
                 tokens - input_tokens,
                 key_id if cap is not None else None,
             )
-        raise RuntimeError("the daily counter row could not be created")
+        raise RuntimeError("the daily counter rows could not be created")
+
+    def _remember_capped(self, key_id: int, capped: bool) -> None:
+        if not capped:
+            self._capped_keys.discard(key_id)
+            return
+        if len(self._capped_keys) >= _CAPPED_KEYS_MAX:
+            self._capped_keys.clear()  # forgetting costs one extra round trip per key, once
+        self._capped_keys.add(key_id)
 
     async def settle(
         self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
