@@ -1,6 +1,7 @@
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from keys.controls import split_list
 from keys.services import NAME_MAX_LENGTH
 
 
@@ -20,3 +21,80 @@ class ApiKeyStatusForm(forms.Form):
         choices=[("1", _("Enabled")), ("0", _("Disabled"))],
         coerce=lambda value: value == "1",
     )
+
+
+class ApiKeyControlsForm(forms.Form):
+    """A key's own limits, for the create form and the key's page; all optional. The service
+    (``api_key_set_controls``) validates and normalises them and has the final word."""
+
+    daily_token_cap = forms.IntegerField(
+        label=_("Daily token cap"),
+        required=False,
+        min_value=1,
+        help_text=_("Tokens this key may use per quota day, inside your account's quota."),
+    )
+    allowed_models = forms.CharField(
+        label=_("Allowed models"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        help_text=_("Model names, one per line or separated by commas. Empty: every model."),
+    )
+    expires_at = forms.DateTimeField(
+        label=_("Expires at"),
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    allowed_ips = forms.CharField(
+        label=_("Allowed IP addresses"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        help_text=_(
+            "Addresses or CIDR ranges, IPv4 or IPv6 (203.0.113.7, 203.0.113.0/24, "
+            "2001:db8::/32), one per line. Empty: any address."
+        ),
+    )
+    max_concurrent_requests = forms.IntegerField(
+        label=_("Concurrent requests"),
+        required=False,
+        min_value=1,
+        help_text=_("At most this many requests with this key at the same time."),
+    )
+
+    def __init__(self, *args, zone, **kwargs):
+        # The expiry is entered in the platform's quota time zone, the clock of its days.
+        self.zone = zone
+        super().__init__(*args, **kwargs)
+        self.fields["expires_at"].help_text = _(
+            "In %(zone)s time. Empty: the key never expires."
+        ) % {"zone": zone.key}
+
+    @classmethod
+    def for_key(cls, api_key, *, zone, data=None):
+        initial = {
+            "daily_token_cap": api_key.daily_token_cap,
+            "allowed_models": "\n".join(api_key.allowed_models),
+            "expires_at": api_key.expires_at.astimezone(zone).replace(tzinfo=None)
+            if api_key.expires_at
+            else None,
+            "allowed_ips": "\n".join(api_key.allowed_ips),
+            "max_concurrent_requests": api_key.max_concurrent_requests,
+        }
+        return cls(data, zone=zone, initial=initial)
+
+    def clean_expires_at(self):
+        value = self.cleaned_data["expires_at"]
+        if value is None:
+            return None
+        return value.replace(tzinfo=None).replace(tzinfo=self.zone)
+
+    def controls(self) -> dict:
+        """The cleaned values as ``api_key_set_controls`` keywords."""
+        data = self.cleaned_data
+        return {
+            "daily_token_cap": data["daily_token_cap"],
+            "allowed_models": split_list(data["allowed_models"]),
+            "expires_at": data["expires_at"],
+            "allowed_ips": split_list(data["allowed_ips"]),
+            "max_concurrent_requests": data["max_concurrent_requests"],
+        }

@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 
-from keys.models import ApiKey
+from keys.models import ApiKey, ApiKeyChange
 
 
 def api_keys_for_user(user) -> QuerySet[ApiKey]:
@@ -22,3 +22,8 @@ def api_key_get_for_user(user, public_id) -> ApiKey:
         return ApiKey.objects.get(user=user, public_id=public_id)
     except (ApiKey.DoesNotExist, ValidationError, ValueError, TypeError):
         raise Http404 from None
+
+
+def api_key_changes_for_key(api_key: ApiKey) -> QuerySet[ApiKeyChange]:
+    """The changes of ``api_key``'s controls, newest first, with who made them."""
+    return ApiKeyChange.objects.filter(api_key=api_key).select_related("actor")

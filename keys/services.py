@@ -1,10 +1,13 @@
-"""Writes on API keys: create, rename, enable/disable, rate limits, regenerate, delete, reveal.
+"""Writes on API keys: create, rename, enable/disable, rate limits, controls, regenerate,
+delete, reveal.
 
 Nothing here authenticates a request: the gateway does (``gateway.serving.auth`` over the ledger's
 ``find_key``), and its reservation statement re-checks the key's digest and the key and account
 flags: a key disabled, regenerated or deleted here stops working in every process at once,
 without telling them. Names and rate-limit overrides reach a process's key cache within
-``gateway.serving.auth.AUTH_CACHE_TTL_SECONDS``.
+``gateway.serving.auth.AUTH_CACHE_TTL_SECONDS``. The key's controls (``keys.controls``) do
+better: every change bumps ``controls_version``, which the reservation statement compares
+with the cached one (``usage.ledger``), and the daily cap is read by that statement itself.
 
 The secret (``raw``) exists in the clear only in the return values of create, regenerate and
 reveal. It is never logged, never put in an exception, and the frames that hold it are marked
@@ -25,8 +28,8 @@ from django.views.decorators.debug import sensitive_variables
 
 from audit.models import SecurityEvent
 from audit.services import security_event_record
-from keys import crypto
-from keys.models import ApiKey
+from keys import controls, crypto
+from keys.models import ApiKey, ApiKeyChange
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +100,16 @@ def _material() -> tuple[str, dict]:
 
 # --- services ---------------------------------------------------------------------------
 @sensitive_variables()
-def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
+def api_key_create(*, user, name: str, key_controls: dict | None = None) -> tuple[ApiKey, str]:
     """Create a key for ``user``. Returns the key and its secret (shown once to the caller).
 
-    Raises ``ValidationError`` for a bad or taken name, or when the account already holds
+    ``key_controls``: the key's controls from the start (the keywords of
+    ``api_key_set_controls``), recorded as its first change. Raises ``ValidationError`` for a
+    bad or taken name, bad controls, or when the account already holds
     ``MAX_KEYS_PER_ACCOUNT`` keys.
     """
     name = _clean_name(name)
+    wanted = api_key_validate_controls(**(key_controls or {}))
     with transaction.atomic():
         # Lock the account row so that two concurrent creates cannot pass the limit together.
         _lock_account(user.pk)
@@ -124,6 +130,8 @@ def api_key_create(*, user, name: str) -> tuple[ApiKey, str]:
                     raise
                 continue
             _log_event(SecurityEvent.Action.KEY_CREATED, key)
+            if wanted:
+                api_key_set_controls(api_key=key, **wanted)
             logger.info("api key created: key=%s user=%s", key.public_id, user.pk)
             return key, raw
     raise AssertionError("unreachable")
@@ -179,6 +187,110 @@ def api_key_set_rate_limits(
             rate_limit_tpm=rate_limit_tpm,
         )
     logger.info("api key rate limits changed: key=%s", api_key.public_id)
+    return api_key
+
+
+# --- controls -----------------------------------------------------------------------------
+CONTROL_FIELDS = (
+    "daily_token_cap",
+    "allowed_models",
+    "expires_at",
+    "allowed_ips",
+    "max_concurrent_requests",
+)
+
+
+def _positive_or_none(field: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError({field: _("Enter a whole number of at least 1, or leave it empty.")})
+    return value
+
+
+def api_key_validate_controls(*, api_key: ApiKey | None = None, **changes) -> dict:
+    """The given controls, validated and normalised (``ValidationError`` names the field), for
+    forms that want to say so early. A new expiry must be in the future; the key's stored one
+    (an unchanged form) is accepted as it is."""
+    cleaned = _clean_controls(**changes)
+    expires_at = cleaned.get("expires_at")
+    stored = api_key.expires_at if api_key is not None else None
+    if expires_at is not None and expires_at != stored and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": _("Choose a time in the future.")})
+    return cleaned
+
+
+def _clean_controls(**changes) -> dict:
+    unknown = set(changes) - set(CONTROL_FIELDS)
+    if unknown:
+        raise TypeError(f"not a key control: {', '.join(sorted(unknown))}")
+    cleaned = {}
+    for field in ("daily_token_cap", "max_concurrent_requests"):
+        if field in changes:
+            cleaned[field] = _positive_or_none(field, changes[field])
+    if "allowed_models" in changes:
+        cleaned["allowed_models"] = controls.allowed_models_clean(changes["allowed_models"] or ())
+    if "allowed_ips" in changes:
+        cleaned["allowed_ips"] = controls.allowed_ips_clean(changes["allowed_ips"] or ())
+    if "expires_at" in changes:
+        expires_at = changes["expires_at"]
+        if expires_at is not None and timezone.is_naive(expires_at):
+            raise ValidationError({"expires_at": _("Give the expiry time with its time zone.")})
+        cleaned["expires_at"] = expires_at
+    return cleaned
+
+
+def _control_value(value):
+    # JSON for the change history: times as ISO 8601, lists as they are.
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def api_key_controls(api_key: ApiKey) -> dict:
+    """The key's controls as the change history and the REST API show them."""
+    return {field: _control_value(getattr(api_key, field)) for field in CONTROL_FIELDS}
+
+
+def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
+    """Change some of the key's controls (keywords: ``CONTROL_FIELDS``; None or an empty list
+    removes a control). Validates and normalises them (``ValidationError`` names the field),
+    bumps ``controls_version`` so that every gateway process notices at its next reservation,
+    and records who changed what: an ``ApiKeyChange`` (before and after) and the security log.
+
+    An expiry in the past is accepted when it is the key's stored one (an unchanged form), and
+    refused as a new value: a key that should stop now is disabled instead.
+    """
+    cleaned = _clean_controls(**changes)
+    with transaction.atomic():
+        stored = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        changed = {
+            field: value for field, value in cleaned.items() if getattr(stored, field) != value
+        }
+        if not changed:
+            return api_key
+        api_key_validate_controls(api_key=stored, **changed)
+        before = {field: _control_value(getattr(stored, field)) for field in changed}
+        after = {field: _control_value(value) for field, value in changed.items()}
+        for field, value in changed.items():
+            setattr(api_key, field, value)
+        api_key.controls_version = stored.controls_version + 1
+        api_key.save(update_fields=[*changed, "controls_version", "updated_at"])
+        event = security_event_record(
+            action=SecurityEvent.Action.KEY_LIMITS_CHANGED,
+            user_id=api_key.user_id,
+            actor=actor,
+            detail={"key": api_key.name, "prefix": api_key.prefix, **after},
+        )
+        ApiKeyChange.objects.create(
+            api_key=api_key,
+            user_id=api_key.user_id,
+            key_name=api_key.name,
+            actor=event.actor,
+            before=before,
+            after=after,
+        )
+    logger.info(
+        "api key controls changed: key=%s fields=%s", api_key.public_id, ",".join(sorted(changed))
+    )
     return api_key
 
 

@@ -6,6 +6,7 @@ app_name = "keys"
 
 urlpatterns = [
     path("", views.key_list, name="list"),
+    path("<uuid:public_id>/", views.key_detail, name="detail"),
     path("<uuid:public_id>/rename/", views.key_rename, name="rename"),
     path("<uuid:public_id>/status/", views.key_status, name="status"),
     path("<uuid:public_id>/regenerate/", views.key_regenerate, name="regenerate"),

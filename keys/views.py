@@ -4,7 +4,9 @@ Every view finds the key through ``api_key_get_for_user``: another account's key
 Responses that may carry a secret are marked ``no-store``.
 """
 
+import datetime as dt
 import logging
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib import messages
@@ -12,19 +14,23 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_cache_control
+from django.utils.timesince import timeuntil
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
 from keys import crypto, selectors, services
-from keys.forms import ApiKeyNameForm, ApiKeyStatusForm
+from keys.forms import ApiKeyControlsForm, ApiKeyNameForm, ApiKeyStatusForm
 
 logger = logging.getLogger(__name__)
 
 # The session remembers only *which* key was just made or regenerated, never its secret:
 # the list page decrypts it once and forgets the marker.
 FRESH_KEY_SESSION_KEY = "keys:fresh"
+# The list warns about keys that expire within this.
+EXPIRY_SOON = dt.timedelta(days=7)
 
 
 def public_base_url(request) -> str:
@@ -43,28 +49,85 @@ def _add_service_errors(form, error: ValidationError) -> None:
     form.add_error(None, error)
 
 
+def _zone() -> ZoneInfo:
+    # Expiry times are entered and shown in the quota time zone, the clock of the platform's
+    # days (``usage.quota`` reads the same setting; keys does not import usage).
+    return ZoneInfo(settings.QUOTA_TIMEZONE)
+
+
+def _shown(value, zone) -> str:
+    """A control's value from the change history, for people: "—" for none."""
+    if value in (None, "", []):
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(value)
+    if isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _change_rows(changes, form, zone) -> list[dict]:
+    rows = []
+    for change in changes:
+        fields = [
+            {
+                "label": form.fields[name].label if name in form.fields else name,
+                "before": _shown(change.before.get(name), zone),
+                "after": _shown(value, zone),
+            }
+            for name, value in change.after.items()
+        ]
+        rows.append({"change": change, "fields": fields})
+    return rows
+
+
+def _expiry(key, now):
+    """(state, text) for the list: "expired", "soon" (within 7 days) or "later"."""
+    if key.expires_at is None:
+        return None, ""
+    if key.expires_at <= now:
+        return "expired", ""
+    state = "soon" if key.expires_at - now <= EXPIRY_SOON else "later"
+    return state, timeuntil(key.expires_at, now, depth=1)
+
+
 @sensitive_variables()
 @login_required
 @require_http_methods(["GET", "POST"])
 def key_list(request):
-    form = ApiKeyNameForm(request.POST if request.method == "POST" else None)
-    if request.method == "POST" and form.is_valid():
+    data = request.POST if request.method == "POST" else None
+    form = ApiKeyNameForm(data)
+    controls_form = ApiKeyControlsForm(data, zone=_zone())
+    if request.method == "POST" and form.is_valid() and controls_form.is_valid():
         try:
             key, _secret = services.api_key_create(
-                user=request.user, name=form.cleaned_data["name"]
+                user=request.user,
+                name=form.cleaned_data["name"],
+                key_controls=controls_form.controls(),
             )
         except ValidationError as error:
-            _add_service_errors(form, error)
+            if hasattr(error, "error_dict") and "name" not in error.error_dict:
+                _add_service_errors(controls_form, error)
+            else:
+                _add_service_errors(form, error)
         else:
             request.session[FRESH_KEY_SESSION_KEY] = str(key.public_id)
             messages.success(request, _("Key “%(name)s” created.") % {"name": key.name})
             return redirect("keys:list")
 
     keys = list(selectors.api_keys_for_user(request.user))
+    now = timezone.now()
+    for key in keys:
+        key.expiry_state, key.expiry_left = _expiry(key, now)
     fresh_key, fresh_secret = _pop_fresh_key(request, keys)
     context = {
         "keys": keys,
         "form": form,
+        "controls_form": controls_form,
         "fresh_key": fresh_key,
         "fresh_secret": fresh_secret,
         "max_keys": settings.MAX_KEYS_PER_ACCOUNT,
@@ -73,6 +136,39 @@ def key_list(request):
     }
     status = 400 if form.is_bound else 200
     return _no_store(render(request, "keys/list.html", context, status=status))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_detail(request, public_id):
+    """The key's limits (an edit form) and the history of their changes."""
+    key = selectors.api_key_get_for_user(request.user, public_id)
+    zone = _zone()
+    form = ApiKeyControlsForm.for_key(
+        key, zone=zone, data=request.POST if request.method == "POST" else None
+    )
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                services.api_key_set_controls(api_key=key, **form.controls())
+            except ValidationError as error:
+                _add_service_errors(form, error)
+            else:
+                messages.success(
+                    request, _("The limits of “%(name)s” are saved.") % {"name": key.name}
+                )
+                return redirect("keys:detail", public_id=key.public_id)
+        status = 400
+    now = timezone.now()
+    key.expiry_state, key.expiry_left = _expiry(key, now)
+    context = {
+        "key": key,
+        "form": form,
+        "zone": zone,
+        "changes": _change_rows(selectors.api_key_changes_for_key(key)[:50], form, zone),
+    }
+    return render(request, "keys/detail.html", context, status=status)
 
 
 @sensitive_variables()

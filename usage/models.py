@@ -49,6 +49,32 @@ class DailyUsage(models.Model):
         return self.input_tokens + self.output_tokens
 
 
+class KeyDailyUsage(models.Model):
+    """The daily-cap counter of one key on one quota day: tokens charged and tokens held by
+    requests in flight. Only keys with a ``daily_token_cap`` have rows; the reservation that
+    holds the account's quota (``usage.ledger``) moves this counter in the same statement."""
+
+    api_key = models.ForeignKey("keys.ApiKey", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField(help_text="The quota day, in QUOTA_TIMEZONE.")
+    used_tokens = models.BigIntegerField(default=0)
+    reserved_tokens = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "day"], name="usage_keydaily_unique"),
+            models.CheckConstraint(
+                condition=Q(used_tokens__gte=0) & Q(reserved_tokens__gte=0),
+                name="usage_keydaily_non_negative",
+            ),
+        ]
+        indexes = [models.Index(fields=["day"], name="usage_keydaily_day_idx")]
+
+    def __str__(self):
+        used, reserved = self.used_tokens, self.reserved_tokens
+        return f"{self.api_key_id} {self.day}: {used} used, {reserved} reserved"
+
+
 class Reservation(models.Model):
     """Tokens held for a request in flight. Deleted when the request settles.
 
@@ -64,6 +90,10 @@ class Reservation(models.Model):
     # interval for all its requests): the sweeper leaves a reservation alone while its lease
     # runs, so a long request keeps its tokens. NULL for rows written before leases existed.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # The key whose daily cap also holds these tokens (``KeyDailyUsage(capped_key_id, day)``);
+    # NULL for a key without a cap. A plain id, not a foreign key: a key deleted while its
+    # request runs leaves nothing to release, and the hot insert checks no constraint.
+    capped_key_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -16,6 +16,7 @@ from rest_framework.serializers import ValidationError, as_serializer_error
 
 from keys import selectors, services
 from keys.api.serializers import (
+    ApiKeyChangeSerializer,
     ApiKeyCreateSerializer,
     ApiKeySerializer,
     ApiKeyUpdateSerializer,
@@ -24,7 +25,10 @@ from keys.api.serializers import (
 
 TAG = "API keys"
 _NOT_FOUND = OpenApiResponse(description="No key with this id among yours.")
-_INVALID = OpenApiResponse(description="Invalid name, or the account's key limit is reached.")
+_INVALID = OpenApiResponse(
+    description="Invalid name or limits (the field is named), or the account's key limit is "
+    "reached."
+)
 
 
 def _secret_response(key, secret, status_code=status.HTTP_200_OK) -> Response:
@@ -77,7 +81,8 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
     @extend_schema(
         operation_id="api_keys_create",
         summary="Create an API key",
-        description="Answers with the new key's secret in `key`. It can be revealed again later.",
+        description="Answers with the new key's secret in `key`. It can be revealed again later. "
+        "Limits (daily cap, models, expiry, IP allow-list, concurrency) are optional.",
         request=ApiKeyCreateSerializer,
         responses={201: ApiKeyWithSecretSerializer, 400: _INVALID},
         tags=[TAG],
@@ -86,14 +91,20 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
     def create(self, request):
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
         key, secret = _service_call(
-            services.api_key_create, user=request.user, name=serializer.validated_data["name"]
+            services.api_key_create,
+            user=request.user,
+            name=data.pop("name"),
+            key_controls=data,
         )
         return _secret_response(key, secret, status.HTTP_201_CREATED)
 
     @extend_schema(
         operation_id="api_keys_update",
-        summary="Rename, enable or disable an API key",
+        summary="Rename, enable or disable an API key, or change its limits",
+        description="Every change of a limit is recorded (see `changes`) and applies to the "
+        "key's next request.",
         request=ApiKeyUpdateSerializer,
         responses={200: ApiKeySerializer, 400: _INVALID, 404: _NOT_FOUND},
         tags=[TAG],
@@ -103,7 +114,7 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         operation_id="api_keys_partial_update",
-        summary="Rename, enable or disable an API key (some fields)",
+        summary="Change some fields of an API key (name, status, limits)",
         request=ApiKeyUpdateSerializer(partial=True),
         responses={200: ApiKeySerializer, 400: _INVALID, 404: _NOT_FOUND},
         tags=[TAG],
@@ -116,12 +127,27 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
         serializer = ApiKeyUpdateSerializer(data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        controls = {field: data[field] for field in services.CONTROL_FIELDS if field in data}
         with transaction.atomic():
             if "name" in data:
                 _service_call(services.api_key_rename, api_key=key, name=data["name"])
             if "is_active" in data:
                 services.api_key_set_active(api_key=key, is_active=data["is_active"])
+            if controls:
+                _service_call(services.api_key_set_controls, api_key=key, **controls)
         return Response(ApiKeySerializer(key).data)
+
+    @extend_schema(
+        operation_id="api_keys_changes",
+        summary="The history of an API key's limits",
+        description="Newest first (at most 100): when, by whom, and the values before and after.",
+        responses={200: ApiKeyChangeSerializer(many=True), 404: _NOT_FOUND},
+        tags=[TAG],
+    )
+    @action(detail=True, methods=["get"])
+    def changes(self, request, public_id=None):
+        changes = selectors.api_key_changes_for_key(self.get_object())[:100]
+        return Response(ApiKeyChangeSerializer(changes, many=True).data)
 
     @extend_schema(
         operation_id="api_keys_destroy",

@@ -24,6 +24,8 @@ def _endpoints(key):
         ("get", detail, None),
         ("put", detail, {"name": "sneaky", "is_active": False}),
         ("patch", detail, {"is_active": False}),
+        ("patch", detail, {"daily_token_cap": 5, "allowed_ips": ["203.0.113.7"]}),
+        ("get", f"{detail}changes/", None),
         ("delete", detail, None),
         ("post", f"{detail}regenerate/", None),
         ("post", f"{detail}reveal/", None),
@@ -35,7 +37,11 @@ def _call(client, method, url, body):
 
 
 def _snapshot():
-    return list(ApiKey.objects.order_by("pk").values("name", "is_active", "digest"))
+    return list(
+        ApiKey.objects.order_by("pk").values(
+            "name", "is_active", "digest", "daily_token_cap", "allowed_ips", "controls_version"
+        )
+    )
 
 
 # --- permissions ------------------------------------------------------------------------
@@ -104,6 +110,12 @@ def test_list_shows_masked_keys_only(alice_client, alice, alice_key, alice_secre
         "is_active",
         "rate_limit_rpm",
         "rate_limit_tpm",
+        "daily_token_cap",
+        "allowed_models",
+        "expires_at",
+        "is_expired",
+        "allowed_ips",
+        "max_concurrent_requests",
         "created_at",
         "last_used_at",
     }

@@ -13,6 +13,7 @@ KEY_OPERATIONS = {
     ("/api/v1/keys/{public_id}/", "delete"): "api_keys_destroy",
     ("/api/v1/keys/{public_id}/regenerate/", "post"): "api_keys_regenerate",
     ("/api/v1/keys/{public_id}/reveal/", "post"): "api_keys_reveal",
+    ("/api/v1/keys/{public_id}/changes/", "get"): "api_keys_changes",
 }
 
 

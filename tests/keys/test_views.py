@@ -14,7 +14,13 @@ pytestmark = pytest.mark.django_db
 
 def _key_pages(key):
     base = f"/keys/{key.public_id}"
-    return [f"{base}/rename/", f"{base}/regenerate/", f"{base}/delete/", f"{base}/reveal/"]
+    return [
+        f"{base}/",
+        f"{base}/rename/",
+        f"{base}/regenerate/",
+        f"{base}/delete/",
+        f"{base}/reveal/",
+    ]
 
 
 def _post_endpoints(key):
@@ -22,6 +28,7 @@ def _post_endpoints(key):
     return [
         ("/keys/", {"name": "sneaky"}),
         (f"{base}/rename/", {"name": "sneaky"}),
+        (f"{base}/", {"daily_token_cap": "5", "allowed_ips": "203.0.113.7"}),
         (f"{base}/status/", {"is_active": "0"}),
         (f"{base}/regenerate/", {}),
         (f"{base}/delete/", {}),
@@ -30,7 +37,11 @@ def _post_endpoints(key):
 
 
 def _snapshot(key):
-    return ApiKey.objects.filter(pk=key.pk).values("name", "is_active", "digest").first()
+    return (
+        ApiKey.objects.filter(pk=key.pk)
+        .values("name", "is_active", "digest", "daily_token_cap", "allowed_ips", "controls_version")
+        .first()
+    )
 
 
 # --- permissions ------------------------------------------------------------------------

@@ -90,6 +90,7 @@ BOB_MODEL = "bob-private-model"
 BOB_KEY_NAME = "bob-private-key"
 BOB_TOKENS = 7_319_577
 PARAMETERISED_FOR_CUSTOMERS = [
+    "keys/<uuid:public_id>/",
     "keys/<uuid:public_id>/rename/",
     "keys/<uuid:public_id>/status/",
     "keys/<uuid:public_id>/regenerate/",
@@ -98,6 +99,7 @@ PARAMETERISED_FOR_CUSTOMERS = [
     "api/v1/keys/<uuid:public_id>/",
     "api/v1/keys/<uuid:public_id>/regenerate/",
     "api/v1/keys/<uuid:public_id>/reveal/",
+    "api/v1/keys/<uuid:public_id>/changes/",
     "api/v1/quota-applications/<uuid:public_id>/",
     "playground/keys/<uuid:public_id>/usage/",
 ]

@@ -10,9 +10,24 @@ the same answers.
 
 The invariant shared with the stale-reservation sweeper (``usage.ledger.upkeep``): a
 ``Reservation`` row exists exactly while its tokens are included in
-``DailyUsage(user, day).reserved_tokens``. Settling deletes the row and subtracts its tokens
-only when the delete found it, then adds the real usage, in one statement. A reservation the
-sweeper released first is therefore still charged once and never released twice.
+``DailyUsage(user, day).reserved_tokens`` and, when its ``capped_key_id`` is set, in
+``KeyDailyUsage(capped_key_id, day).reserved_tokens`` too. Settling deletes the row and
+subtracts its tokens only when the delete found it, then adds the real usage, in one
+statement (both counters). A reservation the sweeper released first is therefore still
+charged once and never released twice.
+
+A key's daily cap (``ApiKey.daily_token_cap``) is held by the same reservation as the
+account's quota: the statement locks the key's counter, then the account's (always in that
+order, as settling and the sweeper do), and grants what fits both (``reservation_grant``).
+A key without a cap reserves with ``capped_key_id`` NULL and never touches a key counter.
+The key's counter for a day is created by the first capped reservation of that day, seeded
+from the day's rollups for the key (so a cap set in the afternoon counts the morning).
+
+The key's other controls (allowed models, expiry, IP allow-list, concurrency) travel with
+the cached ``KeyRow`` and are checked in the gateway (``keys.controls``). Every change of
+them bumps ``ApiKey.controls_version``: ``reserve(controls_version=<the cached one>)``
+refuses with ``Refused("controls")``, reserving nothing, when the stored version differs,
+so a process never serves a request on controls older than the statement that admits it.
 
 The sweeper releases only what is orphaned: a live request's process renews the
 ``lease_until`` of all its reservations in one statement per interval (``renew_leases``), and
@@ -29,10 +44,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
+
+from keys.controls import KeyControls
 
 
 @dataclass(slots=True)
@@ -45,6 +62,22 @@ class KeyRow:
     user_active: bool
     rate_limit_rpm: int | None
     rate_limit_tpm: int | None
+    # The key's own controls (keys.controls); the defaults are a key without any.
+    daily_token_cap: int | None = None
+    allowed_models: tuple[str, ...] = ()
+    expires_at: dt.datetime | None = None
+    allowed_ips: tuple[str, ...] = ()
+    max_concurrent_requests: int | None = None
+    controls_version: int = 0
+    # Compiled once per lookup, so that the cached row checks a request cheaply.
+    controls: KeyControls = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.controls = KeyControls(
+            expires_at=self.expires_at,
+            allowed_models=self.allowed_models,
+            allowed_ips=self.allowed_ips,
+        )
 
 
 @dataclass(slots=True)
@@ -55,11 +88,16 @@ class Reserved:
     tokens: int
     input_tokens: int
     output_budget: int
+    # The key whose daily-cap counter holds these tokens too; None for a key without a cap.
+    capped_key_id: int | None = None
 
 
 @dataclass(slots=True)
 class Refused:
-    # "auth": the key or account changed since it was cached; "quota": nothing left today.
+    # "auth": the key or account changed since it was cached; "quota": the account has
+    # nothing left today (quota/used are the account's); "key_quota": the key's daily cap is
+    # spent (quota/used are the key's cap and total); "controls": the key's controls changed
+    # since they were cached (look the key up again, check, and reserve again).
     reason: str
     quota: int = 0
     used: int = 0
@@ -86,14 +124,33 @@ class RecordRow:
 
 
 def reservation_grant(
-    *, quota: int, total: int, input_tokens: int, max_output_tokens: int
+    *,
+    quota: int,
+    total: int,
+    input_tokens: int,
+    max_output_tokens: int,
+    cap: int | None = None,
+    key_total: int = 0,
 ) -> int | None:
     """Tokens to reserve for a request (its input plus as much of ``max_output_tokens`` as
-    fits), or None when not even one output token fits. Mirrored by ``_RESERVE_SQL``."""
+    fits the account's quota and, for a capped key, the key's cap), or None when not even one
+    output token fits. Mirrored by ``_RESERVE_SQL``."""
     room = quota - total - input_tokens
+    if cap is not None:
+        room = min(room, cap - key_total - input_tokens)
     if room < 1:
         return None
     return input_tokens + min(max_output_tokens, room)
+
+
+def refusal_for(
+    *, quota: int, total: int, input_tokens: int, cap: int | None = None, key_total: int = 0
+) -> Refused:
+    """Which limit refused a request ``reservation_grant`` gave nothing: the account's when
+    its quota has no room (a bigger key cap would not help), else the key's cap."""
+    if cap is None or quota - total - input_tokens < 1:
+        return Refused("quota", quota=quota, used=total)
+    return Refused("key_quota", quota=cap, used=key_total)
 
 
 def rollup_rows(records: Iterable[RecordRow]) -> list[tuple]:
@@ -131,8 +188,17 @@ class Ledger:
         raise NotImplementedError
 
     async def reserve(
-        self, *, key_id: int, digest: str, day: dt.date, input_tokens: int, max_output_tokens: int
+        self,
+        *,
+        key_id: int,
+        digest: str,
+        day: dt.date,
+        input_tokens: int,
+        max_output_tokens: int,
+        controls_version: int | None = None,
     ) -> Reserved | Refused:
+        """Hold tokens for one request. ``controls_version``: the cached key row's; when the
+        stored one differs, ``Refused("controls")`` and nothing is held (None: no check)."""
         raise NotImplementedError
 
     async def settle(

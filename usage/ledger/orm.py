@@ -8,7 +8,7 @@ import datetime as dt
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 
 from keys.models import ApiKey
 from usage.ledger import (
@@ -17,11 +17,27 @@ from usage.ledger import (
     RecordRow,
     Refused,
     Reserved,
+    refusal_for,
     reservation_grant,
     rollup_rows,
 )
-from usage.models import DailyRollup, DailyUsage, Reservation, UsageRecord
+from usage.models import DailyRollup, DailyUsage, KeyDailyUsage, Reservation, UsageRecord
 from usage.quota import effective_quota
+
+
+def _key_counter_for_update(key_id: int, day: dt.date) -> KeyDailyUsage:
+    """The key's cap counter for ``day``, locked; created on the day's first capped
+    reservation with what the key already spent that day (its rollups: a cap set mid-day)."""
+    counter = KeyDailyUsage.objects.select_for_update().filter(api_key_id=key_id, day=day).first()
+    if counter is not None:
+        return counter
+    spent = DailyRollup.objects.filter(api_key_id=key_id, day=day).aggregate(
+        total=Sum(F("input_tokens") + F("output_tokens"))
+    )["total"]
+    counter, _created = KeyDailyUsage.objects.select_for_update().get_or_create(
+        api_key_id=key_id, day=day, defaults={"used_tokens": spent or 0}
+    )
+    return counter
 
 
 class _Counter:
@@ -61,51 +77,92 @@ class OrmLedger(Ledger):
                     "user__is_active",
                     "rate_limit_rpm",
                     "rate_limit_tpm",
+                    "daily_token_cap",
+                    "allowed_models",
+                    "expires_at",
+                    "allowed_ips",
+                    "max_concurrent_requests",
+                    "controls_version",
                 )
                 .first()
             )
-        return KeyRow(*row) if row else None
+        if row is None:
+            return None
+        *head, models, expires_at, ips, concurrency, version = row
+        return KeyRow(
+            *head, tuple(models or ()), expires_at, tuple(ips or ()), concurrency, version
+        )
 
     @sync_to_async
     def reserve(
-        self, *, key_id: int, digest: str, day: dt.date, input_tokens: int, max_output_tokens: int
+        self,
+        *,
+        key_id: int,
+        digest: str,
+        day: dt.date,
+        input_tokens: int,
+        max_output_tokens: int,
+        controls_version: int | None = None,
     ) -> Reserved | Refused:
         with self._counted(), transaction.atomic():
             owner = (
                 ApiKey.objects.filter(
                     id=key_id, digest=digest, is_active=True, user__is_active=True
                 )
-                .values_list("user_id", "user__daily_quota")
+                .values_list("user_id", "user__daily_quota", "daily_token_cap", "controls_version")
                 .first()
             )
             if owner is None:
                 return Refused("auth")
-            user_id, daily_quota = owner
+            user_id, daily_quota, cap, version = owner
+            if controls_version is not None and version != controls_version:
+                return Refused("controls")
             quota = effective_quota(daily_quota)
+            # The key's counter first, then the account's: the order every writer locks them in.
+            key_counter = None
+            if cap is not None:
+                key_counter = _key_counter_for_update(key_id, day)
             counter, _created = DailyUsage.objects.select_for_update().get_or_create(
                 user_id=user_id, day=day
             )
             total = counter.input_tokens + counter.output_tokens + counter.reserved_tokens
+            key_total = key_counter.used_tokens + key_counter.reserved_tokens if key_counter else 0
             tokens = reservation_grant(
                 quota=quota,
                 total=total,
                 input_tokens=input_tokens,
                 max_output_tokens=max_output_tokens,
+                cap=cap,
+                key_total=key_total,
             )
             if tokens is None:
-                return Refused("quota", quota=quota, used=total)
+                return refusal_for(
+                    quota=quota,
+                    total=total,
+                    input_tokens=input_tokens,
+                    cap=cap,
+                    key_total=key_total,
+                )
+            if key_counter is not None:
+                KeyDailyUsage.objects.filter(pk=key_counter.pk).update(
+                    reserved_tokens=F("reserved_tokens") + tokens
+                )
             DailyUsage.objects.filter(pk=counter.pk).update(
                 reserved_tokens=F("reserved_tokens") + tokens
             )
             now = dt.datetime.now(dt.UTC)
+            capped_key_id = key_id if cap is not None else None
             reservation = Reservation.objects.create(
                 user_id=user_id,
                 day=day,
                 tokens=tokens,
                 created_at=now,
                 lease_until=now + dt.timedelta(seconds=settings.GATEWAY_RESERVATION_LEASE_SECONDS),
+                capped_key_id=capped_key_id,
             )
-        return Reserved(reservation.pk, user_id, day, tokens, input_tokens, tokens - input_tokens)
+        return Reserved(
+            reservation.pk, user_id, day, tokens, input_tokens, tokens - input_tokens, capped_key_id
+        )
 
     @sync_to_async
     def settle(
@@ -116,6 +173,13 @@ class OrmLedger(Ledger):
             if retry and not deleted:
                 return  # the attempt that failed had committed (see ``usage.ledger``)
             release = reserved.tokens if deleted else 0
+            if reserved.capped_key_id is not None:
+                KeyDailyUsage.objects.filter(
+                    api_key_id=reserved.capped_key_id, day=reserved.day
+                ).update(
+                    reserved_tokens=F("reserved_tokens") - release,
+                    used_tokens=F("used_tokens") + input_tokens + output_tokens,
+                )
             DailyUsage.objects.filter(user_id=reserved.user_id, day=reserved.day).update(
                 reserved_tokens=F("reserved_tokens") - release,
                 input_tokens=F("input_tokens") + input_tokens,

@@ -4,8 +4,9 @@ against 0.2 for psycopg's async connection and 0.26 through its pool).
 
 A connection is borrowed for one statement and given back, never held across an upstream
 call. Reserving is one statement (a CTE) that re-checks the key's digest and the key and
-account flags, reads the account's effective quota, locks today's counter row, caps the
-output budget to what remains and inserts the ``Reservation`` row. Settling is one statement.
+account flags, reads the account's effective quota, locks today's counter row (and, for a
+key with a daily cap, the key's counter first), caps the output budget to what remains of
+both and inserts the ``Reservation`` row. Settling is one statement.
 See ``usage.ledger`` for the invariant these statements keep.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import json
 import uuid
 
 import asyncpg
@@ -22,8 +24,8 @@ from django.db import connection
 
 from accounts.models import User
 from keys.models import ApiKey
-from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, rollup_rows
-from usage.models import DailyRollup, DailyUsage, Reservation, UsageRecord
+from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, refusal_for, rollup_rows
+from usage.models import DailyRollup, DailyUsage, KeyDailyUsage, Reservation, UsageRecord
 
 
 def _t(model) -> str:
@@ -32,26 +34,33 @@ def _t(model) -> str:
 
 _FIND_KEY_SQL = f"""
 SELECT k.id, k.user_id, k.name, k.digest, k.is_active, u.is_active,
-       k.rate_limit_rpm, k.rate_limit_tpm
+       k.rate_limit_rpm, k.rate_limit_tpm,
+       k.daily_token_cap, k.allowed_models::text, k.expires_at, k.allowed_ips::text,
+       k.max_concurrent_requests, k.controls_version
 FROM {_t(ApiKey)} k JOIN {_t(User)} u ON u.id = k.user_id
 WHERE k.prefix = $1
 """
 
 # One statement: check the key and account, lock today's counter, cap, reserve, record the
 # reservation. The quota is usage.quota.effective_quota and the grant
-# usage.ledger.reservation_grant, in SQL (tests/gateway/test_quota.py holds them to the same
-# answers). FOR UPDATE makes ``cur`` read the newest committed counter (after waiting for
-# any concurrent reservation), so the grant is computed on what is really left.
-# $1 default quota, $2 key id, $3 digest, $4 day, $5 input estimate, $6 max output, $7 lease (s).
+# usage.ledger.reservation_grant, in SQL (tests/gateway/test_rules.py and
+# tests/usage/test_key_cap.py hold them to the same answers). FOR UPDATE makes ``cur`` read
+# the newest committed counter (after waiting for any concurrent reservation), so the grant is
+# computed on what is really left. This is the statement for a key without a daily cap: it
+# grants nothing to a key that has one (``cap`` comes back set) and the ledger then uses
+# ``_RESERVE_CAPPED_SQL``, so an uncapped key pays nothing for key counters.
+# $1 default quota, $2 key id, $3 digest, $4 day, $5 input estimate, $6 max output, $7 lease (s),
+# $8 the cached controls version (NULL: no check).
 _RESERVE_SQL = f"""
 WITH auth AS (
-    SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota
+    SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota,
+           k.daily_token_cap AS cap, k.controls_version AS version
     FROM {_t(ApiKey)} k JOIN {_t(User)} u ON u.id = k.user_id
     WHERE k.id = $2 AND k.digest = $3 AND k.is_active AND u.is_active
 ), cur AS (
     SELECT du.id, du.input_tokens + du.output_tokens + du.reserved_tokens AS total, auth.quota
     FROM {_t(DailyUsage)} du JOIN auth ON du.user_id = auth.user_id
-    WHERE du.day = $4
+    WHERE du.day = $4 AND auth.cap IS NULL AND ($8::bigint IS NULL OR auth.version = $8::bigint)
     FOR UPDATE OF du
 ), granted AS (
     SELECT id, $5::bigint + LEAST($6::bigint, quota - total - $5::bigint) AS tokens
@@ -68,15 +77,81 @@ WITH auth AS (
     RETURNING id, tokens
 )
 SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
-       (SELECT tokens FROM res)
+       (SELECT tokens FROM res), auth.cap, NULL::bigint, auth.version
 FROM auth
 """
 
+# The same for a key with a daily cap: the key's counter is locked first (the one-time filter
+# in ``cur`` makes the order sure), as settling and the sweeper do, and the grant fits both.
+# Same parameters.
+_RESERVE_CAPPED_SQL = f"""
+WITH auth AS (
+    SELECT k.user_id, COALESCE(u.daily_quota, $1::bigint) AS quota,
+           k.daily_token_cap AS cap, k.controls_version AS version
+    FROM {_t(ApiKey)} k JOIN {_t(User)} u ON u.id = k.user_id
+    WHERE k.id = $2 AND k.digest = $3 AND k.is_active AND u.is_active
+), kcur AS (
+    SELECT kd.id, kd.used_tokens + kd.reserved_tokens AS total
+    FROM {_t(KeyDailyUsage)} kd
+    WHERE kd.api_key_id = $2 AND kd.day = $4 AND (SELECT cap FROM auth) IS NOT NULL
+    FOR UPDATE OF kd
+), cur AS (
+    SELECT du.id, du.input_tokens + du.output_tokens + du.reserved_tokens AS total,
+           auth.quota, auth.cap, auth.version
+    FROM {_t(DailyUsage)} du JOIN auth ON du.user_id = auth.user_id
+    WHERE du.day = $4 AND (SELECT count(*) FROM kcur) >= 0
+    FOR UPDATE OF du
+), room AS (
+    SELECT cur.id,
+           LEAST(cur.quota - cur.total,
+                 COALESCE(cur.cap - (SELECT total FROM kcur), cur.quota - cur.total))
+           - $5::bigint AS room
+    FROM cur
+    WHERE ($8::bigint IS NULL OR cur.version = $8::bigint)
+      AND (cur.cap IS NULL OR EXISTS (SELECT 1 FROM kcur))
+), granted AS (
+    SELECT id, $5::bigint + LEAST($6::bigint, room) AS tokens FROM room WHERE room >= 1
+), kupd AS (
+    UPDATE {_t(KeyDailyUsage)} kd
+    SET reserved_tokens = kd.reserved_tokens + g.tokens, updated_at = now()
+    FROM granted g WHERE kd.id = (SELECT id FROM kcur)
+    RETURNING 1
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + g.tokens, updated_at = now()
+    FROM granted g WHERE du.id = g.id
+    RETURNING g.tokens
+), res AS (
+    INSERT INTO {_t(Reservation)} (user_id, day, tokens, created_at, lease_until, capped_key_id)
+    SELECT auth.user_id, $4, upd.tokens, now(), now() + make_interval(secs => $7::float8),
+           CASE WHEN auth.cap IS NULL THEN NULL ELSE $2::bigint END
+    FROM upd CROSS JOIN auth
+    RETURNING id, tokens
+)
+SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
+       (SELECT tokens FROM res), auth.cap, (SELECT total FROM kcur), auth.version
+FROM auth
+"""
+
+# The day's counters, created by its first reservation: the account's and, for a capped key
+# ($3 not NULL), the key's, seeded with what the key already spent that day (its rollups),
+# so that a cap set in the afternoon counts the morning.
+# $1 user id, $2 day, $3 capped key id or NULL.
 _ENSURE_DAY_SQL = f"""
-INSERT INTO {_t(DailyUsage)}
-    (user_id, day, input_tokens, output_tokens, reserved_tokens, requests, updated_at)
-VALUES ($1, $2, 0, 0, 0, 0, now())
-ON CONFLICT (user_id, day) DO NOTHING
+WITH account AS (
+    INSERT INTO {_t(DailyUsage)}
+        (user_id, day, input_tokens, output_tokens, reserved_tokens, requests, updated_at)
+    VALUES ($1, $2, 0, 0, 0, 0, now())
+    ON CONFLICT (user_id, day) DO NOTHING
+    RETURNING 1
+)
+INSERT INTO {_t(KeyDailyUsage)} (api_key_id, day, used_tokens, reserved_tokens, updated_at)
+SELECT $3::bigint, $2,
+       COALESCE((SELECT SUM(r.input_tokens + r.output_tokens) FROM {_t(DailyRollup)} r
+                 WHERE r.api_key_id = $3::bigint AND r.day = $2), 0),
+       0, now()
+WHERE $3::bigint IS NOT NULL
+ON CONFLICT (api_key_id, day) DO NOTHING
 """
 
 # $1 reservation id, $2 input, $3 output, $4 user id, $5 day.
@@ -101,6 +176,47 @@ SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
     requests = requests + 1,
     updated_at = now()
 WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
+"""
+
+# The same for a capped key's reservation ($6 the key id): the key's counter moves too, and
+# first (the one-time filter), in the order reserving locks them.
+_SETTLE_CAPPED_SQL = f"""
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens),
+kupd AS (
+    UPDATE {_t(KeyDailyUsage)}
+    SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
+        used_tokens = used_tokens + $2 + $3,
+        updated_at = now()
+    WHERE api_key_id = $6 AND day = $5
+    RETURNING 1
+)
+UPDATE {_t(DailyUsage)}
+SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
+    input_tokens = input_tokens + $2,
+    output_tokens = output_tokens + $3,
+    requests = requests + 1,
+    updated_at = now()
+WHERE user_id = $4 AND day = $5 AND (SELECT count(*) FROM kupd) >= 0
+"""
+
+_SETTLE_CAPPED_RETRY_SQL = f"""
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens),
+kupd AS (
+    UPDATE {_t(KeyDailyUsage)}
+    SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
+        used_tokens = used_tokens + $2 + $3,
+        updated_at = now()
+    WHERE api_key_id = $6 AND day = $5 AND EXISTS (SELECT 1 FROM del)
+    RETURNING 1
+)
+UPDATE {_t(DailyUsage)}
+SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
+    input_tokens = input_tokens + $2,
+    output_tokens = output_tokens + $3,
+    requests = requests + 1,
+    updated_at = now()
+WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
+  AND (SELECT count(*) FROM kupd) >= 0
 """
 
 _RENEW_LEASES_SQL = f"""
@@ -131,6 +247,9 @@ _TOUCH_KEY_SQL = f"""
 UPDATE {_t(ApiKey)} SET last_used_at = $1
 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)
 """
+
+
+_CAPPED_KEYS_MAX = 100_000
 
 
 def pg_connect_args() -> dict:
@@ -229,6 +348,8 @@ class PgLedger(Ledger):
         self.max_size = max_size
         self.connections: _Connections | None = None
         self.round_trips = 0
+        # Keys seen with a daily cap: they reserve with _RESERVE_CAPPED_SQL from the start.
+        self._capped_keys: set[int] = set()
 
     async def open(self) -> None:
         self.connections = _Connections(max_size=self.max_size)
@@ -260,10 +381,27 @@ class PgLedger(Ledger):
 
     async def find_key(self, prefix: str) -> KeyRow | None:
         row = await self._fetchrow(_FIND_KEY_SQL, prefix)
-        return KeyRow(*row) if row else None
+        if row is None:
+            return None
+        *head, models, expires_at, ips, concurrency, version = row
+        return KeyRow(
+            *head,
+            tuple(json.loads(models) or ()),
+            expires_at,
+            tuple(json.loads(ips) or ()),
+            concurrency,
+            version,
+        )
 
     async def reserve(
-        self, *, key_id: int, digest: str, day: dt.date, input_tokens: int, max_output_tokens: int
+        self,
+        *,
+        key_id: int,
+        digest: str,
+        day: dt.date,
+        input_tokens: int,
+        max_output_tokens: int,
+        controls_version: int | None = None,
     ) -> Reserved | Refused:
         args = (
             # COALESCE(u.daily_quota, $1) in _RESERVE_SQL is usage.quota.effective_quota.
@@ -274,34 +412,73 @@ class PgLedger(Ledger):
             input_tokens,
             max_output_tokens,
             float(settings.GATEWAY_RESERVATION_LEASE_SECONDS),
+            controls_version,
         )
-        for _attempt in range(2):
-            row = await self._fetchrow(_RESERVE_SQL, *args)
+        capped = key_id in self._capped_keys
+        for _attempt in range(3):
+            row = await self._fetchrow(_RESERVE_CAPPED_SQL if capped else _RESERVE_SQL, *args)
             if row is None:
                 return Refused("auth")
-            user_id, quota, total, reservation_id, tokens = row
-            if total is None:
-                # First request of the day for this account: create the counter, then retry.
-                await self._fetchrow(_ENSURE_DAY_SQL, user_id, day)
+            user_id, quota, total, reservation_id, tokens, cap, key_total, version = row
+            if controls_version is not None and version != controls_version:
+                return Refused("controls")
+            if (cap is not None) != capped:
+                # The key gained or lost its cap: remember which statement it needs. Only a
+                # lean statement on a capped key must go round again (it granted nothing).
+                self._remember_capped(key_id, cap is not None)
+                if not capped:
+                    capped = True
+                    continue
+            if total is None or (cap is not None and key_total is None):
+                # First request of the day for this account (or capped key): create the
+                # counters, then retry.
+                await self._fetchrow(
+                    _ENSURE_DAY_SQL, user_id, day, key_id if cap is not None else None
+                )
                 continue
             if reservation_id is None:
-                return Refused("quota", quota=quota, used=total)
+                return refusal_for(
+                    quota=quota,
+                    total=total,
+                    input_tokens=input_tokens,
+                    cap=cap,
+                    key_total=key_total,
+                )
             return Reserved(
-                reservation_id, user_id, day, tokens, input_tokens, tokens - input_tokens
+                reservation_id,
+                user_id,
+                day,
+                tokens,
+                input_tokens,
+                tokens - input_tokens,
+                key_id if cap is not None else None,
             )
-        raise RuntimeError("the daily counter row could not be created")
+        raise RuntimeError("the daily counter rows could not be created")
+
+    def _remember_capped(self, key_id: int, capped: bool) -> None:
+        if not capped:
+            self._capped_keys.discard(key_id)
+            return
+        if len(self._capped_keys) >= _CAPPED_KEYS_MAX:
+            self._capped_keys.clear()  # forgetting costs one extra round trip per key, once
+        self._capped_keys.add(key_id)
 
     async def settle(
         self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
     ) -> None:
-        await self._fetchrow(
-            _SETTLE_RETRY_SQL if retry else _SETTLE_SQL,
+        args = [
             reserved.reservation_id,
             input_tokens,
             output_tokens,
             reserved.user_id,
             reserved.day,
-        )
+        ]
+        if reserved.capped_key_id is None:
+            sql = _SETTLE_RETRY_SQL if retry else _SETTLE_SQL
+        else:
+            sql = _SETTLE_CAPPED_RETRY_SQL if retry else _SETTLE_CAPPED_SQL
+            args.append(reserved.capped_key_id)
+        await self._fetchrow(sql, *args)
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         if reservation_ids:

@@ -18,7 +18,14 @@ from django.db.models import F, Max, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from usage.models import DailyRollup, DailyUsage, QuotaReset, Reservation, UsageRecord
+from usage.models import (
+    DailyRollup,
+    DailyUsage,
+    KeyDailyUsage,
+    QuotaReset,
+    Reservation,
+    UsageRecord,
+)
 from usage.quota import quota_day, quota_zone
 
 logger = logging.getLogger(__name__)
@@ -88,14 +95,22 @@ def _release_batch_orm(cutoff: dt.datetime, now: dt.datetime, batch_size: int) -
             .filter(created_at__lt=cutoff)
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             .order_by("created_at", "id")
-            .values_list("id", "user_id", "day", "tokens")[:batch_size]
+            .values_list("id", "user_id", "day", "tokens", "capped_key_id")[:batch_size]
         )
         if not rows:
             return 0, 0
         Reservation.objects.filter(id__in=[row[0] for row in rows]).delete()
         per_counter: dict[tuple[int, dt.date], int] = defaultdict(int)
-        for _id, user_id, day, tokens in rows:
+        per_key: dict[tuple[int, dt.date], int] = defaultdict(int)
+        for _id, user_id, day, tokens, capped_key_id in rows:
             per_counter[(user_id, day)] += tokens
+            if capped_key_id is not None:
+                per_key[(capped_key_id, day)] += tokens
+        # Key counters before account counters: the order the gateway locks them in.
+        for (key_id, day), tokens in sorted(per_key.items()):
+            KeyDailyUsage.objects.filter(api_key_id=key_id, day=day).update(
+                reserved_tokens=Greatest(F("reserved_tokens") - tokens, Value(0))
+            )
         for (user_id, day), tokens in sorted(per_counter.items()):
             # Greatest() only matters if the invariant was already broken elsewhere; the
             # check constraint would otherwise make every later sweep fail.
@@ -110,6 +125,7 @@ def _release_batch_pg(cutoff: dt.datetime, now: dt.datetime, batch_size: int) ->
     second instead of one UPDATE per account)."""
     reservation = Reservation._meta.db_table
     counter = DailyUsage._meta.db_table
+    key_counter = KeyDailyUsage._meta.db_table
     sql = f"""
         WITH picked AS (
             SELECT id FROM {reservation}
@@ -117,15 +133,28 @@ def _release_batch_pg(cutoff: dt.datetime, now: dt.datetime, batch_size: int) ->
             ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED
         ), gone AS (
             DELETE FROM {reservation} r USING picked WHERE r.id = picked.id
-            RETURNING r.user_id, r.day, r.tokens
+            RETURNING r.user_id, r.day, r.tokens, r.capped_key_id
+        ), key_sums AS (
+            SELECT capped_key_id, day, SUM(tokens) AS tokens
+            FROM gone WHERE capped_key_id IS NOT NULL GROUP BY capped_key_id, day
+        ), key_counters AS (
+            UPDATE {key_counter} kd
+            SET reserved_tokens = GREATEST(kd.reserved_tokens - key_sums.tokens, 0),
+                updated_at = now()
+            FROM key_sums
+            WHERE kd.api_key_id = key_sums.capped_key_id AND kd.day = key_sums.day
+            RETURNING 1
         ), sums AS (
             SELECT user_id, day, SUM(tokens) AS tokens, COUNT(*) AS n
             FROM gone GROUP BY user_id, day
         ), counters AS (
+            -- The one-time filter runs key_counters first: keys before accounts, the order
+            -- the gateway locks them in.
             UPDATE {counter} du
             SET reserved_tokens = GREATEST(du.reserved_tokens - sums.tokens, 0),
                 updated_at = now()
             FROM sums WHERE du.user_id = sums.user_id AND du.day = sums.day
+              AND (SELECT count(*) FROM key_counters) >= 0
             RETURNING 1
         )
         SELECT COALESCE(SUM(n), 0), COALESCE(SUM(tokens), 0) FROM sums
@@ -237,6 +266,14 @@ def usage_records_prune(*, before: dt.datetime, batch_size: int | None = None) -
             return pruned
 
 
+def key_counters_prune(*, before: dt.date) -> int:
+    """Delete the daily-cap counters of quota days before ``before``. A counter only matters
+    while its day can still be charged (today, and yesterday for a request that crossed
+    midnight); older ones go with the usage records they summarise."""
+    deleted, _ = KeyDailyUsage.objects.filter(day__lt=before).delete()
+    return deleted
+
+
 @contextlib.contextmanager
 def _exclusive(name: str):
     """Yield True when this process holds the named lock, False when another one does.
@@ -290,6 +327,7 @@ def usage_daily_reset() -> QuotaReset | None:
 
     Releases stale reservations, finalises the rollups of every day not yet closed (catching
     up after missed runs), and prunes usage records older than ``USAGE_RETENTION_DAYS``.
+    Also prunes keys' daily-cap counters past the same retention.
     Idempotent: a second run finds nothing left to close. Returns ``None`` when another run
     holds the lock. Enforcement never waits for this: counters are keyed by quota day.
     Quota changes are never scheduled for the new day: approvals and staff changes apply the
@@ -312,6 +350,9 @@ def usage_daily_reset() -> QuotaReset | None:
         pruned = usage_records_prune(
             before=started_at - dt.timedelta(days=settings.USAGE_RETENTION_DAYS)
         )
+        key_counters = key_counters_prune(
+            before=today - dt.timedelta(days=settings.USAGE_RETENTION_DAYS)
+        )
         prune_seconds = time.monotonic() - clock
         run = QuotaReset.objects.create(
             day=days[-1] if days else today - dt.timedelta(days=1),
@@ -325,7 +366,7 @@ def usage_daily_reset() -> QuotaReset | None:
         )
     logger.info(
         "daily reset closed %d day(s) up to %s: %d reservations released (%.1f s), "
-        "%d rollups corrected (%.1f s), %d records pruned (%.1f s)",
+        "%d rollups corrected (%.1f s), %d records and %d key cap counters pruned (%.1f s)",
         run.days_closed,
         run.day,
         released,
@@ -333,6 +374,7 @@ def usage_daily_reset() -> QuotaReset | None:
         rollups,
         finalise_seconds,
         pruned,
+        key_counters,
         prune_seconds,
     )
     return run
