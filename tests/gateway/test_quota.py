@@ -7,7 +7,7 @@ import time_machine
 from accounts.models import User
 from keys.crypto import key_digest
 from keys.models import ApiKey
-from usage.ledger import Refused, Reserved
+from usage.ledger import Refused, Reserved, Settled
 from usage.models import DailyUsage, Reservation, UsageRecord
 from usage.quota import quota_day
 
@@ -67,6 +67,33 @@ def test_it_replaces_the_reservation_by_the_real_usage(ledger, alice_key):
     assert (counter.input_tokens, counter.output_tokens, counter.reserved_tokens) == (7, 30, 0)
     assert counter.requests == 1
     assert not Reservation.objects.exists()
+
+
+def test_a_settlement_returns_the_new_totals_the_quota_alerts_compare(ledger, alice_key):
+    user, key = alice_key
+    User.objects.filter(pk=user.pk).update(daily_quota=5000)
+    first = _reserve(ledger, user, key)
+    assert first.quota == 5000 and first.key_cap is None
+    assert ledger.run(ledger.settle(reserved=first, input_tokens=7, output_tokens=30)) == Settled(
+        37
+    )
+    second = _reserve(ledger, user, key)
+    settled = ledger.run(ledger.settle(reserved=second, input_tokens=100, output_tokens=3))
+    assert settled == Settled(140)
+    # A retry that finds the first attempt committed charged nothing: no totals to compare.
+    assert (
+        ledger.run(ledger.settle(reserved=second, input_tokens=1, output_tokens=1, retry=True))
+        is None
+    )
+
+
+def test_a_capped_keys_settlement_returns_the_keys_total_too(ledger, alice_key):
+    user, key = alice_key
+    ApiKey.objects.filter(user=user).update(daily_token_cap=10_000)
+    reserved = _reserve(ledger, user, key)
+    assert reserved.key_cap == 10_000
+    settled = ledger.run(ledger.settle(reserved=reserved, input_tokens=70, output_tokens=30))
+    assert settled == Settled(100, 100)
 
 
 def test_it_charges_a_swept_reservation_once_and_releases_it_once(ledger, alice_key):

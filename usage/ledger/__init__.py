@@ -90,6 +90,19 @@ class Reserved:
     output_budget: int
     # The key whose daily-cap counter holds these tokens too; None for a key without a cap.
     capped_key_id: int | None = None
+    # The account's quota for the day and the key's cap, as the reservation saw them: what a
+    # settlement's new totals are compared with for quota alerts.
+    quota: int = 0
+    key_cap: int | None = None
+
+
+@dataclass(slots=True)
+class Settled:
+    """A settlement's new totals: the account's tokens used today and, for a capped key, the
+    key's. Returned by the settling statement itself (no further query), for quota alerts."""
+
+    used: int
+    key_used: int | None = None
 
 
 @dataclass(slots=True)
@@ -203,7 +216,9 @@ class Ledger:
 
     async def settle(
         self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
-    ) -> None:
+    ) -> Settled | None:
+        """Charge the usage and release the reservation; the new totals, or None when a retry
+        found the first attempt had committed (nothing charged this time)."""
         raise NotImplementedError
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:

@@ -17,6 +17,7 @@ from usage.ledger import (
     RecordRow,
     Refused,
     Reserved,
+    Settled,
     refusal_for,
     reservation_grant,
     rollup_rows,
@@ -161,17 +162,25 @@ class OrmLedger(Ledger):
                 capped_key_id=capped_key_id,
             )
         return Reserved(
-            reservation.pk, user_id, day, tokens, input_tokens, tokens - input_tokens, capped_key_id
+            reservation.pk,
+            user_id,
+            day,
+            tokens,
+            input_tokens,
+            tokens - input_tokens,
+            capped_key_id,
+            quota,
+            cap,
         )
 
     @sync_to_async
     def settle(
         self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
-    ) -> None:
+    ) -> Settled | None:
         with self._counted(), transaction.atomic():
             deleted, _ = Reservation.objects.filter(pk=reserved.reservation_id).delete()
             if retry and not deleted:
-                return  # the attempt that failed had committed (see ``usage.ledger``)
+                return None  # the attempt that failed had committed (see ``usage.ledger``)
             release = reserved.tokens if deleted else 0
             if reserved.capped_key_id is not None:
                 KeyDailyUsage.objects.filter(
@@ -186,6 +195,23 @@ class OrmLedger(Ledger):
                 output_tokens=F("output_tokens") + output_tokens,
                 requests=F("requests") + 1,
             )
+            # Read back in the same transaction: the totals this settlement produced.
+            used = (
+                DailyUsage.objects.filter(user_id=reserved.user_id, day=reserved.day)
+                .annotate(used=F("input_tokens") + F("output_tokens"))
+                .values_list("used", flat=True)
+                .first()
+            )
+            key_used = None
+            if reserved.capped_key_id is not None:
+                key_used = (
+                    KeyDailyUsage.objects.filter(
+                        api_key_id=reserved.capped_key_id, day=reserved.day
+                    )
+                    .values_list("used_tokens", flat=True)
+                    .first()
+                )
+        return None if used is None else Settled(used, key_used)
 
     @sync_to_async
     def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:

@@ -24,7 +24,16 @@ from django.db import connection
 
 from accounts.models import User
 from keys.models import ApiKey
-from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, refusal_for, rollup_rows
+from usage.ledger import (
+    KeyRow,
+    Ledger,
+    RecordRow,
+    Refused,
+    Reserved,
+    Settled,
+    refusal_for,
+    rollup_rows,
+)
 from usage.models import DailyRollup, DailyUsage, KeyDailyUsage, Reservation, UsageRecord
 
 
@@ -164,6 +173,7 @@ SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
     requests = requests + 1,
     updated_at = now()
 WHERE user_id = $4 AND day = $5
+RETURNING input_tokens + output_tokens
 """
 
 # A retry after a failure that may have committed: charge only while the row is still there.
@@ -176,6 +186,7 @@ SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
     requests = requests + 1,
     updated_at = now()
 WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
+RETURNING input_tokens + output_tokens
 """
 
 # The same for a capped key's reservation ($6 the key id): the key's counter moves too, and
@@ -188,7 +199,7 @@ kupd AS (
         used_tokens = used_tokens + $2 + $3,
         updated_at = now()
     WHERE api_key_id = $6 AND day = $5
-    RETURNING 1
+    RETURNING used_tokens
 )
 UPDATE {_t(DailyUsage)}
 SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
@@ -197,6 +208,7 @@ SET reserved_tokens = reserved_tokens - COALESCE((SELECT tokens FROM del), 0),
     requests = requests + 1,
     updated_at = now()
 WHERE user_id = $4 AND day = $5 AND (SELECT count(*) FROM kupd) >= 0
+RETURNING input_tokens + output_tokens, (SELECT used_tokens FROM kupd)
 """
 
 _SETTLE_CAPPED_RETRY_SQL = f"""
@@ -207,7 +219,7 @@ kupd AS (
         used_tokens = used_tokens + $2 + $3,
         updated_at = now()
     WHERE api_key_id = $6 AND day = $5 AND EXISTS (SELECT 1 FROM del)
-    RETURNING 1
+    RETURNING used_tokens
 )
 UPDATE {_t(DailyUsage)}
 SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
@@ -217,6 +229,7 @@ SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
     updated_at = now()
 WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
   AND (SELECT count(*) FROM kupd) >= 0
+RETURNING input_tokens + output_tokens, (SELECT used_tokens FROM kupd)
 """
 
 _RENEW_LEASES_SQL = f"""
@@ -452,6 +465,8 @@ class PgLedger(Ledger):
                 input_tokens,
                 tokens - input_tokens,
                 key_id if cap is not None else None,
+                quota,
+                cap,
             )
         raise RuntimeError("the daily counter rows could not be created")
 
@@ -465,7 +480,7 @@ class PgLedger(Ledger):
 
     async def settle(
         self, *, reserved: Reserved, input_tokens: int, output_tokens: int, retry: bool = False
-    ) -> None:
+    ) -> Settled | None:
         args = [
             reserved.reservation_id,
             input_tokens,
@@ -478,7 +493,10 @@ class PgLedger(Ledger):
         else:
             sql = _SETTLE_CAPPED_RETRY_SQL if retry else _SETTLE_CAPPED_SQL
             args.append(reserved.capped_key_id)
-        await self._fetchrow(sql, *args)
+        row = await self._fetchrow(sql, *args)
+        if row is None:
+            return None
+        return Settled(row[0], row[1] if len(row) > 1 else None)
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         if reservation_ids:
