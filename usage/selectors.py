@@ -7,12 +7,19 @@ requests list (keyset-paginated on its (user, -created_at) index) and the per-re
 import datetime as dt
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core import signing
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from usage.models import DailyRollup, DailyUsage, QuotaApplication, QuotaReset, UsageRecord
-from usage.quota import effective_quota, next_reset_at, quota_day, seconds_until_reset
+from usage.quota import (
+    effective_quota,
+    next_reset_at,
+    quota_day,
+    quota_zone,
+    seconds_until_reset,
+)
 
 CHART_RANGES_DAYS = (7, 30, 90)
 MAX_RANGE_DAYS = 400
@@ -197,6 +204,22 @@ def usage_records(*, user, key_name: str = "", model: str = "", status: str = ""
     elif status.isdigit():
         rows = rows.filter(status_code=int(status))
     return rows.order_by("-created_at", "-id")
+
+
+def usage_records_of_days(*, user, start: dt.date, end: dt.date):
+    """The account's records of quota days ``start`` to ``end`` inclusive, newest first.
+
+    Bounded on ``created_at`` as well as on ``day``: ``created_at`` is what the records are
+    partitioned by on PostgreSQL, so only those days' partitions are read. A record's quota
+    day is the day its request reserved on, and it is written when the request ends, so the
+    bounds reach past the days by the longest a request may run."""
+    margin = dt.timedelta(seconds=max(3600, settings.RESERVATION_STALE_SECONDS))
+    zone = quota_zone()
+    since = dt.datetime.combine(start, dt.time(0), tzinfo=zone) - margin
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0), tzinfo=zone) + margin
+    return usage_records(user=user).filter(
+        day__gte=start, day__lte=end, created_at__gte=since, created_at__lt=until
+    )
 
 
 def usage_records_page(rows, *, cursor: str = "", size: int = 25):
