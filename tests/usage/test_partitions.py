@@ -191,3 +191,31 @@ def test_the_export_of_a_day_keeps_a_request_that_ended_after_its_midnight(alice
     lines = streamed_body(response).decode().strip().splitlines()
     assert len(lines) == 2
     assert lines[1].split(",")[1] == "2026-03-01"
+
+
+@pytest.mark.parametrize("ages_hours", [(1, 2, 3, 4, 5), (1, 30, 100, 200, 300), (300, 400, 500)])
+def test_the_requests_page_is_the_newest_records_whichever_window_holds_them(alice, ages_hours):
+    from usage import selectors
+
+    now = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    for hours in ages_hours:
+        record_request(alice, when=now - dt.timedelta(hours=hours))
+    everything = list(selectors.usage_records(user=alice).values_list("id", flat=True))
+    with time_machine.travel(now, tick=False):
+        first, cursor = selectors.usage_records_page(selectors.usage_records(user=alice), size=2)
+        second, _ = selectors.usage_records_page(
+            selectors.usage_records(user=alice), size=2, cursor=cursor
+        )
+    assert [r.id for r in first + second] == everything[:4]
+
+
+def test_a_busy_accounts_page_is_read_from_the_newest_day_alone(alice, django_assert_num_queries):
+    from usage import selectors
+
+    now = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    for minutes in range(6):
+        record_request(alice, when=now - dt.timedelta(minutes=minutes))
+    with time_machine.travel(now, tick=False), django_assert_num_queries(1) as captured:
+        page, _ = selectors.usage_records_page(selectors.usage_records(user=alice), size=5)
+    assert len(page) == 5
+    assert "created_at" in captured.captured_queries[0]["sql"].split("WHERE", 1)[1]

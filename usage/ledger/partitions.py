@@ -112,14 +112,14 @@ def usage_partitions_ensure(*, now: dt.datetime | None = None, ahead_days: int =
         end = _midnight(day + dt.timedelta(days=1))
         if end <= start:  # a bound that is not a midnight of today's zone
             end = _midnight(day + dt.timedelta(days=2))
-        created.append(_create(f"{_table()}_p{day:%Y%m%d}", start, end))
+        created.append(usage_partition_create(f"{_table()}_p{day:%Y%m%d}", start, end))
         start = end
     if created:
         logger.info("usage record partitions created: %s", ", ".join(created))
     return created
 
 
-def _create(name: str, start: dt.datetime, end: dt.datetime) -> str:
+def usage_partition_create(name: str, start: dt.datetime, end: dt.datetime) -> str:
     """Create the partition [start, end). Rows of that range already in the DEFAULT partition
     are moved into it in the same transaction (PostgreSQL refuses the partition otherwise)."""
     table = _table()

@@ -18,7 +18,8 @@ import datetime as dt
 import zoneinfo
 
 from django.conf import settings
-from django.db import migrations
+import django.db.models.deletion
+from django.db import migrations, models
 
 TABLE = "usage_usagerecord"
 LEGACY = f"{TABLE}_legacy"
@@ -178,14 +179,37 @@ def _create_partitions(cursor, table: str, first_day: dt.date, ahead_days: int) 
         )
 
 
+# The requests list orders by (created_at, id) newest first: with the id in the index too,
+# PostgreSQL merges the partitions' index scans and stops after one page, instead of sorting
+# all of an account's records. The account-only index is left out: the new one serves those
+# lookups, and every index a partition has is one more the planner opens per partition.
+NEW_INDEX = "usage_record_user_time_id_idx"
+OLD_INDEXES = ("usage_record_user_time_idx", "usage_usagerecord_user_id_2f8497c4")
+
+
 def forwards(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return  # SQLite keeps the plain table; the daily reset deletes its old rows.
-    # Midnight after tomorrow: rows written while the CHECK is validated (created now) are
-    # inside it. Rows from then on go to the daily partitions.
-    bound_day = _quota_today() + dt.timedelta(days=2)
     with schema_editor.connection.cursor() as cursor:
-        partition_table(cursor, TABLE, bound_day)
+        if schema_editor.connection.vendor != "postgresql":
+            # SQLite keeps the plain table (the daily reset deletes its old rows).
+            cursor.execute(
+                f'CREATE INDEX "{NEW_INDEX}" ON {TABLE} (user_id, created_at DESC, id DESC)'
+            )
+            for name in OLD_INDEXES:
+                cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+            return
+        cursor.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", [TABLE])
+        if cursor.fetchone()[0] != "p":
+            # Built (and the old ones dropped) without a write lock, before the swap adopts them.
+            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{NEW_INDEX}"')
+            cursor.execute(
+                f'CREATE INDEX CONCURRENTLY "{NEW_INDEX}" '
+                f"ON {TABLE} (user_id, created_at DESC, id DESC)"
+            )
+            for name in OLD_INDEXES:
+                cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+        # Midnight after tomorrow: rows written while the CHECK is validated (created now)
+        # are inside it. Rows from then on go to the daily partitions.
+        partition_table(cursor, TABLE, _quota_today() + dt.timedelta(days=2))
 
 
 class Migration(migrations.Migration):
@@ -194,10 +218,34 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("usage", "0005_usagerecord_playground"),
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
-        # No reverse: going back would mean copying every row into a plain table, a step to
-        # plan for a maintenance window, not to run as an automatic rollback.
-        migrations.RunPython(forwards, migrations.RunPython.noop, elidable=False),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.RemoveIndex(model_name="usagerecord", name=OLD_INDEXES[0]),
+                migrations.AddIndex(
+                    model_name="usagerecord",
+                    index=models.Index(
+                        fields=["user", "-created_at", "-id"], name=NEW_INDEX
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="usagerecord",
+                    name="user",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+            database_operations=[
+                # No reverse: going back would mean copying every row into a plain table, a
+                # step to plan for a maintenance window, not to run as an automatic rollback.
+                migrations.RunPython(forwards, migrations.RunPython.noop, elidable=False),
+            ],
+        ),
     ]
