@@ -184,7 +184,9 @@ def without_indexes(cursor, table: str):
 
         def __exit__(self, *exc):
             for definition in indexes:
-                cursor.execute(definition)
+                # A partitioned table's index reads "ON ONLY parent": as such it would be left
+                # invalid, without the partitions' indexes; built on the parent, they come too.
+                cursor.execute(definition.replace(" ON ONLY ", " ON ", 1))
             for name, definition in constraints:
                 cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
 
@@ -357,13 +359,23 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[index]
 
 
+FRESH = " (fresh connection)"
+
+
 def time_urls(client, urls: list[tuple[str, str]], samples: int) -> list[dict]:
+    """p50/p95 per URL. A label ending in ``FRESH`` closes the database connection before
+    each request, as production does (``CONN_MAX_AGE=0``): PostgreSQL then opens each
+    partition a query can reach anew, which a reused connection has cached."""
+    from django.db import connection
+
     results = []
     for label, url in urls:
         for _ in range(3):  # warm caches and connections
             assert client.get(url).status_code == 200, url
         timings, cpu = [], []
         for _ in range(samples):
+            if label.endswith(FRESH):
+                connection.close()
             started, started_cpu = time.perf_counter(), time.process_time()
             response = client.get(url)
             if getattr(response, "is_async", False):
@@ -383,7 +395,7 @@ def time_urls(client, urls: list[tuple[str, str]], samples: int) -> list[dict]:
             "max": max(timings),
         }
         results.append(r)
-        print(f"    {label:<40} p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms")
+        print(f"    {label:<55} p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms")
     return results
 
 
@@ -509,6 +521,7 @@ def run(args) -> int:
     start = (today - dt.timedelta(days=89)).isoformat()
     urls = [
         ("Usage page, 7 days", "/usage/?days=7"),
+        ("Usage page, 7 days" + FRESH, "/usage/?days=7"),
         ("Usage page, 30 days", "/usage/?days=30"),
         ("Usage page, 90 days", "/usage/?days=90"),
         ("Usage page, filtered: errors", "/usage/?status=error"),
@@ -517,6 +530,7 @@ def run(args) -> int:
         ("GET /api/v1/usage/today/", "/api/v1/usage/today/"),
         ("GET /api/v1/usage/daily/ (90 d)", f"/api/v1/usage/daily/?from={start}"),
         ("GET /api/v1/usage/requests/", "/api/v1/usage/requests/"),
+        ("GET /api/v1/usage/requests/" + FRESH, "/api/v1/usage/requests/"),
         ("GET /api/v1/usage/requests/?status=error", "/api/v1/usage/requests/?status=error"),
         (
             "CSV export, requests of yesterday",
@@ -532,6 +546,7 @@ def run(args) -> int:
         [
             ("quiet account: GET /api/v1/usage/requests/", "/api/v1/usage/requests/"),
             ("quiet account: Usage page, 90 days", "/usage/?days=90"),
+            ("quiet account: Usage page, 90 days" + FRESH, "/usage/?days=90"),
             (
                 "quiet account: CSV export, 90 days",
                 f"/usage/export/?kind=requests&start={start}&end={today}",
@@ -607,7 +622,7 @@ def run(args) -> int:
         if flag == "SLOW":
             missed.append(t["label"])
         print(
-            f"  {t['label']:<40} p50 {t['p50']:7.1f} ms  p95 {t['p95']:7.1f} ms  "
+            f"  {t['label']:<55} p50 {t['p50']:7.1f} ms  p95 {t['p95']:7.1f} ms  "
             f"(portal CPU p50 {t['cpu_p50']:5.1f} ms)  {flag}"
         )
     print(
@@ -633,7 +648,7 @@ def _target_ms(label: str) -> float | None:
     matters is that they do not grow with the table, compared between scales)."""
     if label.startswith(("Usage page", "quiet account: Usage page")):
         return TARGET_PAGE_P95_MS
-    if label.startswith(("live fragment", "GET /api/v1/usage/today/")):
+    if label.startswith("live fragment"):
         return TARGET_LIVE_P95_MS
     return None
 
