@@ -604,12 +604,17 @@ def run(args) -> int:
     started = time.perf_counter()
     again = usage_daily_reset()
     rerun_seconds = time.perf_counter() - started
-    # One more day past retention, on its own: the oldest day still kept.
-    oldest = next(p for p in partitions.usage_partitions() if p.start and not p.default)
+    # One more day past retention, on its own: the oldest day still holding records.
+    with connection.cursor() as cursor:
+        for oldest in partitions.usage_partitions():
+            if oldest.start and not oldest.default:
+                cursor.execute(f'SELECT EXISTS (SELECT 1 FROM "{oldest.name}")')
+                if cursor.fetchone()[0]:
+                    break
     started = time.perf_counter()
     dropped, dropped_rows, _kept = partitions.usage_partitions_drop_before(oldest.end)
     drop_seconds = time.perf_counter() - started
-    assert dropped == 1, dropped
+    assert dropped >= 1, dropped
 
     print()
     print("usage bench results")
