@@ -523,6 +523,11 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="celery")
 CELERY_BEAT_SCHEDULE: dict = {
     # Closes the quota day that just ended; enforcement does not depend on it running on time.
     "usage-daily-reset": {"task": "usage.tasks.daily_reset", "schedule": crontab(hour=0, minute=0)},
+    # Daily partitions of the usage records, kept a week ahead (the reset does it too).
+    "usage-partitions-maintain": {
+        "task": "usage.tasks.partitions_maintain",
+        "schedule": crontab(minute=17),
+    },
     "usage-reservations-sweep": {
         "task": "usage.tasks.reservations_sweep",
         "schedule": crontab(minute="*/5"),

@@ -107,7 +107,14 @@ class Reservation(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One row per gateway request: the ledger the counters must agree with."""
+    """One row per gateway request: the ledger the counters must agree with.
+
+    On PostgreSQL the table is partitioned by ``created_at``, one partition per quota day
+    (migration 0006, ``usage.ledger.partitions``); SQLite keeps a plain table. PostgreSQL's
+    primary key is (id, created_at) and ``public_id``'s unique constraint is (public_id,
+    created_at), as a partitioned table requires; Django's ``id`` as the primary key is still
+    true: ids come from one sequence and are never written by hand.
+    """
 
     class Endpoint(models.TextChoices):
         OPENAI_CHAT = "openai.chat", "OpenAI chat completions"
@@ -116,7 +123,10 @@ class UsageRecord(models.Model):
         ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens", "Anthropic count tokens"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the (user, -created_at, -id) index below, which serves every lookup by user.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     api_key = models.ForeignKey(
         "keys.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -140,7 +150,11 @@ class UsageRecord(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["user", "-created_at"], name="usage_record_user_time_idx"),
+            # The requests list's order exactly: on partitioned PostgreSQL each day's index
+            # scan is merged and the page stops after its rows (no sort of the account's).
+            models.Index(
+                fields=["user", "-created_at", "-id"], name="usage_record_user_time_id_idx"
+            ),
             models.Index(fields=["created_at"], name="usage_record_time_idx"),
             # Quota refusals only (a small share of records): the staff overview counts
             # today's without reading the day's records.

@@ -7,12 +7,19 @@ requests list (keyset-paginated on its (user, -created_at) index) and the per-re
 import datetime as dt
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core import signing
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from usage.models import DailyRollup, DailyUsage, QuotaApplication, QuotaReset, UsageRecord
-from usage.quota import effective_quota, next_reset_at, quota_day, seconds_until_reset
+from usage.quota import (
+    effective_quota,
+    next_reset_at,
+    quota_day,
+    quota_zone,
+    seconds_until_reset,
+)
 
 CHART_RANGES_DAYS = (7, 30, 90)
 MAX_RANGE_DAYS = 400
@@ -199,12 +206,47 @@ def usage_records(*, user, key_name: str = "", model: str = "", status: str = ""
     return rows.order_by("-created_at", "-id")
 
 
+def usage_records_of_days(*, user, start: dt.date, end: dt.date):
+    """The account's records of quota days ``start`` to ``end`` inclusive, newest first.
+
+    Bounded on ``created_at`` as well as on ``day``: ``created_at`` is what the records are
+    partitioned by on PostgreSQL, so only those days' partitions are read. A record's quota
+    day is the day its request reserved on, and it is written when the request ends, so the
+    bounds reach past the days by the longest a request may run."""
+    margin = dt.timedelta(seconds=max(3600, settings.RESERVATION_STALE_SECONDS))
+    zone = quota_zone()
+    since = dt.datetime.combine(start, dt.time(0), tzinfo=zone) - margin
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0), tzinfo=zone) + margin
+    return usage_records(user=user).filter(
+        day__gte=start, day__lte=end, created_at__gte=since, created_at__lt=until
+    )
+
+
+# Windows the newest records are looked for in before the whole history: most pages are
+# found in the first, and a query bounded in time reads only those days' partitions
+# (PostgreSQL plans and opens a partition only if the query can reach it; on a fresh
+# connection, opening all 90 days' costs more than the query).
+_PAGE_WINDOWS = (dt.timedelta(days=1), dt.timedelta(days=8))
+
+
+def _newest(rows, *, before: dt.datetime | None, count: int) -> list:
+    """The first ``count`` of ``rows`` (newest first), from the shortest window that holds
+    them: exact, because every row outside a window is older than every row in it."""
+    until = before or timezone.now()
+    for window in _PAGE_WINDOWS:
+        page = list(rows.filter(created_at__gte=until - window)[:count])
+        if len(page) == count:
+            return page
+    return list(rows[:count])
+
+
 def usage_records_page(rows, *, cursor: str = "", size: int = 25):
     """A keyset page of ``rows`` (ordered newest first): (records, cursor of the next page).
 
     Keyset instead of page numbers: no COUNT over a busy account's records, and a page stays
     stable while new requests arrive. The cursor is signed, so it exposes no row ids.
     """
+    after = None
     if cursor:
         try:
             stamp, last_id = signing.loads(cursor, salt=_CURSOR_SALT)
@@ -213,7 +255,7 @@ def usage_records_page(rows, *, cursor: str = "", size: int = 25):
             after = None
         if after is not None:
             rows = rows.filter(Q(created_at__lt=after) | Q(created_at=after, id__lt=last_id))
-    page = list(rows[: size + 1])
+    page = _newest(rows, before=after, count=size + 1)
     next_cursor = ""
     if len(page) > size:
         page = page[:size]

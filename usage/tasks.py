@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from usage import services
-from usage.ledger import upkeep
+from usage.ledger import partitions, upkeep
 
 
 @shared_task
@@ -17,6 +17,13 @@ def daily_reset() -> dict | None:
         "rollups_written": run.rollups_written,
         "records_pruned": run.records_pruned,
     }
+
+
+@shared_task
+def partitions_maintain() -> list[str]:
+    """Keep the usage records' daily partitions ahead of the clock (PostgreSQL; a no-op on
+    SQLite). Hourly and idempotent, so a beat that was down for days catches up at once."""
+    return partitions.usage_partitions_ensure()
 
 
 @shared_task

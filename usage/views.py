@@ -278,24 +278,20 @@ def _request_rows(user, start, end):
         "estimated",
         "playground",
     ]
-    rows = (
-        selectors.usage_records(user=user)
-        .filter(day__gte=start, day__lte=end)
-        .values_list(
-            "created_at",
-            "day",
-            "key_name",
-            "model",
-            "endpoint",
-            "stream",
-            "input_tokens",
-            "output_tokens",
-            "status_code",
-            "error_code",
-            "latency_ms",
-            "estimated",
-            "playground",
-        )
+    rows = selectors.usage_records_of_days(user=user, start=start, end=end).values_list(
+        "created_at",
+        "day",
+        "key_name",
+        "model",
+        "endpoint",
+        "stream",
+        "input_tokens",
+        "output_tokens",
+        "status_code",
+        "error_code",
+        "latency_ms",
+        "estimated",
+        "playground",
     )
     for created_at, day, *rest in rows.iterator(chunk_size=2000):
         yield [created_at.astimezone(dt.UTC).isoformat(), day.isoformat(), *rest]
