@@ -371,7 +371,11 @@ class Gateway:
 
         call.model, call.reserved = model, reserved
         call.target = UpstreamTarget(
-            model.name, model.upstream_model, reserved.output_budget, model.base_url
+            model.name,
+            model.upstream_model,
+            reserved.output_budget,
+            model.base_url,
+            reasoning=model.reasoning,
         )
         outcome = call.outcome = _Outcome()
         try:

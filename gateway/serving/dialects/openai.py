@@ -19,6 +19,7 @@ from gateway.serving.dialects.base import (
     UpstreamTarget,
     Usage,
     refuse_unpaired_surrogates,
+    request_reasoning,
 )
 from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
@@ -173,6 +174,11 @@ class OpenAIDialect(Dialect):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        effort = body.get("reasoning_effort")
+        effort = effort if isinstance(effort, str) else None
+        request_reasoning(
+            body, target, wanted=None if effort is None else effort != "none", effort=effort
+        )
         return body
 
     def render_completion(

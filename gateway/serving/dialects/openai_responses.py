@@ -19,6 +19,7 @@ from gateway.serving.dialects.base import (
     UpstreamTarget,
     Usage,
     refuse_unpaired_surrogates,
+    request_reasoning,
 )
 from gateway.serving.dialects.openai import dialect as chat_dialect
 from gateway.serving.dialects.openai_responses_translate import (
@@ -93,6 +94,10 @@ class ResponsesDialect(Dialect):
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        effort = body.get("reasoning_effort")
+        request_reasoning(
+            body, target, wanted=None if effort is None else effort != "none", effort=effort
+        )
         return body
 
     def render_completion(

@@ -188,6 +188,43 @@ def test_it_streams_reasoning_as_thinking_when_asked():
     assert [b.type for b in sdk_message(raw).content] == ["text"]
 
 
+def test_it_signs_a_thinking_block_before_closing_it_as_anthropic_does():
+    raw = run(
+        [
+            chunk(reasoning="six "),
+            chunk(reasoning="times seven"),
+            chunk("42"),
+            chunk(finish="stop"),
+        ],
+        thinking=True,
+        sign=lambda text: f"signed:{text}",
+    )
+    events = sse_events(raw)
+    thinking = [
+        (name, data["delta"]["type"] if name == "content_block_delta" else data.get("index"))
+        for name, data in events
+        if name.startswith("content_block") and data["index"] == 0
+    ]
+    assert thinking == [
+        ("content_block_start", 0),
+        ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "signature_delta"),
+        ("content_block_stop", 0),
+    ]
+    (start,) = [d for n, d in events if n == "content_block_start" and d["index"] == 0]
+    assert start["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    message = sdk_message(raw)
+    assert message.content[0].signature == "signed:six times seven"
+    assert message.content[1].text == "42"
+
+
+def test_a_thinking_block_is_signed_even_when_the_stream_ends_inside_it():
+    raw = run([chunk(reasoning="hmm"), chunk(finish="length")], thinking=True, sign=str.upper)
+    message = sdk_message(raw)
+    assert [(b.type, b.signature) for b in message.content] == [("thinking", "HMM")]
+
+
 def test_an_empty_stream_is_still_a_complete_message():
     raw = run([])
     assert [n for n, _ in sse_events(raw)] == ["message_start", "message_delta", "message_stop"]
