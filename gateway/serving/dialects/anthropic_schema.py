@@ -46,7 +46,7 @@ def _text_list(value: Any) -> Any:
 _MESSAGE_BLOCKS = frozenset(
     {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
-_TOOL_RESULT_BLOCKS = frozenset({"text", "image"})
+_TOOL_RESULT_BLOCKS = frozenset({"text", "image", "document"})
 _BLOCK_NOTE_CHARS = 4000
 
 
@@ -158,7 +158,9 @@ class ToolUseBlock(_Lenient):
     input: dict[str, Any]
 
 
-ToolResultContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+ToolResultContentBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")
+]
 
 
 class ToolResultBlock(_Lenient):

@@ -175,8 +175,13 @@ def _user_content(parts: list[dict]) -> str | list[dict]:
 
 def _tool_result_messages(block: ToolResultBlock) -> tuple[dict, list[dict]]:
     """One ``role: tool`` message; images a tool returned go in a user message after it, since
-    chat-completions tool messages carry text only."""
-    text = _text_of(block.content)
+    chat-completions tool messages carry text only. A document a tool returned (Claude Code's
+    Read of a PDF) goes as its text."""
+    text = "\n\n".join(
+        b.text if isinstance(b, TextBlock) else _document_text(b)
+        for b in block.content
+        if isinstance(b, TextBlock | DocumentBlock)
+    )
     if block.is_error:
         text = f"Error: {text}" if text else "Error"
     images = [_image_part(b) for b in block.content if isinstance(b, ImageBlock)]

@@ -402,6 +402,36 @@ def test_it_turns_a_pdf_document_into_its_text_with_the_page_count():
     assert "Hello PDF" in text and "Two" in text
 
 
+def test_it_turns_a_pdf_a_tool_returned_into_the_tool_messages_text():
+    source = {"type": "base64", "media_type": "application/pdf", "data": _pdf("Hello PDF")}
+    body = base(
+        messages=[
+            {"role": "user", "content": "Read it"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [
+                            {"type": "text", "text": "PDF file read"},
+                            {"type": "document", "source": source},
+                        ],
+                    }
+                ],
+            },
+        ]
+    )
+    tool = translate(body).body["messages"][2]
+    assert tool["role"] == "tool"
+    assert tool["content"].startswith("PDF file read\n\n[PDF document (untitled), 1 page]")
+    assert "Hello PDF" in tool["content"]
+
+
 def test_it_says_so_when_a_pdf_has_no_text_or_cannot_be_read():
     blank = {"type": "base64", "media_type": "application/pdf", "data": _pdf("")}
     assert "1 page: no extractable text" in _user({"type": "document", "source": blank})
