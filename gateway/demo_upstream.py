@@ -16,6 +16,8 @@ headers to demo models only):
 * ``x-demo-delay-ms``: delay before each chunk (and before a plain answer).
 * ``x-demo-tokens``: length of the natural answer (default 48 tokens).
 * ``x-demo-echo: 1``: answer (not streamed) with the JSON the demo received, as the content.
+* ``x-demo-cached-tokens``: report this many of the prompt's tokens as read from a prompt cache
+  (``usage.prompt_tokens_details.cached_tokens``, as vLLM with prefix caching does).
 
 Asked to reason (``reasoning_effort`` other than ``none``/``minimal``, or
 ``chat_template_kwargs.enable_thinking``), it first thinks aloud in ``reasoning_content``, as
@@ -123,6 +125,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "completion_tokens": thought + count,
         "total_tokens": prompt_tokens(messages) + thought + count,
     }
+    cached = int(request.headers.get("x-demo-cached-tokens", "0"))
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, usage["prompt_tokens"])}
     model = body.get("model") or "demo"
     created = int(time.time())
     ident = f"chatcmpl-demo{created}{id(request) % 100000}"

@@ -422,6 +422,9 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
 SECURITY_LOG_RETENTION_DAYS = env.int("SECURITY_LOG_RETENTION_DAYS", default=365)
 # A reservation this old belongs to a request that died in flight; the sweeper releases it.
 RESERVATION_STALE_SECONDS = env.int("RESERVATION_STALE_SECONDS", default=900)
+# What an input token the upstream read from its prompt cache counts against the quota, from
+# 0 (free) to 1 (in full, as any input token). Checked by usage.checks.
+CACHED_INPUT_TOKEN_WEIGHT = env.float("CACHED_INPUT_TOKEN_WEIGHT", default=1.0)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 RATE_LIMIT_TPM = env.int("RATE_LIMIT_TPM", default=1_000_000)
 MAX_KEYS_PER_ACCOUNT = env.int("MAX_KEYS_PER_ACCOUNT", default=10)

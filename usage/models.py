@@ -97,6 +97,11 @@ class UsageRecord(models.Model):
     stream = models.BooleanField(default=False)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # Of the input, the tokens the upstream read from its prompt cache (as it reported them).
+    # ``input_tokens`` is what was charged: with CACHED_INPUT_TOKEN_WEIGHT below 1 these count
+    # at that weight in it, so input + output stays the request's charge.
+    # A database default too: rows written by raw SQL that predates the column stay valid.
+    cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
     # True when the upstream reported no usage and a local estimate was charged instead.
     estimated = models.BooleanField(default=False)
     # Sent from the portal's Playground (``X-Playground: 1``), not by a program.
@@ -139,6 +144,8 @@ class DailyRollup(models.Model):
     errors = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # A database default too: rows written by raw SQL that predates the column stay valid.
+    cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [

@@ -53,7 +53,7 @@ from gateway.serving.upstream import (
 )
 from observability import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
-from usage.quota import quota_day, seconds_until_reset
+from usage.quota import charged_input_tokens, quota_day, seconds_until_reset
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class _Outcome:
     """What happened to one admitted request, filled in as it goes."""
 
     __slots__ = (
+        "cached",
         "error_code",
         "estimated",
         "first_token_ms",
@@ -182,16 +183,20 @@ class _Outcome:
         self.error_code = ""
         self.input = 0
         self.output = 0
+        self.cached = 0
         self.estimated = False
         self.first_token_ms: int | None = None
         self.settled = False
 
     def charge(self, usage: Usage) -> None:
-        self.input, self.output, self.estimated = (
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.estimated,
+        """Charge what the upstream reported: cached input at CACHED_INPUT_TOKEN_WEIGHT, so
+        ``input`` (settled and recorded) is the charged input; ``cached`` is recorded as
+        reported."""
+        self.input = charged_input_tokens(
+            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens
         )
+        self.output, self.estimated = usage.output_tokens, usage.estimated
+        self.cached = usage.cached_input_tokens
 
 
 class Gateway:
@@ -520,6 +525,7 @@ class _Call:
         model_name = self.model_name[:128].replace("\x00", "\ufffd")
         input_tokens = outcome.input if outcome else 0
         output_tokens = outcome.output if outcome else 0
+        cached_input_tokens = outcome.cached if outcome else 0
         try:
             metrics.record_gateway_request(
                 dialect=self.dialect.name,
@@ -552,6 +558,7 @@ class _Call:
                 created_at=now,
                 # The portal's Playground marks its requests; the header goes nowhere else.
                 playground=self.request.headers.get(b"x-playground") == b"1",
+                cached_input_tokens=cached_input_tokens,
             )
         )
 

@@ -93,9 +93,15 @@ def usage_from(obj: dict) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     try:
-        return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        prompt = int(usage.get("prompt_tokens") or 0)
+        found = Usage(prompt, int(usage.get("completion_tokens") or 0))
     except (TypeError, ValueError):
         return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if isinstance(cached, int) and cached > 0:
+        found.cached_input_tokens = min(cached, max(prompt, 0))
+    return found
 
 
 def chunk_with_usage(data: bytes) -> tuple[dict | None, Usage | None]:

@@ -44,6 +44,8 @@ class Usage:
     output_tokens: int
     # True when the upstream did not report usage and a local estimate stands in.
     estimated: bool = False
+    # Of ``input_tokens``, those the upstream read from its prompt cache.
+    cached_input_tokens: int = 0
 
 
 @dataclass(slots=True)
