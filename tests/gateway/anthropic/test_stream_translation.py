@@ -1,5 +1,7 @@
 """Golden tests: OpenAI chunks → the Anthropic stream event sequence."""
 
+import pytest
+
 from gateway.serving.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
 
 from .helpers import sdk_message, sse_events
@@ -274,3 +276,26 @@ def test_it_takes_sglang_s_matched_stop_in_a_stream():
     raw = run([chunk("one"), chunk(finish="stop", matched_stop="END")], stop_sequences=["END"])
     delta = next(data for name, data in sse_events(raw) if name == "message_delta")
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "text", "stop"),
+    [
+        # vLLM and SGLang name the stop string (the text no longer holds it).
+        ([chunk("one two"), chunk(finish="stop", stop_reason="END")], "one two", "END"),
+        ([chunk("one two"), chunk(finish="stop", matched_stop="END")], "one two", "END"),
+        # An OpenAI-style server that says nothing but left the stop in the text's tail.
+        ([chunk("one two"), chunk("EN"), chunk("D", finish="stop")], "one two", "END"),
+        ([chunk("one twoEND", finish="stop")], "one two", "END"),
+        # Nothing said and nothing left: a natural end, as far as anyone can tell.
+        ([chunk("one two"), chunk(finish="stop")], "one two", None),
+        # A token id (end of sequence) matched, not a string.
+        ([chunk("one two"), chunk(finish="stop", matched_stop=151645)], "one two", None),
+    ],
+    ids=["vllm", "sglang", "unreported-split", "unreported-one-chunk", "stripped", "token-id"],
+)
+def test_a_stream_finds_its_stop_sequence_however_the_upstream_reports_it(chunks, text, stop):
+    message = sdk_message(run(chunks, stop_sequences=("END", "###")))
+    assert [b.text for b in message.content] == [text]
+    expected = ("stop_sequence", stop) if stop else ("end_turn", None)
+    assert (message.stop_reason, message.stop_sequence) == expected
