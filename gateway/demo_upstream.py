@@ -1,6 +1,7 @@
 """The built-in demo upstream: a small OpenAI-compatible server that needs no model.
 
-It answers ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models`` with
+It answers ``POST /v1/chat/completions`` (plain and streamed), ``POST /v1/embeddings``
+(deterministic vectors) and ``GET /v1/models`` with
 deterministic text, reports real usage of what it received and emitted by its own simple
 tokenizer (``gateway.serving.tokens.estimate_text_tokens`` over each message, plus 3 per message —
 never more than the gateway's estimate, so reservations always cover it), emits one token per
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import math
 import time
 
 from aiohttp import web
@@ -39,6 +42,7 @@ from gateway.serving.tokens import estimate_text_tokens
 
 DEFAULT_ANSWER_TOKENS = 48
 DEFAULT_REASONING_TOKENS = 12
+DEFAULT_EMBEDDING_DIMENSIONS = 64
 _THOUGHT_TEXT = (
     "The user wrote to the demo model. I have no real knowledge, so I will answer with my "
     "usual patient sentences about trying the platform end to end."
@@ -208,6 +212,44 @@ async def _stream(
     await response.write_eof()
 
 
+def demo_embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``text`` (the same text, the same vector)."""
+    values = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values.extend((byte - 127.5) / 127.5 for byte in digest)
+        counter += 1
+    values = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """``POST /v1/embeddings``: a vector of ``dimensions`` floats (default 64) per input, usage
+    counted as the gateway estimates text (token ids one each)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "body is not JSON")
+    value = body.get("input")
+    inputs = (
+        value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
+    )
+    dimensions = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS)
+    data, tokens = [], 0
+    for index, item in enumerate(inputs):
+        text = item if isinstance(item, str) else " ".join(str(t) for t in item)
+        tokens += estimate_text_tokens(item) if isinstance(item, str) else len(item)
+        data.append(
+            {"object": "embedding", "index": index, "embedding": demo_embedding(text, dimensions)}
+        )
+    payload = {"object": "list", "data": data, "model": body.get("model") or "demo"}
+    if request.headers.get("x-demo-fault") != "nousage":
+        payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return web.json_response(payload)
+
+
 async def list_models(request: web.Request) -> web.Response:
     return web.json_response(
         {
@@ -220,6 +262,7 @@ async def list_models(request: web.Request) -> web.Response:
 def make_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     return app
 

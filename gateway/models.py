@@ -16,6 +16,10 @@ class Model(models.Model):
         DEMO = "demo", _("Demo (built in)")
         OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible server")
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", _("Chat (chat completions, responses, messages)")
+        EMBEDDING = "embedding", _("Embeddings")
+
     class Reasoning(models.TextChoices):
         """How the upstream is asked to reason when a client asks for it (Anthropic
         ``thinking``, OpenAI ``reasoning_effort``, Responses ``reasoning.effort``)."""
@@ -55,6 +59,15 @@ class Model(models.Model):
     )
     max_output_tokens = models.PositiveIntegerField(
         _("max output tokens"), default=DEFAULT_MAX_OUTPUT_TOKENS
+    )
+    kind = models.CharField(
+        _("kind"),
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text=_(
+            "Embedding models answer only /openai/v1/embeddings; chat models every other endpoint."
+        ),
     )
     reasoning = models.CharField(
         _("reasoning"),

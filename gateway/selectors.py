@@ -20,6 +20,8 @@ class CatalogModel:
     owned_by: str
     # gateway.models.Model.Reasoning: how the upstream is asked to reason.
     reasoning: str = "none"
+    # gateway.models.Model.Kind: "chat" or "embedding".
+    kind: str = "chat"
     # Filled in by the gateway's catalog snapshot (gateway.serving.catalog) only.
     base_url: str = ""
     upstream_model: str = ""
@@ -42,5 +44,6 @@ def catalog_model(model: Model, **upstream) -> CatalogModel:
         created=int(model.created_at.timestamp()),
         owned_by="demo" if model.is_demo else "platform",
         reasoning=model.reasoning,
+        kind=model.kind,
         **upstream,
     )

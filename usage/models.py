@@ -84,6 +84,7 @@ class UsageRecord(models.Model):
         OPENAI_RESPONSES = "openai.responses", "OpenAI responses"
         ANTHROPIC_MESSAGES = "anthropic.messages", "Anthropic messages"
         ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens", "Anthropic count tokens"
+        OPENAI_EMBEDDINGS = "openai.embeddings", "OpenAI embeddings"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")

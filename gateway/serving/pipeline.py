@@ -361,6 +361,8 @@ class Gateway:
             model = await self._database(self.catalog.get(chat.model))
             if model is None:
                 raise errors.model_not_found(chat.model)
+            if model.kind != dialect.model_kind:
+                raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)
             reserved = await self._database(self._reserve(request, key, digest, chat, budget))
             self._live[reserved.reservation_id] = reserved
@@ -597,7 +599,8 @@ class _Call:
         # could take it for an orphan, even when the client reads nothing (send() blocks).
         deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
         try:
-            async with deadline, gateway.upstream.post_chat(model, body, extra) as upstream:
+            post = gateway.upstream.post_chat(model, body, extra, path=dialect.upstream_path)
+            async with deadline, post as upstream:
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.

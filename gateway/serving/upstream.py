@@ -38,15 +38,23 @@ class Upstream:
             await self.session.close()
             self.session = None
 
-    def post_chat(self, model: CatalogModel, body: dict, extra_headers: dict | None = None):
-        """An ``async with`` context for the upstream's response."""
+    def post_chat(
+        self,
+        model: CatalogModel,
+        body: dict,
+        extra_headers: dict | None = None,
+        *,
+        path: str = "/chat/completions",
+    ):
+        """An ``async with`` context for the upstream's response to ``body`` posted to
+        ``path`` (chat completions, or embeddings) below the model's base URL."""
         headers = {"Content-Type": "application/json"}
         if model.upstream_key:
             headers["Authorization"] = f"Bearer {model.upstream_key}"
         if extra_headers:
             headers.update(extra_headers)
         return self.session.post(
-            model.base_url + "/chat/completions",
+            model.base_url + path,
             data=json.dumps(body, ensure_ascii=False).encode(),
             headers=headers,
         )

@@ -154,6 +154,10 @@ class Dialect:
     prefix: str = ""  # "/openai"
     endpoint: str = ""  # usage.models.UsageRecord.Endpoint value
     chat_paths: tuple[str, ...] = ()
+    # The catalog models it serves (gateway.models.Model.Kind) and the upstream path it posts
+    # ``upstream_body`` to, below the model's base URL.
+    model_kind: str = "chat"
+    upstream_path: str = "/chat/completions"
     error_content_type: bytes = b"application/json"
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
