@@ -29,6 +29,7 @@ def test_it_shows_and_sets_how_a_model_reasons(client, superuser):
             "upstream_base_url": "https://llm.example.com/v1",
             "context_window": 32768,
             "max_output_tokens": 8192,
+            "kind": "chat",
             "reasoning": "chat_template_kwargs",
             "enabled": "on",
             "sort_order": 0,

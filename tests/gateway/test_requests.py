@@ -95,7 +95,7 @@ def test_it_answers_unknown_paths_and_methods_in_the_envelope(gw, alice_key):
     result = gw.request("GET", "/openai/v1/chat/completions")
     assert result.status == 405
     assert "error" in result.json()
-    result = gw.request("POST", "/openai/v1/embeddings", headers={"x-api-key": alice_key[1]})
+    result = gw.request("POST", "/openai/v1/completions", headers={"x-api-key": alice_key[1]})
     assert result.status == 404
     assert result.json()["error"]["code"] == "not_found"
 
