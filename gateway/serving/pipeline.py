@@ -461,21 +461,27 @@ class Gateway:
 def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     """The output tokens to ask the upstream for, before the quota caps them: the client's
     ``max_tokens`` clamped to the model's limit, or, absent, the model's limit or whatever
-    still fits its context. 400 ``context_length_exceeded`` when that leaves no room."""
-    room = model.context_window - chat.input_tokens
+    still fits its context. 400 ``context_length_exceeded`` only when the prompt certainly
+    leaves no room: by the lower bound of its estimate (``tokens.estimate_chat_tokens_min``;
+    the upper one runs about a third high on English), so that a prompt the upstream would
+    take is not refused here."""
+    certain = chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
     if chat.max_tokens is None:
-        budget = min(model.max_output_tokens, room)
+        # What surely fits by the high estimate, else what may fit by the low one.
+        budget = min(model.max_output_tokens, model.context_window - chat.input_tokens)
+        if budget < 1:
+            budget = min(model.max_output_tokens, model.context_window - certain)
         if budget < 1:
             raise errors.context_length_exceeded(
-                input_tokens=chat.input_tokens,
+                input_tokens=certain,
                 max_tokens=model.max_output_tokens,
                 limit=model.context_window,
             )
         return budget
     budget = min(chat.max_tokens, model.max_output_tokens)
-    if budget > room:
+    if budget > model.context_window - certain:
         raise errors.context_length_exceeded(
-            input_tokens=chat.input_tokens, max_tokens=budget, limit=model.context_window
+            input_tokens=certain, max_tokens=budget, limit=model.context_window
         )
     return budget
 

@@ -20,7 +20,7 @@ LONG_PROMPT = {
 
 
 def counters_equal_records(user):
-    rows = list(UsageRecord.objects.filter(user=user))
+    rows = list(UsageRecord.objects.filter(user=user).order_by("created_at", "id"))
     counter = DailyUsage.objects.get(user=user)
     assert counter.input_tokens == sum(r.input_tokens for r in rows)
     assert counter.output_tokens == sum(r.output_tokens for r in rows)

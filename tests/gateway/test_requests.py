@@ -145,6 +145,17 @@ def test_it_refuses_input_plus_output_beyond_the_context_window(gw, alice_key):
     assert not Reservation.objects.exists()
 
 
+def test_it_does_not_refuse_a_prompt_only_the_high_estimate_finds_too_long(gw, alice_key):
+    # About 1,000 tokens by the high estimate, about 500 by the low one: an upstream counting
+    # 4 characters a token (750) takes it with 100 to spare, so the gateway must not refuse it.
+    Model.objects.filter(name="LongCat-Flash-Chat").update(context_window=1000)
+    long_text = "word " * 600
+    result = gw.chat(
+        alice_key[1], _payload(messages=[{"role": "user", "content": long_text}], max_tokens=100)
+    )
+    assert result.status == 200, result.body
+
+
 def test_it_fits_an_absent_max_tokens_into_the_context_window(gw, alice_key):
     Model.objects.filter(name="LongCat-Flash-Chat").update(context_window=1000)
     sent = _echo(gw, alice_key[1], messages=[{"role": "user", "content": "word " * 300}])

@@ -54,6 +54,7 @@ from gateway.serving.http import Request, Response, json_response
 from gateway.serving.tokens import (
     completion_output_tokens,
     estimate_chat_tokens,
+    estimate_chat_tokens_min,
 )
 from observability.logging import current_request_id
 
@@ -182,6 +183,9 @@ class AnthropicDialect(Dialect):
             # Clamped to the model's limit by the pipeline (Claude Code asks for 32,000).
             max_tokens=parsed.max_tokens,
             input_tokens=_estimate(translation.body),
+            input_tokens_min=estimate_chat_tokens_min(
+                translation.body["messages"], tools=translation.body.get("tools")
+            ),
             body=translation,
         )
 

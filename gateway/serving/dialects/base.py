@@ -56,6 +56,9 @@ class ChatRequest:
     input_tokens: int
     body: Any
     options: dict = field(default_factory=dict)
+    # A lower bound of the input (``tokens.estimate_chat_tokens_min``), for the context check;
+    # None: ``input_tokens`` stands for both.
+    input_tokens_min: int | None = None
 
 
 @dataclass(slots=True)

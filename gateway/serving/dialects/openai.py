@@ -23,7 +23,7 @@ from gateway.serving.dialects.base import (
 )
 from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
-from gateway.serving.tokens import estimate_chat_tokens
+from gateway.serving.tokens import estimate_chat_tokens, estimate_chat_tokens_min
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -154,6 +154,7 @@ class OpenAIDialect(Dialect):
             stream=bool(parsed.stream),
             max_tokens=parsed.max_completion_tokens or parsed.max_tokens,
             input_tokens=estimate_chat_tokens(raw["messages"], tools=raw.get("tools")),
+            input_tokens_min=estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
             body=raw,
             options=options,
         )

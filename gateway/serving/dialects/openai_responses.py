@@ -30,7 +30,11 @@ from gateway.serving.dialects.openai_responses_translate import (
     response_from_chat,
 )
 from gateway.serving.errors import GatewayError, bad_request
-from gateway.serving.tokens import completion_output_tokens, estimate_chat_tokens
+from gateway.serving.tokens import (
+    completion_output_tokens,
+    estimate_chat_tokens,
+    estimate_chat_tokens_min,
+)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -84,6 +88,7 @@ class ResponsesDialect(Dialect):
             stream=translation.stream,
             max_tokens=translation.max_output_tokens,
             input_tokens=estimate_chat_tokens(chat["messages"], tools=chat.get("tools")),
+            input_tokens_min=estimate_chat_tokens_min(chat["messages"], tools=chat.get("tools")),
             body=translation,
         )
 
