@@ -172,7 +172,8 @@ def test_max_tokens_above_the_model_limit_is_clamped_not_refused(gw, alice_key):
 
 def test_the_context_limit_error_uses_anthropics_wording(gw, alice_key):
     _user, key = alice_key
-    huge = "word " * 120_000
+    # Certainly too long: even the low estimate (a token per 6 characters) is past the window.
+    huge = "word " * 200_000
     result = post(gw, key, {**HELLO, "max_tokens": 32000, "system": huge})
     assert result.status == 400
     error = result.json()["error"]
