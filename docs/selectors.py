@@ -47,6 +47,7 @@ def doc_variables(request, models: list[CatalogModel]) -> dict:
         "max_output": first.max_output_tokens if first else DEFAULT_MAX_OUTPUT_TOKENS,
         "daily_quota": settings.DAILY_FREE_QUOTA,
         "increased_quota": settings.INCREASED_DAILY_QUOTA,
+        "cached_input_token_weight": f"{settings.CACHED_INPUT_TOKEN_WEIGHT:g}",
         "rate_limit_rpm": settings.RATE_LIMIT_RPM,
         "rate_limit_tpm": settings.RATE_LIMIT_TPM,
         "max_keys": settings.MAX_KEYS_PER_ACCOUNT,

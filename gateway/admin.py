@@ -31,6 +31,8 @@ class ModelForm(forms.ModelForm):
             "upstream_model",
             "context_window",
             "max_output_tokens",
+            "kind",
+            "reasoning",
             "enabled",
             "sort_order",
         ]
@@ -55,12 +57,14 @@ class ModelAdmin(admin.ModelAdmin):
         "upstream_base_url",
         "context_window",
         "max_output_tokens",
+        "kind",
+        "reasoning",
         "enabled",
         "sort_order",
         "has_upstream_key",
     )
     list_editable = ("enabled", "sort_order")
-    list_filter = ("enabled", "upstream_kind")
+    list_filter = ("enabled", "upstream_kind", "kind", "reasoning")
     search_fields = ("name", "upstream_model")
 
     @admin.display(boolean=True, description=_("upstream key"))

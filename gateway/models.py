@@ -16,6 +16,21 @@ class Model(models.Model):
         DEMO = "demo", _("Demo (built in)")
         OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible server")
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", _("Chat (chat completions, responses, messages)")
+        EMBEDDING = "embedding", _("Embeddings")
+
+    class Reasoning(models.TextChoices):
+        """How the upstream is asked to reason when a client asks for it (Anthropic
+        ``thinking``, OpenAI ``reasoning_effort``, Responses ``reasoning.effort``)."""
+
+        NONE = "none", _("Not asked (reasoning parameters are dropped)")
+        REASONING_EFFORT = "reasoning_effort", _("OpenAI reasoning_effort")
+        CHAT_TEMPLATE = (
+            "chat_template_kwargs",
+            _('vLLM/SGLang chat_template_kwargs {"enable_thinking": …}'),
+        )
+
     name = models.CharField(_("public name"), max_length=128, unique=True)
     description = models.CharField(_("description"), max_length=200, blank=True)
     upstream_kind = models.CharField(
@@ -44,6 +59,25 @@ class Model(models.Model):
     )
     max_output_tokens = models.PositiveIntegerField(
         _("max output tokens"), default=DEFAULT_MAX_OUTPUT_TOKENS
+    )
+    kind = models.CharField(
+        _("kind"),
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text=_(
+            "Embedding models answer only /openai/v1/embeddings; chat models every other endpoint."
+        ),
+    )
+    reasoning = models.CharField(
+        _("reasoning"),
+        max_length=32,
+        choices=Reasoning.choices,
+        default=Reasoning.NONE,
+        help_text=_(
+            "How the model server is asked to reason when a client asks for it. Its reasoning "
+            "(reasoning_content) reaches clients as thinking blocks and counts as output."
+        ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     sort_order = models.IntegerField(_("sort order"), default=0)

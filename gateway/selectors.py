@@ -18,6 +18,10 @@ class CatalogModel:
     max_output_tokens: int
     created: int
     owned_by: str
+    # gateway.models.Model.Reasoning: how the upstream is asked to reason.
+    reasoning: str = "none"
+    # gateway.models.Model.Kind: "chat" or "embedding".
+    kind: str = "chat"
     # Filled in by the gateway's catalog snapshot (gateway.serving.catalog) only.
     base_url: str = ""
     upstream_model: str = ""
@@ -39,5 +43,7 @@ def catalog_model(model: Model, **upstream) -> CatalogModel:
         max_output_tokens=model.max_output_tokens,
         created=int(model.created_at.timestamp()),
         owned_by="demo" if model.is_demo else "platform",
+        reasoning=model.reasoning,
+        kind=model.kind,
         **upstream,
     )

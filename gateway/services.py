@@ -42,6 +42,8 @@ def catalog_bootstrap(*, name: str = DEMO_MODEL_NAME) -> tuple[Model, str]:
         model.upstream_base_url = ""
         model.upstream_model = ""
         model.upstream_key_encrypted = ""
+        # The demo upstream reasons (reasoning_content) when asked with reasoning_effort.
+        model.reasoning = Model.Reasoning.REASONING_EFFORT
         where = "the built-in demo upstream (DEMO_UPSTREAM_URL)"
     model.enabled = True
     model.save()

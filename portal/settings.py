@@ -435,6 +435,9 @@ ALERT_WEBHOOK_MAX_ATTEMPTS = env.int("ALERT_WEBHOOK_MAX_ATTEMPTS", default=5)
 ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 # Staff get a daily digest of quota applications waiting longer than this.
 QUOTA_APPLICATION_DIGEST_AFTER_HOURS = env.int("QUOTA_APPLICATION_DIGEST_AFTER_HOURS", default=24)
+# What an input token the upstream read from its prompt cache counts against the quota, from
+# 0 (free) to 1 (in full, as any input token). Checked by usage.checks.
+CACHED_INPUT_TOKEN_WEIGHT = env.float("CACHED_INPUT_TOKEN_WEIGHT", default=1.0)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 RATE_LIMIT_TPM = env.int("RATE_LIMIT_TPM", default=1_000_000)
 MAX_KEYS_PER_ACCOUNT = env.int("MAX_KEYS_PER_ACCOUNT", default=10)

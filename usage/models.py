@@ -121,6 +121,7 @@ class UsageRecord(models.Model):
         OPENAI_RESPONSES = "openai.responses", "OpenAI responses"
         ANTHROPIC_MESSAGES = "anthropic.messages", "Anthropic messages"
         ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens", "Anthropic count tokens"
+        OPENAI_EMBEDDINGS = "openai.embeddings", "OpenAI embeddings"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # Indexed by the (user, -created_at, -id) index below, which serves every lookup by user.
@@ -137,6 +138,11 @@ class UsageRecord(models.Model):
     stream = models.BooleanField(default=False)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # Of the input, the tokens the upstream read from its prompt cache (as it reported them).
+    # ``input_tokens`` is what was charged: with CACHED_INPUT_TOKEN_WEIGHT below 1 these count
+    # at that weight in it, so input + output stays the request's charge.
+    # A database default too: rows written by raw SQL that predates the column stay valid.
+    cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
     # True when the upstream reported no usage and a local estimate was charged instead.
     estimated = models.BooleanField(default=False)
     # Sent from the portal's Playground (``X-Playground: 1``), not by a program.
@@ -183,6 +189,8 @@ class DailyRollup(models.Model):
     errors = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    # A database default too: rows written by raw SQL that predates the column stay valid.
+    cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [

@@ -1,6 +1,7 @@
 """The quota policy: what a quota day is and how many tokens an account may use in one."""
 
 import datetime as dt
+import math
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -40,3 +41,14 @@ def effective_quota(daily_quota_override: int | None) -> int:
     if daily_quota_override is not None:
         return daily_quota_override
     return settings.DAILY_FREE_QUOTA
+
+
+def charged_input_tokens(*, input_tokens: int, cached_input_tokens: int) -> int:
+    """The input a request is charged: uncached input in full, input the upstream read from
+    its prompt cache at CACHED_INPUT_TOKEN_WEIGHT (rounded up). ``cached_input_tokens`` is the
+    part of ``input_tokens`` that was cached."""
+    cached = min(max(0, cached_input_tokens), max(0, input_tokens))
+    weight = settings.CACHED_INPUT_TOKEN_WEIGHT
+    if weight >= 1 or not cached:
+        return input_tokens
+    return input_tokens - cached + math.ceil(cached * weight)

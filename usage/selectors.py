@@ -79,6 +79,8 @@ class DayTotals:
     errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # Of the input, tokens read from the model's prompt cache.
+    cached_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -105,6 +107,7 @@ _SUMS = {
     "errors": Sum("errors"),
     "input_tokens": Sum("input_tokens"),
     "output_tokens": Sum("output_tokens"),
+    "cached_input_tokens": Sum("cached_input_tokens"),
 }
 
 

@@ -105,6 +105,7 @@ def _dashboard_context(request, *, application_form) -> dict:
         errors=sum(r.errors for r in series),
         input_tokens=sum(r.input_tokens for r in series),
         output_tokens=sum(r.output_tokens for r in series),
+        cached_input_tokens=sum(r.cached_input_tokens for r in series),
     )
     return {
         **_today_context(request),
@@ -250,12 +251,29 @@ def usage_export(request):
 
 
 def _daily_rows(user, start, end):
-    yield ["day", "key", "model", "requests", "errors", "input_tokens", "output_tokens"]
+    # New columns go last: spreadsheets built on the earlier ones keep working.
+    yield [
+        "day",
+        "key",
+        "model",
+        "requests",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+    ]
     rows = (
         selectors.DailyRollup.objects.filter(user=user, day__gte=start, day__lte=end)
         .order_by("day", "key_name", "model")
         .values_list(
-            "day", "key_name", "model", "requests", "errors", "input_tokens", "output_tokens"
+            "day",
+            "key_name",
+            "model",
+            "requests",
+            "errors",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
         )
     )
     for day, *rest in rows.iterator(chunk_size=2000):
@@ -277,6 +295,7 @@ def _request_rows(user, start, end):
         "latency_ms",
         "estimated",
         "playground",
+        "cached_input_tokens",
     ]
     rows = selectors.usage_records_of_days(user=user, start=start, end=end).values_list(
         "created_at",
@@ -292,6 +311,7 @@ def _request_rows(user, start, end):
         "latency_ms",
         "estimated",
         "playground",
+        "cached_input_tokens",
     )
     for created_at, day, *rest in rows.iterator(chunk_size=2000):
         yield [created_at.astimezone(dt.UTC).isoformat(), day.isoformat(), *rest]

@@ -89,6 +89,21 @@ def model_not_found(name: str) -> GatewayError:
     )
 
 
+def wrong_model_kind(name: str, *, embedding: bool) -> GatewayError:
+    """A chat endpoint asked for an embedding model, or the embeddings endpoint for a chat one."""
+    if embedding:
+        message = (
+            f"The model '{name[:128]}' is an embedding model: use it with "
+            "POST /openai/v1/embeddings, not a chat endpoint."
+        )
+    else:
+        message = (
+            f"The model '{name[:128]}' is not an embedding model: /openai/v1/embeddings takes "
+            "only the embedding models of GET /openai/v1/models."
+        )
+    return GatewayError(400, "model_not_supported", message, param="model")
+
+
 def body_too_large(limit: int) -> GatewayError:
     return GatewayError(
         413,

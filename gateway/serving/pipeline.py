@@ -53,7 +53,7 @@ from gateway.serving.upstream import (
 )
 from observability import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
-from usage.quota import quota_day, seconds_until_reset
+from usage.quota import charged_input_tokens, quota_day, seconds_until_reset
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class _Outcome:
     """What happened to one admitted request, filled in as it goes."""
 
     __slots__ = (
+        "cached",
         "error_code",
         "estimated",
         "first_token_ms",
@@ -182,16 +183,20 @@ class _Outcome:
         self.error_code = ""
         self.input = 0
         self.output = 0
+        self.cached = 0
         self.estimated = False
         self.first_token_ms: int | None = None
         self.settled = False
 
     def charge(self, usage: Usage) -> None:
-        self.input, self.output, self.estimated = (
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.estimated,
+        """Charge what the upstream reported: cached input at CACHED_INPUT_TOKEN_WEIGHT, so
+        ``input`` (settled and recorded) is the charged input; ``cached`` is recorded as
+        reported."""
+        self.input = charged_input_tokens(
+            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens
         )
+        self.output, self.estimated = usage.output_tokens, usage.estimated
+        self.cached = usage.cached_input_tokens
 
 
 class Gateway:
@@ -356,6 +361,8 @@ class Gateway:
             model = await self._database(self.catalog.get(chat.model))
             if model is None:
                 raise errors.model_not_found(chat.model)
+            if model.kind != dialect.model_kind:
+                raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)
             reserved = await self._database(self._reserve(request, key, digest, chat, budget))
             self._live[reserved.reservation_id] = reserved
@@ -371,7 +378,11 @@ class Gateway:
 
         call.model, call.reserved = model, reserved
         call.target = UpstreamTarget(
-            model.name, model.upstream_model, reserved.output_budget, model.base_url
+            model.name,
+            model.upstream_model,
+            reserved.output_budget,
+            model.base_url,
+            reasoning=model.reasoning,
         )
         outcome = call.outcome = _Outcome()
         try:
@@ -450,21 +461,27 @@ class Gateway:
 def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     """The output tokens to ask the upstream for, before the quota caps them: the client's
     ``max_tokens`` clamped to the model's limit, or, absent, the model's limit or whatever
-    still fits its context. 400 ``context_length_exceeded`` when that leaves no room."""
-    room = model.context_window - chat.input_tokens
+    still fits its context. 400 ``context_length_exceeded`` only when the prompt certainly
+    leaves no room: by the lower bound of its estimate (``tokens.estimate_chat_tokens_min``;
+    the upper one runs about a third high on English), so that a prompt the upstream would
+    take is not refused here."""
+    certain = chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
     if chat.max_tokens is None:
-        budget = min(model.max_output_tokens, room)
+        # What surely fits by the high estimate, else what may fit by the low one.
+        budget = min(model.max_output_tokens, model.context_window - chat.input_tokens)
+        if budget < 1:
+            budget = min(model.max_output_tokens, model.context_window - certain)
         if budget < 1:
             raise errors.context_length_exceeded(
-                input_tokens=chat.input_tokens,
+                input_tokens=certain,
                 max_tokens=model.max_output_tokens,
                 limit=model.context_window,
             )
         return budget
     budget = min(chat.max_tokens, model.max_output_tokens)
-    if budget > room:
+    if budget > model.context_window - certain:
         raise errors.context_length_exceeded(
-            input_tokens=chat.input_tokens, max_tokens=budget, limit=model.context_window
+            input_tokens=certain, max_tokens=budget, limit=model.context_window
         )
     return budget
 
@@ -516,6 +533,7 @@ class _Call:
         model_name = self.model_name[:128].replace("\x00", "\ufffd")
         input_tokens = outcome.input if outcome else 0
         output_tokens = outcome.output if outcome else 0
+        cached_input_tokens = outcome.cached if outcome else 0
         try:
             metrics.record_gateway_request(
                 dialect=self.dialect.name,
@@ -548,6 +566,7 @@ class _Call:
                 created_at=now,
                 # The portal's Playground marks its requests; the header goes nowhere else.
                 playground=self.request.headers.get(b"x-playground") == b"1",
+                cached_input_tokens=cached_input_tokens,
             )
         )
 
@@ -586,7 +605,8 @@ class _Call:
         # could take it for an orphan, even when the client reads nothing (send() blocks).
         deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
         try:
-            async with deadline, gateway.upstream.post_chat(model, body, extra) as upstream:
+            post = gateway.upstream.post_chat(model, body, extra, path=dialect.upstream_path)
+            async with deadline, post as upstream:
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.

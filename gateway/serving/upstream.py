@@ -38,15 +38,23 @@ class Upstream:
             await self.session.close()
             self.session = None
 
-    def post_chat(self, model: CatalogModel, body: dict, extra_headers: dict | None = None):
-        """An ``async with`` context for the upstream's response."""
+    def post_chat(
+        self,
+        model: CatalogModel,
+        body: dict,
+        extra_headers: dict | None = None,
+        *,
+        path: str = "/chat/completions",
+    ):
+        """An ``async with`` context for the upstream's response to ``body`` posted to
+        ``path`` (chat completions, or embeddings) below the model's base URL."""
         headers = {"Content-Type": "application/json"}
         if model.upstream_key:
             headers["Authorization"] = f"Bearer {model.upstream_key}"
         if extra_headers:
             headers.update(extra_headers)
         return self.session.post(
-            model.base_url + "/chat/completions",
+            model.base_url + path,
             data=json.dumps(body, ensure_ascii=False).encode(),
             headers=headers,
         )
@@ -93,9 +101,15 @@ def usage_from(obj: dict) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     try:
-        return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        prompt = int(usage.get("prompt_tokens") or 0)
+        found = Usage(prompt, int(usage.get("completion_tokens") or 0))
     except (TypeError, ValueError):
         return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if isinstance(cached, int) and cached > 0:
+        found.cached_input_tokens = min(cached, max(prompt, 0))
+    return found
 
 
 def chunk_with_usage(data: bytes) -> tuple[dict | None, Usage | None]:

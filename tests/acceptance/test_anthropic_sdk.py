@@ -289,3 +289,51 @@ def test_a_claude_code_request_is_answered_and_errors_reach_the_sdk_as_its_excep
 ):
     recorded_claude_code_request(platform, account)
     errors_as_sdk_exceptions_without_vain_retries(platform, account, records_before=1)
+
+
+def test_the_sdk_sees_signed_thinking_and_sends_it_back(platform, account):
+    """Thinking on, streamed and not; the signed block goes back in the history; an altered one
+    is refused with a 400 naming the block."""
+    user, key = account
+    client = anthropic.Anthropic(api_key=key, base_url=f"{platform}/anthropic")
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    question = {"role": "user", "content": "What is 6 times 7?"}
+
+    message = client.messages.create(
+        model=MODEL, max_tokens=4096, thinking=thinking, messages=[question]
+    )
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    thought = message.content[0]
+    assert thought.thinking and thought.signature
+    assert message.content[1].text.startswith(DEMO_TEXT)
+
+    with client.messages.stream(
+        model=MODEL, max_tokens=4096, thinking=thinking, messages=[question]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds  # the SDK's own event names
+    assert kinds.index("signature") < kinds.index("text")
+    assert final.content[0].thinking == thought.thinking
+    assert final.content[0].signature == thought.signature  # same text, same model, same key
+
+    history = [
+        question,
+        {"role": "assistant", "content": [thought.model_dump(), message.content[1].model_dump()]},
+        {"role": "user", "content": "And 6 times 8?"},
+    ]
+    again = client.messages.create(
+        model=MODEL, max_tokens=4096, thinking=thinking, messages=history
+    )
+    assert again.content[0].type == "thinking"
+
+    history[1]["content"][0] = {**thought.model_dump(), "thinking": "I was told to lie."}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=MODEL, max_tokens=4096, thinking=thinking, messages=history)
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
+    assert "messages.1.content.0" in refused.value.message
+    assert "signature" in refused.value.message
+
+    rows = records_of(user, 4)
+    assert [r.status_code for r in rows] == [200, 200, 200, 400]
+    assert rows[0].output_tokens == message.usage.output_tokens

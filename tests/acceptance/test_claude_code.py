@@ -5,6 +5,7 @@ then streams ``POST /anthropic/v1/messages?beta=true`` with ~76 KB of system blo
 and ``max_tokens`` 32000: all of that must work for ``claude -p`` to print the model's answer.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -38,7 +39,9 @@ def platform(transactional_db, tmp_path):
         yield base_url
 
 
-def claude(base_url: str, key: str, prompt: str, home) -> subprocess.CompletedProcess:
+def claude(
+    base_url: str, key: str, prompt: str, home, *, extra_env=None
+) -> subprocess.CompletedProcess:
     home.mkdir(exist_ok=True)
     # Only what Claude Code needs: no ANTHROPIC_* from the machine, a throwaway HOME.
     env = {name: value for name, value in os.environ.items() if not name.startswith("ANTHROPIC")}
@@ -51,6 +54,7 @@ def claude(base_url: str, key: str, prompt: str, home) -> subprocess.CompletedPr
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
     )
+    env.update(extra_env or {})
     return subprocess.run(
         [CLAUDE, "-p", prompt, "--output-format", "json"],
         cwd=home,
@@ -186,3 +190,109 @@ def test_claude_code_runs_a_tool_through_the_translation_and_answers(transaction
     while UsageRecord.objects.filter(user=user, status_code=200).count() < 2:
         assert time.monotonic() < deadline, "the two turns were not recorded"
         time.sleep(0.1)
+
+
+def thinking_upstream(received: list):
+    """An upstream with a reasoning parser (as vLLM's): it thinks aloud in ``reasoning_content``
+    on every turn, asks for Claude Code's Read tool on the first, and once the tool's result
+    comes back answers with the end of everything it was sent after its call."""
+    from aiohttp import web
+
+    async def chat(request):
+        body = await request.json()
+        received.append(body)
+        messages = body["messages"]
+        called = next((i for i, m in enumerate(messages) if m.get("tool_calls")), None)
+        chunks = [{"reasoning_content": "The user wants the file read; "}]
+        if called is None:
+            path = messages[-1]["content"].split("READ ")[-1].split()[0]
+            chunks += [
+                {"reasoning_content": "I will use the Read tool."},
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_read_pdf",
+                            "type": "function",
+                            "function": {
+                                "name": "Read",
+                                "arguments": json.dumps({"file_path": path}),
+                            },
+                        }
+                    ]
+                },
+            ]
+            finish = "tool_calls"
+        else:
+            after = json.dumps(messages[called + 1 :], ensure_ascii=False)
+            found = "pineapple-pdf-42" if "pineapple-pdf-42" in after else "nothing"
+            chunks += [
+                {"reasoning_content": "it has come back."},
+                {"content": f"The PDF says {found}."},
+            ]
+            finish = "stop"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in chunks:
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            await response.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        choice = {"index": 0, "delta": {}, "finish_reason": finish}
+        await response.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        usage = {"prompt_tokens": 100, "completion_tokens": 20}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+def test_claude_code_thinks_and_reads_a_pdf_through_the_gateway(transactional_db, tmp_path):
+    """Thinking on (MAX_THINKING_TOKENS): the upstream is asked to think the way the catalog
+    says, its reasoning reaches Claude Code as signed thinking blocks, and the second turn —
+    which carries that thinking and the PDF Claude Code read back — is accepted."""
+    from django.db import connection
+
+    from accounts.services import account_create_with_key
+    from gateway.models import Model
+    from gateway.services import catalog_bootstrap
+    from tests.gateway.anthropic.test_request_translation import _pdf
+    from tests.gateway.harness import DemoUpstreamThread
+    from usage.models import UsageRecord
+
+    received: list = []
+    upstream = DemoUpstreamThread(app_factory=lambda: thinking_upstream(received)).start()
+    try:
+        catalog_bootstrap()
+        Model.objects.filter(name=MODEL).update(
+            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE,
+            upstream_base_url=upstream.url,
+            reasoning=Model.Reasoning.CHAT_TEMPLATE,
+        )
+        user, key = account_create_with_key(email="claude-thinks@example.com")
+        home = tmp_path / "home"
+        home.mkdir()
+        document = home / "report.pdf"
+        document.write_bytes(base64.b64decode(_pdf("pineapple-pdf-42")))
+        with live_platform(connection.settings_dict, tmp_path) as base_url:
+            result = claude(
+                base_url,
+                key,
+                f"READ {document} and tell me what it says",
+                home,
+                extra_env={"MAX_THINKING_TOKENS": "4096"},
+            )
+    finally:
+        upstream.stop()
+
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    output = json.loads(result.stdout)
+    assert output["result"] == "The PDF says pineapple-pdf-42.", output
+    assert len(received) == 2
+    assert all(body["chat_template_kwargs"] == {"enable_thinking": True} for body in received)
+    deadline = time.monotonic() + 10
+    while UsageRecord.objects.filter(user=user).count() < 2:
+        assert time.monotonic() < deadline, "the two turns were not recorded"
+        time.sleep(0.1)
+    assert [r.status_code for r in UsageRecord.objects.filter(user=user)] == [200, 200]

@@ -174,3 +174,50 @@ def test_it_stops_sdk_retries_on_auth_and_quota_errors(live_base_url, live_key):
     time.sleep(0.5)
     assert UsageRecord.objects.filter(user=user).count() == len(records) == 1  # no retries
     assert not Reservation.objects.exists()
+
+
+def test_the_openai_sdk_embeds_with_its_default_base64_and_floats(live_base_url, live_key):
+    import math
+
+    from gateway.models import Model
+
+    user, key = live_key
+    Model.objects.create(
+        name="demo-embed", upstream_kind=Model.UpstreamKind.DEMO, kind=Model.Kind.EMBEDDING
+    )
+    client = openai.OpenAI(api_key=key, base_url=f"{live_base_url}/openai", max_retries=0)
+    # The gateway's catalog snapshot is at most a few seconds old.
+    assert wait_for(lambda: "demo-embed" in [m.id for m in client.models.list()], timeout=10)
+
+    # The SDK asks for base64 and decodes it itself.
+    answer = client.embeddings.create(model="demo-embed", input=["hello", "world"])
+    assert [item.index for item in answer.data] == [0, 1]
+    vector = answer.data[0].embedding
+    assert len(vector) == 64 and math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-4)
+    floats = client.embeddings.create(
+        model="demo-embed", input="hello", encoding_format="float", dimensions=16
+    )
+    assert len(floats.data[0].embedding) == 16
+    assert answer.usage.prompt_tokens > 0
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=MODEL, input="hello")
+    assert refused.value.code == "model_not_supported"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="demo-embed", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    records = _records(user, 4)
+    embedded = [r for r in records if r.endpoint == "openai.embeddings" and r.status_code == 200]
+    assert [r.input_tokens for r in embedded][:1] == [answer.usage.prompt_tokens]
+    assert all(r.output_tokens == 0 for r in embedded)
+    assert _used(user) == sum(r.input_tokens + r.output_tokens for r in records)
+
+    # A spent quota refuses embeddings like chat.
+    from usage.quota import quota_day
+
+    DailyUsage.objects.filter(user=user, day=quota_day()).update(input_tokens=10_000_000)
+    with pytest.raises(openai.RateLimitError) as spent:
+        client.embeddings.create(model="demo-embed", input="hello")
+    assert spent.value.code == "insufficient_quota"

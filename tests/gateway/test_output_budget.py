@@ -57,3 +57,35 @@ def test_a_budget_that_does_not_fit_the_context_is_a_400(input_tokens, max_token
         output_budget(_chat(input_tokens=input_tokens, max_tokens=max_tokens), _model())
     assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
     assert f"{input_tokens} + {reported_max} > 1000" in refused.value.message
+
+
+# --- honest estimates: refuse by the lower bound, reserve by the upper one ----------------------
+def _bounded(*, input_tokens, input_tokens_min, max_tokens=None):
+    return ChatRequest(
+        model="m",
+        stream=False,
+        max_tokens=max_tokens,
+        input_tokens=input_tokens,
+        input_tokens_min=input_tokens_min,
+        body=None,
+    )
+
+
+def test_a_prompt_only_the_high_estimate_finds_too_long_is_not_refused():
+    # 1,200 by the high estimate, 700 by the low one, in a 1,000-token window.
+    chat = _bounded(input_tokens=1200, input_tokens_min=700, max_tokens=250)
+    assert output_budget(chat, _model()) == 250
+
+
+def test_a_prompt_certainly_too_long_is_refused_naming_the_certain_count():
+    chat = _bounded(input_tokens=1500, input_tokens_min=800, max_tokens=250)
+    with pytest.raises(GatewayError) as refused:
+        output_budget(chat, _model())
+    assert "800 + 250 > 1000" in refused.value.message
+
+
+def test_an_absent_max_tokens_fills_what_surely_fits_else_what_may():
+    surely = _bounded(input_tokens=800, input_tokens_min=500)
+    assert output_budget(surely, _model()) == 200
+    maybe = _bounded(input_tokens=1100, input_tokens_min=900)
+    assert output_budget(maybe, _model()) == 100

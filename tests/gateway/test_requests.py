@@ -95,7 +95,7 @@ def test_it_answers_unknown_paths_and_methods_in_the_envelope(gw, alice_key):
     result = gw.request("GET", "/openai/v1/chat/completions")
     assert result.status == 405
     assert "error" in result.json()
-    result = gw.request("POST", "/openai/v1/embeddings", headers={"x-api-key": alice_key[1]})
+    result = gw.request("POST", "/openai/v1/completions", headers={"x-api-key": alice_key[1]})
     assert result.status == 404
     assert result.json()["error"]["code"] == "not_found"
 
@@ -143,6 +143,17 @@ def test_it_refuses_input_plus_output_beyond_the_context_window(gw, alice_key):
     assert "exceed context limit" in error["message"]
     assert "> 1000" in error["message"]
     assert not Reservation.objects.exists()
+
+
+def test_it_does_not_refuse_a_prompt_only_the_high_estimate_finds_too_long(gw, alice_key):
+    # About 1,000 tokens by the high estimate, about 500 by the low one: an upstream counting
+    # 4 characters a token (750) takes it with 100 to spare, so the gateway must not refuse it.
+    Model.objects.filter(name="LongCat-Flash-Chat").update(context_window=1000)
+    long_text = "word " * 600
+    result = gw.chat(
+        alice_key[1], _payload(messages=[{"role": "user", "content": long_text}], max_tokens=100)
+    )
+    assert result.status == 200, result.body
 
 
 def test_it_fits_an_absent_max_tokens_into_the_context_window(gw, alice_key):

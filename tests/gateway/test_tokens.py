@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,3 +41,30 @@ def test_it_counts_tools_and_images():
     assert estimate_chat_tokens(image) > estimate_chat_tokens(text) + 700
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     assert estimate_chat_tokens(text, tools=tools) > estimate_chat_tokens(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The quick brown fox jumps over the lazy dog. " * 20,
+        "def handler(request):\n    return JsonResponse({'ok': True})\n" * 10,
+        "模型接口平台的每日额度在北京时间午夜重置。" * 10,
+        "Mixed 中文 and English 文本 with code `x = 1`." * 10,
+    ],
+)
+def test_the_lower_bound_is_below_the_upper_estimate(text):
+    from gateway.serving.tokens import estimate_text_tokens_min
+
+    low, high = estimate_text_tokens_min(text), estimate_text_tokens(text)
+    assert 0 < low < high
+    # An English text at about 4 characters a token lies between the two.
+    if text.isascii():
+        assert low <= len(text) / 4 <= high
+
+
+def test_the_chat_lower_bound_walks_the_same_messages():
+    from gateway.serving.tokens import estimate_chat_tokens_min
+
+    messages = [{"role": "user", "content": "word " * 600}]
+    assert estimate_chat_tokens_min(messages) < estimate_chat_tokens(messages)
+    assert estimate_chat_tokens_min([]) == estimate_chat_tokens([])  # the overhead alone

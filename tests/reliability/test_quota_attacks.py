@@ -216,7 +216,8 @@ def test_a_negative_demo_token_count_refunds_nothing(servers, live_key):
 def test_bodies_read_at_once_are_bounded_per_process(servers, live_key):
     user, key = live_key
     host, port = servers[0].rsplit("//", 1)[1].split(":")
-    text = "word " * 120_000  # 600 kB: two do not fit the budget at once (nor the model)
+    # 900 kB: two do not fit the budget at once, and even the low estimate not the model.
+    text = "word " * 180_000
     data = json.dumps(
         {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": text}]}
     ).encode()

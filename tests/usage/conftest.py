@@ -21,6 +21,7 @@ def record_request(
     stream=False,
     when=None,
     rollup=True,
+    cached_input_tokens=0,
 ):
     """What the gateway leaves behind for one settled request: record, counter, rollup.
 
@@ -40,6 +41,7 @@ def record_request(
         stream=stream,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        cached_input_tokens=cached_input_tokens,
         status_code=status_code,
         latency_ms=120,
         day=day,
@@ -60,6 +62,7 @@ def record_request(
             errors=F("errors") + (1 if status_code >= 400 else 0),
             input_tokens=F("input_tokens") + input_tokens,
             output_tokens=F("output_tokens") + output_tokens,
+            cached_input_tokens=F("cached_input_tokens") + cached_input_tokens,
         )
     return record
 

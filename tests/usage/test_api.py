@@ -112,6 +112,15 @@ def test_it_lists_requests_with_a_cursor(
     }
 
 
+def test_it_reports_cached_input_tokens_per_day_and_per_request(alice_client, alice, frozen):
+    record_request(alice, input_tokens=100, cached_input_tokens=64)
+    record_request(alice, input_tokens=10)
+    days = alice_client.get(DAILY, {"from": "2026-03-10", "to": "2026-03-10"}).json()["days"]
+    assert (days[0]["input_tokens"], days[0]["cached_input_tokens"]) == (110, 64)
+    results = alice_client.get(REQUESTS).json()["results"]
+    assert sorted(r["cached_input_tokens"] for r in results) == [0, 64]
+
+
 def test_it_creates_and_lists_applications(alice_client, alice, staff):
     response = alice_client.post(
         APPLICATIONS,

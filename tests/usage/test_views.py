@@ -296,7 +296,7 @@ def test_it_exports_daily_rows_of_a_range(alice_client, alice, frozen):
     rows = _csv(response)
     assert rows[0][0] == "day"
     assert rows[1:] == [
-        ["2026-03-10", "'=cmd|' /C calc'!A0", "LongCat-Flash-Chat", "1", "0", "5", "50"]
+        ["2026-03-10", "'=cmd|' /C calc'!A0", "LongCat-Flash-Chat", "1", "0", "5", "50", "0"]
     ]
 
 
@@ -310,6 +310,31 @@ def test_it_exports_single_requests(alice_client, alice, bob, frozen):
     assert len(rows) == 2
     assert rows[1][6:9] == ["11", "22", "200"]
     assert rows[1][0].startswith("2026-03-10T04:00:00")
+
+
+def test_the_exports_carry_cached_input_tokens_in_a_last_column(alice_client, alice, frozen):
+    record_request(alice, input_tokens=100, cached_input_tokens=64)
+    record_request(alice, input_tokens=30)
+    params = {"start": "2026-03-10", "end": "2026-03-10"}
+    daily = _csv(alice_client.get(reverse("usage:export"), {**params, "kind": "daily"}))
+    assert daily[0][-1] == "cached_input_tokens"
+    assert daily[1][5] == "130" and daily[1][-1] == "64"
+    single = _csv(alice_client.get(reverse("usage:export"), {**params, "kind": "requests"}))
+    assert single[0][-1] == "cached_input_tokens"
+    assert sorted(row[-1] for row in single[1:]) == ["0", "64"]
+
+
+def test_the_page_shows_cached_input_tokens(alice_client, alice, frozen):
+    record_request(alice, input_tokens=100, cached_input_tokens=64)
+    page = alice_client.get(reverse("usage:page")).content.decode()
+    assert "64 of the input tokens were read from the model's prompt cache." in page
+    assert "64 cached" in page
+
+
+def test_the_page_says_nothing_of_a_cache_never_used(alice_client, alice, frozen):
+    record_request(alice, input_tokens=100)
+    page = alice_client.get(reverse("usage:page")).content.decode()
+    assert "prompt cache" not in page and " cached<" not in page
 
 
 def test_it_refuses_a_backwards_export_range(alice_client, frozen):

@@ -27,6 +27,9 @@ class DayTotalsSerializer(serializers.Serializer):
     errors = serializers.IntegerField(help_text="Requests answered with an HTTP status >= 400.")
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
+    cached_input_tokens = serializers.IntegerField(
+        help_text="Of the input, tokens the model read from its prompt cache."
+    )
     total_tokens = serializers.IntegerField()
 
 
@@ -77,6 +80,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "stream",
             "input_tokens",
             "output_tokens",
+            "cached_input_tokens",
             "estimated",
             "playground",
             "status_code",

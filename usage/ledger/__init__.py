@@ -134,6 +134,8 @@ class RecordRow:
     day: dt.date
     created_at: dt.datetime
     playground: bool = False
+    # The part of the input read from the upstream's prompt cache (see UsageRecord).
+    cached_input_tokens: int = 0
 
 
 def reservation_grant(
@@ -167,18 +169,20 @@ def refusal_for(
 
 
 def rollup_rows(records: Iterable[RecordRow]) -> list[tuple]:
-    """(user, key name, model, day, key id, requests, errors, input, output) per rollup slot."""
+    """(user, key name, model, day, key id, requests, errors, input, output, cached input) per
+    rollup slot."""
     slots: dict[tuple, list] = {}
     for r in records:
         slot = (r.user_id, r.key_name, r.model, r.day)
         acc = slots.get(slot)
         if acc is None:
-            acc = slots[slot] = [r.api_key_id, 0, 0, 0, 0]
+            acc = slots[slot] = [r.api_key_id, 0, 0, 0, 0, 0]
         acc[0] = r.api_key_id or acc[0]
         acc[1] += 1
         acc[2] += 1 if r.status_code >= 400 else 0
         acc[3] += r.input_tokens
         acc[4] += r.output_tokens
+        acc[5] += r.cached_input_tokens
     return [(*slot, *acc) for slot, acc in slots.items()]
 
 

@@ -245,11 +245,12 @@ class OrmLedger(Ledger):
                         day=r.day,
                         created_at=r.created_at,
                         playground=r.playground,
+                        cached_input_tokens=r.cached_input_tokens,
                     )
                     for r in records
                 ]
             )
-            for user_id, key_name, model, day, key_id, n, errors, inp, out in sorted(
+            for user_id, key_name, model, day, key_id, n, errors, inp, out, cached in sorted(
                 rollup_rows(records)
             ):
                 rollup, _ = DailyRollup.objects.get_or_create(
@@ -265,6 +266,7 @@ class OrmLedger(Ledger):
                     errors=F("errors") + errors,
                     input_tokens=F("input_tokens") + inp,
                     output_tokens=F("output_tokens") + out,
+                    cached_input_tokens=F("cached_input_tokens") + cached,
                 )
             for key_id, when in last_used.items():
                 ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=when).update(

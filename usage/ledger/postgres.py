@@ -240,20 +240,21 @@ WHERE id = ANY($1::bigint[])
 _INSERT_RECORD_SQL = f"""
 INSERT INTO {_t(UsageRecord)} (public_id, user_id, api_key_id, key_name, model, endpoint, stream,
     input_tokens, output_tokens, estimated, status_code, error_code, latency_ms, first_token_ms,
-    day, created_at, playground)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+    day, created_at, playground, cached_input_tokens)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 """
 
 _UPSERT_ROLLUP_SQL = f"""
 INSERT INTO {_t(DailyRollup)} AS r (user_id, key_name, model, day, api_key_id, requests, errors,
-    input_tokens, output_tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    input_tokens, output_tokens, cached_input_tokens)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (user_id, key_name, model, day) DO UPDATE SET
     api_key_id = COALESCE(EXCLUDED.api_key_id, r.api_key_id),
     requests = r.requests + EXCLUDED.requests,
     errors = r.errors + EXCLUDED.errors,
     input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = r.output_tokens + EXCLUDED.output_tokens
+    output_tokens = r.output_tokens + EXCLUDED.output_tokens,
+    cached_input_tokens = r.cached_input_tokens + EXCLUDED.cached_input_tokens
 """
 
 _TOUCH_KEY_SQL = f"""
@@ -534,6 +535,7 @@ class PgLedger(Ledger):
                                 r.day,
                                 r.created_at,
                                 r.playground,
+                                r.cached_input_tokens,
                             )
                             for r in records
                         ],

@@ -198,18 +198,20 @@ def usage_day_finalise(*, day: dt.date) -> int:
     sql = f"""
         INSERT INTO {rollup}
             (user_id, api_key_id, key_name, model, day, requests, errors,
-             input_tokens, output_tokens)
+             input_tokens, output_tokens, cached_input_tokens)
         SELECT t.user_id, t.api_key_id, t.key_name, t.model, t.day,
                t.requests - COALESCE(r.requests, 0),
                t.errors - COALESCE(r.errors, 0),
                t.input_tokens - COALESCE(r.input_tokens, 0),
-               t.output_tokens - COALESCE(r.output_tokens, 0)
+               t.output_tokens - COALESCE(r.output_tokens, 0),
+               t.cached_input_tokens - COALESCE(r.cached_input_tokens, 0)
         FROM (
             SELECT user_id, MAX(api_key_id) AS api_key_id, key_name, model, day,
                    COUNT(*) AS requests,
                    SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END) AS errors,
                    CAST(SUM(input_tokens) AS BIGINT) AS input_tokens,
-                   CAST(SUM(output_tokens) AS BIGINT) AS output_tokens
+                   CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
+                   CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens
             FROM {record}
             WHERE day = %s AND created_at >= %s AND created_at < %s
             GROUP BY user_id, key_name, model, day
@@ -218,7 +220,7 @@ def usage_day_finalise(*, day: dt.date) -> int:
             -- Only the day's slots: joining against every rollup ever kept was most of the
             -- time on 10 million records.
             SELECT id, user_id, key_name, model, day, requests, errors, input_tokens,
-                   output_tokens
+                   output_tokens, cached_input_tokens
             FROM {rollup} WHERE day = %s
         ) r
             ON r.user_id = t.user_id AND r.key_name = t.key_name AND r.model = t.model
@@ -226,11 +228,13 @@ def usage_day_finalise(*, day: dt.date) -> int:
         WHERE r.id IS NULL
            OR r.requests <> t.requests OR r.errors <> t.errors
            OR r.input_tokens <> t.input_tokens OR r.output_tokens <> t.output_tokens
+           OR r.cached_input_tokens <> t.cached_input_tokens
         ON CONFLICT (user_id, key_name, model, day) DO UPDATE SET
             requests = {rollup}.requests + excluded.requests,
             errors = {rollup}.errors + excluded.errors,
             input_tokens = {rollup}.input_tokens + excluded.input_tokens,
-            output_tokens = {rollup}.output_tokens + excluded.output_tokens
+            output_tokens = {rollup}.output_tokens + excluded.output_tokens,
+            cached_input_tokens = {rollup}.cached_input_tokens + excluded.cached_input_tokens
     """  # noqa: S608  (table names come from model metadata, values are parameters)
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":

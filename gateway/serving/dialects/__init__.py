@@ -11,5 +11,6 @@ one: the first listed renders the errors of paths none of them serves).
 DIALECT_MODULES = (
     "gateway.serving.dialects.openai",
     "gateway.serving.dialects.openai_responses",
+    "gateway.serving.dialects.openai_embeddings",
     "gateway.serving.dialects.anthropic",
 )

@@ -18,9 +18,15 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from gateway.serving.dialects.anthropic_schema import (
+    MessagesRequest,
     MessagesRequestError,
+    ThinkingBlock,
     count_tokens_request_parse,
     messages_request_parse,
+)
+from gateway.serving.dialects.anthropic_signature import (
+    thinking_signature,
+    thinking_signature_valid,
 )
 from gateway.serving.dialects.anthropic_translate import (
     PING_EVENT,
@@ -32,6 +38,7 @@ from gateway.serving.dialects.anthropic_translate import (
     error_body,
     error_type_for_status,
     message_from_chat_response,
+    reasoning_effort_for,
 )
 from gateway.serving.dialects.base import (
     ChatRequest,
@@ -40,12 +47,14 @@ from gateway.serving.dialects.base import (
     UpstreamTarget,
     Usage,
     refuse_unpaired_surrogates,
+    request_reasoning,
 )
 from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
 from gateway.serving.tokens import (
     completion_output_tokens,
     estimate_chat_tokens,
+    estimate_chat_tokens_min,
 )
 from observability.logging import current_request_id
 
@@ -61,9 +70,6 @@ _TEXT_ONLY_CHUNK = re.compile(
 
 # Upstreams known to refuse parameters outside OpenAI's own set (``top_k``, ...).
 _STRICT_OPENAI_HOSTS = frozenset({"api.openai.com"})
-# Whether catalog models take a reasoning hint for Anthropic's ``thinking``. The catalog has no
-# such capability yet, so ``thinking`` is accepted and not forwarded.
-_MODELS_REASON = False
 
 
 def _error_type(error: GatewayError) -> str:
@@ -80,6 +86,23 @@ def _estimate(chat_body: dict) -> int:
 
 def _parse_failure(error: MessagesRequestError) -> GatewayError:
     return bad_request(error.message, param=error.field)
+
+
+def _signer(target: UpstreamTarget):
+    model = target.public_model
+    return lambda text: thinking_signature(text, model)
+
+
+def _refuse_forged_thinking(request: MessagesRequest) -> None:
+    """400 for a thinking block in the history that this gateway did not sign as it is (its
+    text altered, or made up). ``redacted_thinking`` blocks carry nothing and pass."""
+    for m, message in enumerate(request.messages):
+        for b, block in enumerate(message.content):
+            if isinstance(block, ThinkingBlock) and not thinking_signature_valid(
+                block.signature, block.thinking
+            ):
+                field = f"messages.{m}.content.{b}"
+                raise bad_request(f"{field}: Invalid `signature` in `thinking` block", param=field)
 
 
 def _takes_extra_parameters(target: UpstreamTarget) -> bool:
@@ -99,6 +122,7 @@ class AnthropicStream(StreamRenderer):
             input_estimate=request.input_tokens,
             stop_sequences=translation.stop_sequences,
             thinking=translation.thinking,
+            sign=_signer(target),
         )
         # Stop sequences need the text itself (to find them across chunks): no fast path.
         self._fast = not translation.stop_sequences
@@ -151,13 +175,17 @@ class AnthropicDialect(Dialect):
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
         refuse_unpaired_surrogates(body)
-        translation = chat_request_from_messages(parsed, reasoning=_MODELS_REASON)
+        _refuse_forged_thinking(parsed)
+        translation = chat_request_from_messages(parsed)
         return ChatRequest(
             model=parsed.model,
             stream=parsed.stream,
             # Clamped to the model's limit by the pipeline (Claude Code asks for 32,000).
             max_tokens=parsed.max_tokens,
             input_tokens=_estimate(translation.body),
+            input_tokens_min=estimate_chat_tokens_min(
+                translation.body["messages"], tools=translation.body.get("tools")
+            ),
             body=translation,
         )
 
@@ -168,6 +196,14 @@ class AnthropicDialect(Dialect):
         body["max_tokens"] = target.max_tokens
         if translation.extra and _takes_extra_parameters(target):
             body.update(translation.extra)
+        # Anthropic's thinking is off unless asked for: say so to upstreams that think by
+        # default (Qwen3 on vLLM), instead of paying for reasoning nobody sees.
+        effort = (
+            reasoning_effort_for(translation.thinking_budget, target.max_tokens)
+            if translation.thinking
+            else None
+        )
+        request_reasoning(body, target, wanted=translation.thinking, effort=effort)
         return body
 
     def render_completion(
@@ -179,6 +215,7 @@ class AnthropicDialect(Dialect):
             model=target.public_model,
             stop_sequences=translation.stop_sequences,
             thinking=translation.thinking,
+            sign=_signer(target),
         )
         if not isinstance(upstream.get("usage"), dict):
             # No report from the upstream: show the estimates the gateway charges instead.

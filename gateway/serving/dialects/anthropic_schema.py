@@ -46,7 +46,7 @@ def _text_list(value: Any) -> Any:
 _MESSAGE_BLOCKS = frozenset(
     {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
-_TOOL_RESULT_BLOCKS = frozenset({"text", "image"})
+_TOOL_RESULT_BLOCKS = frozenset({"text", "image", "document"})
 _BLOCK_NOTE_CHARS = 4000
 
 
@@ -158,7 +158,9 @@ class ToolUseBlock(_Lenient):
     input: dict[str, Any]
 
 
-ToolResultContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+ToolResultContentBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")
+]
 
 
 class ToolResultBlock(_Lenient):
@@ -377,7 +379,38 @@ def messages_request_parse(body: bytes | str | dict) -> MessagesRequest:
     """Validate a Messages request; raise ``MessagesRequestError`` naming the first bad field."""
     request = _parse(MessagesRequest, body)
     _check_tool_choice(request)
+    _check_thinking(request)
     return request
+
+
+# Anthropic's smallest thinking budget.
+MIN_THINKING_BUDGET_TOKENS = 1024
+
+
+def _check_thinking(request: MessagesRequest) -> None:
+    """``thinking: {type: "enabled"}`` as Anthropic checks it: a budget of at least 1,024 tokens
+    and below ``max_tokens`` (the thinking is part of the output)."""
+    thinking = request.thinking
+    if thinking is None or thinking.type != "enabled":
+        return
+    budget = thinking.budget_tokens
+    if budget is None:
+        raise MessagesRequestError(
+            "thinking.budget_tokens: Field required", field="thinking.budget_tokens"
+        )
+    if budget < MIN_THINKING_BUDGET_TOKENS:
+        raise MessagesRequestError(
+            "thinking.budget_tokens: Input should be greater than or equal to "
+            f"{MIN_THINKING_BUDGET_TOKENS}",
+            field="thinking.budget_tokens",
+        )
+    if budget >= request.max_tokens:
+        raise MessagesRequestError(
+            "max_tokens: `max_tokens` must be greater than `thinking.budget_tokens`. See "
+            "https://docs.claude.com/en/docs/build-with-claude/"
+            "extended-thinking#max-tokens-and-context-window-size",
+            field="max_tokens",
+        )
 
 
 def count_tokens_request_parse(body: bytes | str | dict) -> CountTokensRequest:

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,10 @@ class ChatTranslation:
     # the caller merges them when the upstream kind accepts them.
     extra: dict[str, Any] = field(default_factory=dict)
     stop_sequences: tuple[str, ...] = ()
+    # The client asked for thinking (reasoning reaches it as thinking blocks) …
     thinking: bool = False
+    # … with this budget (None: no budget given, as with ``adaptive``).
+    thinking_budget: int | None = None
 
 
 def _image_part(block: ImageBlock) -> dict:
@@ -171,8 +175,13 @@ def _user_content(parts: list[dict]) -> str | list[dict]:
 
 def _tool_result_messages(block: ToolResultBlock) -> tuple[dict, list[dict]]:
     """One ``role: tool`` message; images a tool returned go in a user message after it, since
-    chat-completions tool messages carry text only."""
-    text = _text_of(block.content)
+    chat-completions tool messages carry text only. A document a tool returned (Claude Code's
+    Read of a PDF) goes as its text."""
+    text = "\n\n".join(
+        b.text if isinstance(b, TextBlock) else _document_text(b)
+        for b in block.content
+        if isinstance(b, TextBlock | DocumentBlock)
+    )
     if block.is_error:
         text = f"Error: {text}" if text else "Error"
     images = [_image_part(b) for b in block.content if isinstance(b, ImageBlock)]
@@ -275,16 +284,25 @@ def chat_tools_from(request: CountTokensRequest) -> list[dict]:
     return tools
 
 
+def reasoning_effort_for(budget: int | None, max_tokens: int) -> str:
+    """The OpenAI effort level for a thinking budget, the budget first kept within the output
+    budget ``max_tokens`` (reasoning is output: the upstream spends it from ``max_tokens``)."""
+    if budget is None:
+        return "medium"
+    budget = min(budget, max(max_tokens - 1, 0))
+    return next((name for limit, name in _EFFORT_BY_BUDGET if budget < limit), "high")
+
+
 def chat_request_from_messages(
     request: MessagesRequest,
     *,
     max_output_tokens: int | None = None,
-    reasoning: bool = False,
 ) -> ChatTranslation:
     """Translate a validated Messages request into a chat-completions request.
 
     ``max_tokens`` is clamped to ``max_output_tokens`` when given (Claude Code asks for 32,000).
-    ``reasoning`` says whether the model takes a reasoning hint; otherwise ``thinking`` is dropped.
+    Whether and how the upstream is asked to reason is decided later, per model
+    (``ChatTranslation.thinking``, ``base.request_reasoning``).
     """
     max_tokens = request.max_tokens
     if max_output_tokens is not None:
@@ -317,15 +335,12 @@ def chat_request_from_messages(
     if request.top_k is not None:
         extra["top_k"] = request.top_k
     thinking = request.thinking is not None and request.thinking.type != "disabled"
-    if thinking and reasoning:
-        budget = request.thinking.budget_tokens or 0
-        effort = next((name for limit, name in _EFFORT_BY_BUDGET if budget < limit), "high")
-        extra["reasoning_effort"] = effort
     return ChatTranslation(
         body=body,
         extra=extra,
         stop_sequences=tuple(request.stop_sequences),
-        thinking=thinking and reasoning,
+        thinking=thinking,
+        thinking_budget=request.thinking.budget_tokens if thinking else None,
     )
 
 
@@ -409,16 +424,19 @@ def message_from_chat_response(
     model: str,
     stop_sequences=(),
     thinking: bool = False,
+    sign: Callable[[str], str] | None = None,
     message_id: str | None = None,
 ) -> dict:
-    """Translate a chat-completions response into an Anthropic ``message``."""
+    """Translate a chat-completions response into an Anthropic ``message``. With ``thinking``,
+    the upstream's reasoning becomes a thinking block signed by ``sign(text)``."""
     choices = response.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     content: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if thinking and isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        signature = sign(reasoning) if sign is not None else ""
+        content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     text = _content_text(message.get("content"))
     text, matched = _cut_at_stop(text, stop_sequences)
     if text:
@@ -497,7 +515,9 @@ class MessageStreamTranslator:
         "_held",
         "_index",
         "_pending_tools",
+        "_sign",
         "_stop_max",
+        "_thinking_text",
         "_tool_block",
         "finish_reason",
         "input_estimate",
@@ -518,6 +538,7 @@ class MessageStreamTranslator:
         input_estimate: int = 0,
         stop_sequences=(),
         thinking: bool = False,
+        sign: Callable[[str], str] | None = None,
         message_id: str | None = None,
     ):
         self.model = model
@@ -526,6 +547,8 @@ class MessageStreamTranslator:
         self.stop_sequences = tuple(s for s in stop_sequences if s)
         self._stop_max = max((len(s) for s in self.stop_sequences), default=0)
         self.thinking = thinking
+        self._sign = sign
+        self._thinking_text: list[str] = []  # the open thinking block's text, to sign
         self.usage: dict | None = None
         self.finish_reason: str | None = None
         self.native_stop: Any = None
@@ -561,9 +584,22 @@ class MessageStreamTranslator:
     def _close_block(self) -> bytes:
         if not self._block_open:
             return b""
+        out = b""
+        if self._block_kind == "thinking":
+            # As Anthropic does: the signature, once the whole thinking is known, last.
+            text, self._thinking_text = "".join(self._thinking_text), []
+            delta = {
+                "type": "content_block_delta",
+                "index": self._index,
+                "delta": {
+                    "type": "signature_delta",
+                    "signature": self._sign(text) if self._sign is not None else "",
+                },
+            }
+            out = sse_event("content_block_delta", delta)
         self._block_open = False
         self._block_kind = None
-        return (
+        return out + (
             b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
             % self._index
         )
@@ -631,6 +667,7 @@ class MessageStreamTranslator:
             out = self._open_block(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}
             )
+        self._thinking_text.append(text)
         delta = {
             "type": "content_block_delta",
             "index": self._index,

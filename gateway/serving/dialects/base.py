@@ -44,6 +44,8 @@ class Usage:
     output_tokens: int
     # True when the upstream did not report usage and a local estimate stands in.
     estimated: bool = False
+    # Of ``input_tokens``, those the upstream read from its prompt cache.
+    cached_input_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -54,6 +56,9 @@ class ChatRequest:
     input_tokens: int
     body: Any
     options: dict = field(default_factory=dict)
+    # A lower bound of the input (``tokens.estimate_chat_tokens_min``), for the context check;
+    # None: ``input_tokens`` stands for both.
+    input_tokens_min: int | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +69,35 @@ class UpstreamTarget:
     # Lets a dialect leave out parameters a particular server refuses (OpenAI's own API
     # rejects ``top_k``, which vLLM and SGLang take).
     base_url: str = ""
+    # gateway.models.Model.Reasoning: how this upstream is asked to reason.
+    reasoning: str = "none"
+
+
+# The values of gateway.models.Model.Reasoning (the serving side does not import the ORM model).
+REASONING_EFFORT = "reasoning_effort"
+REASONING_CHAT_TEMPLATE = "chat_template_kwargs"
+
+
+def request_reasoning(body: dict, target: UpstreamTarget, *, wanted: bool | None, effort) -> None:
+    """Ask ``target``'s upstream to reason, or not, the way its catalog entry says, in the
+    chat-completions ``body`` (changed in place).
+
+    ``wanted``: True or False when the client said (Anthropic ``thinking``, an effort of
+    ``none``), None when it said nothing (the upstream's default stands). ``effort`` is the
+    OpenAI effort level to pass on, if any. A client's own ``reasoning_effort`` never reaches
+    an upstream whose entry does not take it (vLLM refuses unknown values for some models).
+    """
+    body.pop("reasoning_effort", None)
+    if target.reasoning == REASONING_EFFORT:
+        if wanted and effort:
+            body["reasoning_effort"] = effort
+        elif wanted is False and effort == "none":
+            body["reasoning_effort"] = "none"
+    elif target.reasoning == REASONING_CHAT_TEMPLATE and wanted is not None:
+        kwargs = body.get("chat_template_kwargs")
+        kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
+        kwargs["enable_thinking"] = wanted
+        body["chat_template_kwargs"] = kwargs
 
 
 def refuse_unpaired_surrogates(body: bytes) -> None:
@@ -123,6 +157,10 @@ class Dialect:
     prefix: str = ""  # "/openai"
     endpoint: str = ""  # usage.models.UsageRecord.Endpoint value
     chat_paths: tuple[str, ...] = ()
+    # The catalog models it serves (gateway.models.Model.Kind) and the upstream path it posts
+    # ``upstream_body`` to, below the model's base URL.
+    model_kind: str = "chat"
+    upstream_path: str = "/chat/completions"
     error_content_type: bytes = b"application/json"
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:

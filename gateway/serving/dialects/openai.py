@@ -19,10 +19,11 @@ from gateway.serving.dialects.base import (
     UpstreamTarget,
     Usage,
     refuse_unpaired_surrogates,
+    request_reasoning,
 )
 from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
-from gateway.serving.tokens import estimate_chat_tokens
+from gateway.serving.tokens import estimate_chat_tokens, estimate_chat_tokens_min
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -153,6 +154,7 @@ class OpenAIDialect(Dialect):
             stream=bool(parsed.stream),
             max_tokens=parsed.max_completion_tokens or parsed.max_tokens,
             input_tokens=estimate_chat_tokens(raw["messages"], tools=raw.get("tools")),
+            input_tokens_min=estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
             body=raw,
             options=options,
         )
@@ -173,6 +175,11 @@ class OpenAIDialect(Dialect):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        effort = body.get("reasoning_effort")
+        effort = effort if isinstance(effort, str) else None
+        request_reasoning(
+            body, target, wanted=None if effort is None else effort != "none", effort=effort
+        )
         return body
 
     def render_completion(

@@ -19,6 +19,7 @@ from gateway.serving.dialects.base import (
     UpstreamTarget,
     Usage,
     refuse_unpaired_surrogates,
+    request_reasoning,
 )
 from gateway.serving.dialects.openai import dialect as chat_dialect
 from gateway.serving.dialects.openai_responses_translate import (
@@ -29,7 +30,11 @@ from gateway.serving.dialects.openai_responses_translate import (
     response_from_chat,
 )
 from gateway.serving.errors import GatewayError, bad_request
-from gateway.serving.tokens import completion_output_tokens, estimate_chat_tokens
+from gateway.serving.tokens import (
+    completion_output_tokens,
+    estimate_chat_tokens,
+    estimate_chat_tokens_min,
+)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -83,6 +88,7 @@ class ResponsesDialect(Dialect):
             stream=translation.stream,
             max_tokens=translation.max_output_tokens,
             input_tokens=estimate_chat_tokens(chat["messages"], tools=chat.get("tools")),
+            input_tokens_min=estimate_chat_tokens_min(chat["messages"], tools=chat.get("tools")),
             body=translation,
         )
 
@@ -93,6 +99,10 @@ class ResponsesDialect(Dialect):
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        effort = body.get("reasoning_effort")
+        request_reasoning(
+            body, target, wanted=None if effort is None else effort != "none", effort=effort
+        )
         return body
 
     def render_completion(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.serving.dialects.anthropic_signature import thinking_signature_valid
 from keys.models import ApiKey
 from usage.models import DailyUsage, UsageRecord
 from usage.quota import quota_day
@@ -171,7 +172,8 @@ def test_max_tokens_above_the_model_limit_is_clamped_not_refused(gw, alice_key):
 
 def test_the_context_limit_error_uses_anthropics_wording(gw, alice_key):
     _user, key = alice_key
-    huge = "word " * 120_000
+    # Certainly too long: even the low estimate (a token per 6 characters) is past the window.
+    huge = "word " * 200_000
     result = post(gw, key, {**HELLO, "max_tokens": 32000, "system": huge})
     assert result.status == 400
     error = result.json()["error"]
@@ -355,7 +357,10 @@ def test_it_answers_the_recorded_claude_code_request(gw, alice_key):
     result = post(gw, key, body, headers=headers, query=b"beta=true")
     assert result.status == 200, result.body[:500]
     message = sdk_message(result.body)
-    assert message.content[0].text.startswith("This is the demo model")
+    # Claude Code asks for (adaptive) thinking: the demo model reasons first, signed.
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert thinking_signature_valid(message.content[0].signature, message.content[0].thinking)
+    assert message.content[1].text.startswith("This is the demo model")
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens > 0
     gw.flush()

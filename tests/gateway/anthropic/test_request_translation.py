@@ -9,7 +9,10 @@ from gateway.serving.dialects.anthropic_schema import (
     count_tokens_request_parse,
     messages_request_parse,
 )
-from gateway.serving.dialects.anthropic_translate import chat_request_from_messages
+from gateway.serving.dialects.anthropic_translate import (
+    chat_request_from_messages,
+    reasoning_effort_for,
+)
 
 from .helpers import assert_valid_chat_request
 
@@ -273,19 +276,63 @@ def test_it_clamps_max_tokens_to_the_model_limit():
     assert translate(small, max_output_tokens=8192).body["max_tokens"] == 10
 
 
-def test_it_maps_thinking_only_for_a_model_that_reasons():
+def test_it_notes_thinking_and_its_budget_for_the_model_to_decide():
     body = base(
+        max_tokens=20000,
         thinking={"type": "enabled", "budget_tokens": 10000},
         messages=[{"role": "user", "content": "x"}],
     )
-    plain = translate(body)
-    assert plain.extra == {}
-    assert plain.thinking is False
-    reasoning = translate(body, reasoning=True)
-    assert reasoning.extra == {"reasoning_effort": "medium"}
-    assert reasoning.thinking is True
+    asked = translate(body)
+    assert (asked.thinking, asked.thinking_budget) == (True, 10000)
+    assert "reasoning_effort" not in asked.body and asked.extra == {}
     disabled = base(thinking={"type": "disabled"}, messages=[{"role": "user", "content": "x"}])
-    assert translate(disabled, reasoning=True).extra == {}
+    assert (translate(disabled).thinking, translate(disabled).thinking_budget) == (False, None)
+    adaptive = base(thinking={"type": "adaptive"}, messages=[{"role": "user", "content": "x"}])
+    assert (translate(adaptive).thinking, translate(adaptive).thinking_budget) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("thinking", "max_tokens", "field"),
+    [
+        ({"type": "enabled", "budget_tokens": 1023}, 4096, "thinking.budget_tokens"),
+        ({"type": "enabled"}, 4096, "thinking.budget_tokens"),
+        ({"type": "enabled", "budget_tokens": 2048}, 2048, "max_tokens"),
+        ({"type": "enabled", "budget_tokens": 4096}, 1000, "max_tokens"),
+    ],
+)
+def test_it_refuses_a_thinking_budget_anthropic_refuses(thinking, max_tokens, field):
+    body = base(
+        max_tokens=max_tokens, thinking=thinking, messages=[{"role": "user", "content": "x"}]
+    )
+    with pytest.raises(MessagesRequestError) as refused:
+        messages_request_parse(body)
+    assert refused.value.field == field
+    assert refused.value.status == 400
+
+
+def test_it_accepts_the_smallest_budget_below_max_tokens():
+    body = base(
+        max_tokens=1025,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "x"}],
+    )
+    assert translate(body).thinking_budget == 1024
+
+
+@pytest.mark.parametrize(
+    ("budget", "max_tokens", "effort"),
+    [
+        (None, 8192, "medium"),
+        (1024, 8192, "low"),
+        (10_000, 32_000, "medium"),
+        (20_000, 32_000, "high"),
+        # The budget is kept within the output budget granted: 20,000 cannot be thought in 5,000.
+        (20_000, 5_000, "medium"),
+        (20_000, 2_000, "low"),
+    ],
+)
+def test_it_picks_an_effort_for_the_budget_within_the_output_budget(budget, max_tokens, effort):
+    assert reasoning_effort_for(budget, max_tokens) == effort
 
 
 def test_it_turns_a_text_document_into_text():
@@ -353,6 +400,36 @@ def test_it_turns_a_pdf_document_into_its_text_with_the_page_count():
     text = _user({"type": "document", "title": "report.pdf", "source": source})
     assert text.startswith("report.pdf\n\n[PDF document 'report.pdf', 2 pages]")
     assert "Hello PDF" in text and "Two" in text
+
+
+def test_it_turns_a_pdf_a_tool_returned_into_the_tool_messages_text():
+    source = {"type": "base64", "media_type": "application/pdf", "data": _pdf("Hello PDF")}
+    body = base(
+        messages=[
+            {"role": "user", "content": "Read it"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [
+                            {"type": "text", "text": "PDF file read"},
+                            {"type": "document", "source": source},
+                        ],
+                    }
+                ],
+            },
+        ]
+    )
+    tool = translate(body).body["messages"][2]
+    assert tool["role"] == "tool"
+    assert tool["content"].startswith("PDF file read\n\n[PDF document (untitled), 1 page]")
+    assert "Hello PDF" in tool["content"]
 
 
 def test_it_says_so_when_a_pdf_has_no_text_or_cannot_be_read():

@@ -139,8 +139,14 @@ def test_it_keeps_reasoning_only_when_thinking_was_asked_for():
     assert [b["type"] for b in message_from_chat_response(response, model="m")["content"]] == [
         "text"
     ]
-    out = message_from_chat_response(response, model="m", thinking=True)
-    assert out["content"][0] == {"type": "thinking", "thinking": "6 times 7", "signature": ""}
+    out = message_from_chat_response(
+        response, model="m", thinking=True, sign=lambda text: f"sig({text})"
+    )
+    assert out["content"][0] == {
+        "type": "thinking",
+        "thinking": "6 times 7",
+        "signature": "sig(6 times 7)",
+    }
     Message.model_validate(out)
 
 

@@ -1,5 +1,7 @@
 """Golden tests: OpenAI chunks → the Anthropic stream event sequence."""
 
+import pytest
+
 from gateway.serving.dialects.anthropic_translate import PING_EVENT, MessageStreamTranslator
 
 from .helpers import sdk_message, sse_events
@@ -188,6 +190,43 @@ def test_it_streams_reasoning_as_thinking_when_asked():
     assert [b.type for b in sdk_message(raw).content] == ["text"]
 
 
+def test_it_signs_a_thinking_block_before_closing_it_as_anthropic_does():
+    raw = run(
+        [
+            chunk(reasoning="six "),
+            chunk(reasoning="times seven"),
+            chunk("42"),
+            chunk(finish="stop"),
+        ],
+        thinking=True,
+        sign=lambda text: f"signed:{text}",
+    )
+    events = sse_events(raw)
+    thinking = [
+        (name, data["delta"]["type"] if name == "content_block_delta" else data.get("index"))
+        for name, data in events
+        if name.startswith("content_block") and data["index"] == 0
+    ]
+    assert thinking == [
+        ("content_block_start", 0),
+        ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "signature_delta"),
+        ("content_block_stop", 0),
+    ]
+    (start,) = [d for n, d in events if n == "content_block_start" and d["index"] == 0]
+    assert start["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    message = sdk_message(raw)
+    assert message.content[0].signature == "signed:six times seven"
+    assert message.content[1].text == "42"
+
+
+def test_a_thinking_block_is_signed_even_when_the_stream_ends_inside_it():
+    raw = run([chunk(reasoning="hmm"), chunk(finish="length")], thinking=True, sign=str.upper)
+    message = sdk_message(raw)
+    assert [(b.type, b.signature) for b in message.content] == [("thinking", "HMM")]
+
+
 def test_an_empty_stream_is_still_a_complete_message():
     raw = run([])
     assert [n for n, _ in sse_events(raw)] == ["message_start", "message_delta", "message_stop"]
@@ -237,3 +276,26 @@ def test_it_takes_sglang_s_matched_stop_in_a_stream():
     raw = run([chunk("one"), chunk(finish="stop", matched_stop="END")], stop_sequences=["END"])
     delta = next(data for name, data in sse_events(raw) if name == "message_delta")
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "text", "stop"),
+    [
+        # vLLM and SGLang name the stop string (the text no longer holds it).
+        ([chunk("one two"), chunk(finish="stop", stop_reason="END")], "one two", "END"),
+        ([chunk("one two"), chunk(finish="stop", matched_stop="END")], "one two", "END"),
+        # An OpenAI-style server that says nothing but left the stop in the text's tail.
+        ([chunk("one two"), chunk("EN"), chunk("D", finish="stop")], "one two", "END"),
+        ([chunk("one twoEND", finish="stop")], "one two", "END"),
+        # Nothing said and nothing left: a natural end, as far as anyone can tell.
+        ([chunk("one two"), chunk(finish="stop")], "one two", None),
+        # A token id (end of sequence) matched, not a string.
+        ([chunk("one two"), chunk(finish="stop", matched_stop=151645)], "one two", None),
+    ],
+    ids=["vllm", "sglang", "unreported-split", "unreported-one-chunk", "stripped", "token-id"],
+)
+def test_a_stream_finds_its_stop_sequence_however_the_upstream_reports_it(chunks, text, stop):
+    message = sdk_message(run(chunks, stop_sequences=("END", "###")))
+    assert [b.text for b in message.content] == [text]
+    expected = ("stop_sequence", stop) if stop else ("end_turn", None)
+    assert (message.stop_reason, message.stop_sequence) == expected
