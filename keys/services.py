@@ -200,11 +200,24 @@ CONTROL_FIELDS = (
 )
 
 
+# The largest value each numeric control takes.
+_CONTROL_MAXIMUM = {
+    "daily_token_cap": controls.DAILY_TOKEN_CAP_MAX,
+    "max_concurrent_requests": controls.MAX_CONCURRENT_REQUESTS_MAX,
+}
+
+
 def _positive_or_none(field: str, value) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError({field: _("Enter a whole number of at least 1, or leave it empty.")})
+    maximum = _CONTROL_MAXIMUM[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError(
+            {
+                field: _("Enter a whole number from 1 to %(max)s, or leave it empty.")
+                % {"max": f"{maximum:,}"}
+            }
+        )
     return value
 
 
@@ -225,7 +238,7 @@ def _clean_controls(**changes) -> dict:
     if unknown:
         raise TypeError(f"not a key control: {', '.join(sorted(unknown))}")
     cleaned = {}
-    for field in ("daily_token_cap", "max_concurrent_requests"):
+    for field in _CONTROL_MAXIMUM:
         if field in changes:
             cleaned[field] = _positive_or_none(field, changes[field])
     if "allowed_models" in changes:
