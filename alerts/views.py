@@ -65,7 +65,13 @@ def webhook_test(request):
     try:
         status = webhook_post(url=row.webhook_url, secret=secret, payload=payload)
     except WebhookRefused:
-        messages.error(request, _("That address may not be called: it is not a public address."))
+        messages.error(
+            request,
+            _(
+                "That URL may not be called: it is not a public address, or its port is not "
+                "a number from 1 to 65535."
+            ),
+        )
     except WebhookFailed as exc:
         messages.error(request, _("The test failed: %(reason)s.") % {"reason": exc})
     else:

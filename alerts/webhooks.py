@@ -41,11 +41,46 @@ def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
+# Refused whatever ``is_global`` says of them. The IPv6 forms that carry an IPv4 address
+# (NAT64, 6to4, Teredo, IPv4-translated and IPv4-compatible) reach that address through a
+# translator or tunnel the operator's network may run, private or not (64:ff9b::a9fe:a9fe is
+# the cloud metadata service behind NAT64): refusing the ranges outright is simpler and safer
+# than judging the embedded address. Site-local IPv6 is deprecated but still routed inside
+# some networks; 192.0.0.0/24 holds IETF protocol assignments, not receivers.
+REFUSED_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "64:ff9b::/96",  # NAT64, well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local use
+        "2002::/16",  # 6to4
+        "2001::/32",  # Teredo
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "::/96",  # IPv4-compatible (deprecated)
+        "fec0::/10",  # site-local (deprecated)
+        "192.0.0.0/24",  # IETF protocol assignments
+    )
+)
+
+
 def address_allowed(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever is_global says of it
+    if any(ip in network for network in REFUSED_NETWORKS):
+        return False
     return ip.is_global and not ip.is_multicast
+
+
+def webhook_port(url: str) -> int | None:
+    """The port ``url`` names (443 when none), or None when it is not a port (above 65535,
+    0, not a number): ``urlsplit`` parses such a URL and raises only when asked its port."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return None
+    if port is None:
+        return 443
+    return port if 1 <= port <= 65535 else None
 
 
 def webhook_url_problem(url: str) -> str | None:
@@ -57,6 +92,8 @@ def webhook_url_problem(url: str) -> str | None:
         return "the webhook URL has no host"
     if parts.username or parts.password:
         return "the webhook URL must not contain a user name or password"
+    if webhook_port(url) is None:
+        return "the webhook URL's port is not a number from 1 to 65535"
     return None
 
 
@@ -101,7 +138,7 @@ def webhook_post(*, url: str, secret: str, payload: dict) -> int:
     if problem:
         raise WebhookRefused(problem)
     parts = urlsplit(url)
-    port = parts.port or 443
+    port = webhook_port(url)
     address = resolve_checked(parts.hostname, port)
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     path = parts.path or "/"

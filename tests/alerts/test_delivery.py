@@ -5,7 +5,7 @@ from django.core import mail
 
 from accounts import sms
 from alerts import delivery, tasks
-from alerts.models import Alert
+from alerts.models import Alert, AlertSettings
 from alerts.services import alert_settings_update
 from alerts.webhooks import WebhookFailed, WebhookRefused
 from usage.quota import quota_day
@@ -181,6 +181,17 @@ def test_a_refused_webhook_is_not_retried(alice, posts):
     delivery.alert_deliver(alert_id=alert.pk)
     delivery.alert_deliver(alert_id=alert.pk)
     assert len(made) == 1
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.pending) == (State.FAILED, False)
+
+
+def test_a_saved_url_with_a_bad_port_fails_the_webhook_for_good(alice):
+    """Through the real ``webhook_post``: a URL saved before the form checked ports is
+    refused (failed, not retried), so the alert does not stay pending."""
+    _with_webhook(alice)
+    AlertSettings.objects.filter(user=alice).update(webhook_url="https://hooks.example:99999/x")
+    alert = _alert(alice)
+    tasks.alert_deliver.apply(args=[alert.pk])
     alert.refresh_from_db()
     assert (alert.webhook_state, alert.pending) == (State.FAILED, False)
 

@@ -126,6 +126,28 @@ def test_the_test_webhook_goes_through_the_guard(alice_client, alice, resolve_to
     assert "not a public address" in response.content.decode()
 
 
+@pytest.mark.parametrize("port", ["65536", "99999", "0"])
+def test_it_refuses_a_webhook_port_that_is_not_one(alice_client, alice, port):
+    response = alice_client.post(
+        reverse("alerts:settings"),
+        {"thresholds": "80", "webhook_url": f"https://h.example:{port}/x"},
+    )
+    assert response.status_code == 400
+    assert "The port must be a number from 1 to 65535." in response.content.decode()
+    assert not AlertSettings.objects.filter(user=alice).exists()
+
+
+def test_the_test_webhook_refuses_a_saved_url_with_a_bad_port(alice_client, alice):
+    """A URL saved before the form checked ports: refused, not a 500."""
+    row = alert_settings_update(
+        user=alice, thresholds=[80], key_thresholds=[], webhook_url="https://h.example/x"
+    )
+    AlertSettings.objects.filter(pk=row.pk).update(webhook_url="https://h.example:99999/x")
+    response = alice_client.post(reverse("alerts:test"), follow=True)
+    assert response.status_code == 200
+    assert "its port is not a number from 1 to 65535" in response.content.decode()
+
+
 def test_the_test_webhook_is_rate_limited(alice_client, alice, monkeypatch):
     sent = []
 
