@@ -55,6 +55,11 @@ def webhook_test(request):
     """Send one signed test message to the saved webhook, now, and say how it went."""
     row = selectors.alert_settings_of(user=request.user)
     secret = services.webhook_secret_of(row)
+    if row.webhook_url and secret is None:
+        messages.error(
+            request, _("The signing secret can no longer be read. Make a new secret first.")
+        )
+        return redirect(_usage_anchor())
     if not row.webhook_url or not secret:
         messages.error(request, _("Save a webhook URL first."))
         return redirect(_usage_anchor())
