@@ -12,6 +12,7 @@ A receiver recomputes it over the raw body and refuses old timestamps (replays).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -19,6 +20,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -116,15 +118,47 @@ def resolve_checked(host: str, port: int) -> str:
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a given address, with SNI and certificate checks for the URL's host name."""
+    """HTTPS to a given address, with SNI and certificate checks for the URL's host name.
 
-    def __init__(self, host: str, port: int, *, address: str, timeout: float, context):
+    ``timeout`` bounds each socket operation; ``deadline`` (a ``time.monotonic()`` value)
+    bounds the whole exchange: a receiver that drips a byte at a time never lets one
+    operation time out, so at the deadline a timer shuts the socket down, which ends any
+    read or write in progress."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float, deadline, context):
         super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
+        self._deadline = deadline
+        self._watchdog: threading.Timer | None = None
+        self._guard: socket.socket | None = None
+        self.timed_out = False
 
     def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the webhook deadline passed")
+        sock = socket.create_connection((self._address, self.port), min(self.timeout, remaining))
+        # A duplicate descriptor of the same socket: wrapping for TLS detaches ``sock``, and
+        # shutdown(2) through any descriptor ends the connection for all of them.
+        self._guard = sock.dup()
+        self._watchdog = threading.Timer(remaining, self._cut_off)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+    def close(self):
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._guard.close()
+            self._watchdog = None
+        super().close()
+
+    def _cut_off(self):
+        # A blocked read or write returns at once (a read as the end of the stream, which
+        # may look like a whole answer: ``timed_out`` says it is not one).
+        self.timed_out = True
+        with contextlib.suppress(OSError):  # already closed
+            self._guard.shutdown(socket.SHUT_RDWR)
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -133,7 +167,10 @@ def ssl_context() -> ssl.SSLContext:
 
 def webhook_post(*, url: str, secret: str, payload: dict) -> int:
     """POST ``payload`` as JSON, signed; the receiver's status code. Raises ``WebhookRefused``
-    (do not retry) or ``WebhookFailed`` (retry later)."""
+    (do not retry) or ``WebhookFailed`` (retry later). Connecting, TLS, sending and reading
+    the answer end within ``ALERT_WEBHOOK_TIMEOUT_SECONDS`` of the call, all together (the
+    DNS look-up before them is bounded by the system resolver's own timeout)."""
+    started = time.monotonic()
     problem = webhook_url_problem(url)
     if problem:
         raise WebhookRefused(problem)
@@ -149,20 +186,26 @@ def webhook_post(*, url: str, secret: str, payload: dict) -> int:
         "User-Agent": USER_AGENT,
         SIGNATURE_HEADER: webhook_signature(secret=secret, timestamp=int(time.time()), body=body),
     }
+    timeout = settings.ALERT_WEBHOOK_TIMEOUT_SECONDS
     conn = _PinnedHTTPSConnection(
         parts.hostname,
         port,
         address=address,
-        timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECONDS,
+        timeout=timeout,
+        deadline=started + timeout,
         context=ssl_context(),
     )
     try:
         conn.request("POST", path, body=body, headers=headers)
         status = conn.getresponse().status
     except (OSError, http.client.HTTPException) as exc:
+        if conn.timed_out or isinstance(exc, TimeoutError):
+            raise WebhookFailed(f"webhook request timed out after {timeout:g} s") from None
         raise WebhookFailed(f"webhook request failed: {type(exc).__name__}") from None
     finally:
         conn.close()
+    if conn.timed_out:
+        raise WebhookFailed(f"webhook request timed out after {timeout:g} s")
     if not 200 <= status < 300:
         raise WebhookFailed(f"webhook answered {status}")
     return status

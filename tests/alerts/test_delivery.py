@@ -172,6 +172,45 @@ def test_the_task_gives_up_after_the_last_attempt(alice, posts, settings, retrie
     assert len(made) == 3
 
 
+def test_attempts_are_capped_across_task_chains(alice, posts, settings):
+    """Each call stands for a new chain (the sweeper, a task queued again): the count on the
+    alert caps them all, not each chain's own retries."""
+    made, outcomes = posts
+    settings.ALERT_WEBHOOK_MAX_ATTEMPTS = 3
+    _with_webhook(alice)
+    alert = _alert(alice)
+    outcomes.extend([WebhookFailed("503")] * 5)
+    for _chain in range(2):
+        with pytest.raises(WebhookFailed):
+            delivery.alert_deliver(alert_id=alert.pk)
+    delivery.alert_deliver(alert_id=alert.pk)  # the last attempt gives up instead of raising
+    delivery.alert_deliver(alert_id=alert.pk)
+    assert len(made) == 3
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.webhook_attempts, alert.pending) == (
+        State.FAILED,
+        3,
+        False,
+    )
+
+
+def test_a_chain_started_after_the_last_attempt_sends_nothing(alice, posts, settings):
+    made, _outcomes = posts
+    settings.ALERT_WEBHOOK_MAX_ATTEMPTS = 3
+    _with_webhook(alice)
+    alert = _alert(alice)
+    Alert.objects.filter(pk=alert.pk).update(webhook_attempts=3)
+    tasks.alert_deliver.apply(args=[alert.pk])
+    assert made == []
+    assert len(mail.outbox) == 1  # the other channels still go
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.webhook_attempts, alert.pending) == (
+        State.FAILED,
+        3,
+        False,
+    )
+
+
 def test_a_refused_webhook_is_not_retried(alice, posts):
     made, outcomes = posts
     assert made == []

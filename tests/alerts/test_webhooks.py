@@ -210,3 +210,54 @@ def test_the_connection_goes_to_the_checked_address_when_dns_changes(
     assert status == 204
     assert len(received) == 1
     assert asked == ["hooks.test"]  # looked up once: the connection did not ask again
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_deadline(
+    tmp_path, settings, resolve_to, monkeypatch
+):
+    """Each byte of the answer comes well within the per-operation timeout, so only a
+    deadline on the whole exchange ends it: the receiver would take 10 seconds to answer,
+    the post gives up after about 0.5."""
+    import socket
+    import threading
+    import time
+
+    from .webhook_server import self_signed
+
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    settings.ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.5
+    cert, key = self_signed(tmp_path, "drip.test")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    monkeypatch.setattr(webhooks, "ssl_context", _trusting(cert))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    dripped = []
+
+    def drip():
+        raw, _ = listener.accept()
+        try:
+            with server_context.wrap_socket(raw, server_side=True) as conn:
+                conn.recv(65536)  # the request
+                conn.sendall(b"HTTP/1.1 200 O")
+                for _ in range(100):  # a reason phrase of 100 bytes, one every 0.1 s
+                    conn.sendall(b"K")
+                    dripped.append(1)
+                    time.sleep(0.1)
+                conn.sendall(b"\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass  # the client hung up
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    resolve_to["drip.test"] = "127.0.0.1"
+    try:
+        with pytest.raises(WebhookFailed, match="timed out"):
+            webhook_post(
+                url=f"https://drip.test:{listener.getsockname()[1]}/", secret="s", payload={}
+            )
+        server.join(timeout=30)
+    finally:
+        listener.close()
+    assert len(dripped) < 50  # cut off after about 5 bytes, not after all 100
