@@ -30,6 +30,7 @@ from audit.models import SecurityEvent
 from audit.services import security_event_record
 from keys import controls, crypto
 from keys.models import ApiKey, ApiKeyChange
+from keys.signals import daily_cap_set
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,9 @@ def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
     and records who changed what: an ``ApiKeyChange`` (before and after) and the security log.
 
     An expiry in the past is accepted when it is the key's stored one (an unchanged form), and
-    refused as a new value: a key that should stop now is disabled instead.
+    refused as a new value: a key that should stop now is disabled instead. Setting a daily
+    cap sends ``keys.signals.daily_cap_set`` in the same transaction (the usage app catches
+    the key's daily counter up with what it spent while uncapped).
     """
     cleaned = _clean_controls(**changes)
     with transaction.atomic():
@@ -301,6 +304,10 @@ def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
             before=before,
             after=after,
         )
+        if changed.get("daily_token_cap") is not None:
+            # While the key had no cap nothing kept its daily counter: the usage app brings
+            # it up to today's spend before the new cap is enforced.
+            daily_cap_set.send(sender=ApiKey, api_key=api_key)
     logger.info(
         "api key controls changed: key=%s fields=%s", api_key.public_id, ",".join(sorted(changed))
     )
