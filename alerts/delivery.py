@@ -2,9 +2,16 @@
 
 Each channel is delivered in its own transaction holding the alert's row lock: a second
 worker (a duplicate task, a retry, the sweeper) waits, then finds the channel marked and
-sends nothing. Email and SMS failures are logged and marked failed (the banner on the Usage
-page still shows the alert); a webhook failure is counted and raised, so the task retries it
-with backoff (``alerts.tasks``) while the channels already delivered stay delivered.
+sends nothing. The lock is held across the webhook's HTTP call on purpose (releasing it would
+let a duplicate task post the same alert twice); ``webhook_post`` bounds the whole call by
+``ALERT_WEBHOOK_TIMEOUT_SECONDS``, so a lock is never held longer than that.
+
+Email and SMS failures are logged and marked failed (the banner on the Usage page still shows
+the alert). A webhook failure is counted on the alert (``webhook_attempts``) and raised, so the
+task retries it with backoff (``alerts.tasks``) while the channels already delivered stay
+delivered; the attempt that reaches ``ALERT_WEBHOOK_MAX_ATTEMPTS`` marks it failed instead.
+The count lives on the row, so it holds across task chains (a retry, the sweeper, a task
+queued again) and a chain that starts after the last attempt sends nothing.
 """
 
 from __future__ import annotations
@@ -143,15 +150,28 @@ def _deliver_channel(alert_id: int, channel: str) -> None:
         )
         if alert is None or getattr(alert, field) != State.PENDING:
             return
-        try:
-            result = SENDERS[channel](alert)
-        except WebhookFailed as exc:
-            result, failure = State.PENDING, exc
-        setattr(alert, field, result)
         update = [field, "pending"]
-        if channel == "webhook" and result != State.SKIPPED:
-            alert.webhook_attempts += 1
-            update.append("webhook_attempts")
+        if channel == "webhook" and alert.webhook_attempts >= settings.ALERT_WEBHOOK_MAX_ATTEMPTS:
+            # Attempts were used up by earlier chains (a task lost after its last attempt).
+            result = State.FAILED
+        else:
+            try:
+                result = SENDERS[channel](alert)
+            except WebhookFailed as exc:
+                result, failure = State.PENDING, exc
+            if channel == "webhook" and result != State.SKIPPED:
+                alert.webhook_attempts += 1
+                update.append("webhook_attempts")
+                if failure is not None and (
+                    alert.webhook_attempts >= settings.ALERT_WEBHOOK_MAX_ATTEMPTS
+                ):
+                    logger.warning(
+                        "alert %s: webhook failed %d times; giving up",
+                        alert.pk,
+                        alert.webhook_attempts,
+                    )
+                    result, failure = State.FAILED, None
+        setattr(alert, field, result)
         alert.pending = any(getattr(alert, f"{c}_state") == State.PENDING for c in CHANNELS)
         alert.save(update_fields=update)
     if failure is not None:
@@ -159,19 +179,7 @@ def _deliver_channel(alert_id: int, channel: str) -> None:
 
 
 def alert_deliver(*, alert_id: int) -> None:
-    """Deliver every channel still pending; raises ``WebhookFailed`` for the task to retry."""
+    """Deliver every channel still pending; raises ``WebhookFailed`` for the task to retry
+    (never once the webhook's attempts are used up: it is marked failed instead)."""
     for channel in CHANNELS:
         _deliver_channel(alert_id, channel)
-
-
-def alert_webhook_give_up(*, alert_id: int) -> None:
-    """After the last attempt: mark the webhook failed so nothing retries it again."""
-    with transaction.atomic():
-        Alert.objects.filter(pk=alert_id, webhook_state=State.PENDING).update(
-            webhook_state=State.FAILED
-        )
-        Alert.objects.filter(
-            pk=alert_id,
-            email_state__in=[State.SENT, State.SKIPPED, State.FAILED],
-            sms_state__in=[State.SENT, State.SKIPPED, State.FAILED],
-        ).update(pending=False)

@@ -2,7 +2,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from alerts.detection import THRESHOLD_MAX, THRESHOLD_MIN
-from alerts.webhooks import webhook_url_problem
+from alerts.webhooks import webhook_port, webhook_url_problem
 
 MAX_THRESHOLDS = 5
 
@@ -60,6 +60,8 @@ class AlertSettingsForm(forms.Form):
     def clean_webhook_url(self):
         url = self.cleaned_data["webhook_url"].strip()
         if url and webhook_url_problem(url):
+            if webhook_port(url) is None:
+                raise forms.ValidationError(_("The port must be a number from 1 to 65535."))
             raise forms.ValidationError(_("Enter an https:// URL without a user name or password."))
         return url
 

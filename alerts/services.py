@@ -12,7 +12,7 @@ from alerts.detection import DEFAULT_THRESHOLDS, Charge, charge_may_alert, thres
 from alerts.models import Alert, AlertSettings
 from alerts.selectors import alert_ids_for
 from alerts.tasks import alert_deliver
-from keys.crypto import decrypt_secret, encrypt_secret
+from keys.crypto import UndecryptableSecret, decrypt_secret, encrypt_secret
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,19 @@ def webhook_secret_generate() -> str:
     return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-def webhook_secret_of(settings_row: AlertSettings) -> str:
-    return (
-        decrypt_secret(settings_row.webhook_secret_encrypted)
-        if settings_row.webhook_secret_encrypted
-        else ""
-    )
+def webhook_secret_of(settings_row: AlertSettings) -> str | None:
+    """The signing secret in the clear; "" when there is none, None when it can no longer
+    be decrypted (KEY_ENCRYPTION_KEY changed without the old key in KEY_ENCRYPTION_OLD_KEYS):
+    the owner must make a new one, and the pages say so instead of failing."""
+    if not settings_row.webhook_secret_encrypted:
+        return ""
+    try:
+        return decrypt_secret(settings_row.webhook_secret_encrypted)
+    except UndecryptableSecret:
+        logger.error(
+            "alert settings of %s: the webhook secret cannot be decrypted", settings_row.user_id
+        )
+        return None
 
 
 def alert_settings_update(

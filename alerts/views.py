@@ -55,6 +55,11 @@ def webhook_test(request):
     """Send one signed test message to the saved webhook, now, and say how it went."""
     row = selectors.alert_settings_of(user=request.user)
     secret = services.webhook_secret_of(row)
+    if row.webhook_url and secret is None:
+        messages.error(
+            request, _("The signing secret can no longer be read. Make a new secret first.")
+        )
+        return redirect(_usage_anchor())
     if not row.webhook_url or not secret:
         messages.error(request, _("Save a webhook URL first."))
         return redirect(_usage_anchor())
@@ -65,7 +70,13 @@ def webhook_test(request):
     try:
         status = webhook_post(url=row.webhook_url, secret=secret, payload=payload)
     except WebhookRefused:
-        messages.error(request, _("That address may not be called: it is not a public address."))
+        messages.error(
+            request,
+            _(
+                "That URL may not be called: it is not a public address, or its port is not "
+                "a number from 1 to 65535."
+            ),
+        )
     except WebhookFailed as exc:
         messages.error(request, _("The test failed: %(reason)s.") % {"reason": exc})
     else:

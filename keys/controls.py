@@ -31,6 +31,10 @@ from django.utils.translation import gettext as _
 MAX_ALLOWED_IPS = 50
 MAX_ALLOWED_MODELS = 50
 MODEL_NAME_MAX_LENGTH = 128
+# Far above any real day or fleet, far below the columns' ranges (bigint; PostgreSQL's
+# integer is 2**31 - 1), so that the ledger's sums of cap and counters cannot overflow.
+DAILY_TOKEN_CAP_MAX = 10**15
+MAX_CONCURRENT_REQUESTS_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +136,12 @@ class KeyControls:
 def allowed_ips_clean(values: Iterable[str]) -> list[str]:
     """Normalised, deduplicated addresses and CIDR ranges (IPv4 and IPv6), or
     ``ValidationError`` naming the bad entry. A single address is stored as itself
-    (``203.0.113.7``), a range as its network (``203.0.113.0/24``)."""
+    (``203.0.113.7``), a range as its network (``203.0.113.0/24``).
+
+    Stops at the first entry past ``MAX_ALLOWED_IPS`` distinct ones: the cost of a long list
+    is bounded by the limit, not by the list."""
     cleaned: list[str] = []
+    seen: set[str] = set()
     for raw in values:
         value = (raw or "").strip()
         if not value:
@@ -161,22 +169,26 @@ def allowed_ips_clean(values: Iterable[str]) -> list[str]:
                         "“%(value)s” has host bits set; write the range as %(network)s."
                     ) % {"value": value[:60], "network": ipaddress.ip_network(value, strict=False)}
             raise ValidationError({"allowed_ips": message}) from None
-        if text not in cleaned:
-            cleaned.append(text)
-    if len(cleaned) > MAX_ALLOWED_IPS:
-        raise ValidationError(
-            {
-                "allowed_ips": _("At most %(max)d addresses and ranges per key.")
-                % {"max": MAX_ALLOWED_IPS}
-            }
-        )
+        if text in seen:
+            continue
+        if len(cleaned) == MAX_ALLOWED_IPS:
+            raise ValidationError(
+                {
+                    "allowed_ips": _("At most %(max)d addresses and ranges per key.")
+                    % {"max": MAX_ALLOWED_IPS}
+                }
+            )
+        seen.add(text)
+        cleaned.append(text)
     return cleaned
 
 
 def allowed_models_clean(values: Iterable[str]) -> list[str]:
     """Deduplicated public model names (checked for shape only: ``keys`` does not read the
-    gateway's catalog, and a name no model has simply never matches)."""
+    gateway's catalog, and a name no model has simply never matches). Stops at the first
+    entry past ``MAX_ALLOWED_MODELS`` distinct ones."""
     cleaned: list[str] = []
+    seen: set[str] = set()
     for raw in values:
         value = (raw or "").strip()
         if not value:
@@ -185,12 +197,17 @@ def allowed_models_clean(values: Iterable[str]) -> list[str]:
             raise ValidationError(
                 {"allowed_models": _("“%(value)s” is not a model name.") % {"value": value[:60]}}
             )
-        if value not in cleaned:
-            cleaned.append(value)
-    if len(cleaned) > MAX_ALLOWED_MODELS:
-        raise ValidationError(
-            {"allowed_models": _("At most %(max)d models per key.") % {"max": MAX_ALLOWED_MODELS}}
-        )
+        if value in seen:
+            continue
+        if len(cleaned) == MAX_ALLOWED_MODELS:
+            raise ValidationError(
+                {
+                    "allowed_models": _("At most %(max)d models per key.")
+                    % {"max": MAX_ALLOWED_MODELS}
+                }
+            )
+        seen.add(value)
+        cleaned.append(value)
     return cleaned
 
 

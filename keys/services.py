@@ -30,6 +30,7 @@ from audit.models import SecurityEvent
 from audit.services import security_event_record
 from keys import controls, crypto
 from keys.models import ApiKey, ApiKeyChange
+from keys.signals import daily_cap_set
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +201,24 @@ CONTROL_FIELDS = (
 )
 
 
+# The largest value each numeric control takes.
+_CONTROL_MAXIMUM = {
+    "daily_token_cap": controls.DAILY_TOKEN_CAP_MAX,
+    "max_concurrent_requests": controls.MAX_CONCURRENT_REQUESTS_MAX,
+}
+
+
 def _positive_or_none(field: str, value) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError({field: _("Enter a whole number of at least 1, or leave it empty.")})
+    maximum = _CONTROL_MAXIMUM[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError(
+            {
+                field: _("Enter a whole number from 1 to %(max)s, or leave it empty.")
+                % {"max": f"{maximum:,}"}
+            }
+        )
     return value
 
 
@@ -225,7 +239,7 @@ def _clean_controls(**changes) -> dict:
     if unknown:
         raise TypeError(f"not a key control: {', '.join(sorted(unknown))}")
     cleaned = {}
-    for field in ("daily_token_cap", "max_concurrent_requests"):
+    for field in _CONTROL_MAXIMUM:
         if field in changes:
             cleaned[field] = _positive_or_none(field, changes[field])
     if "allowed_models" in changes:
@@ -257,7 +271,9 @@ def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
     and records who changed what: an ``ApiKeyChange`` (before and after) and the security log.
 
     An expiry in the past is accepted when it is the key's stored one (an unchanged form), and
-    refused as a new value: a key that should stop now is disabled instead.
+    refused as a new value: a key that should stop now is disabled instead. Setting a daily
+    cap sends ``keys.signals.daily_cap_set`` in the same transaction (the usage app catches
+    the key's daily counter up with what it spent while uncapped).
     """
     cleaned = _clean_controls(**changes)
     with transaction.atomic():
@@ -288,6 +304,10 @@ def api_key_set_controls(*, api_key: ApiKey, actor=None, **changes) -> ApiKey:
             before=before,
             after=after,
         )
+        if changed.get("daily_token_cap") is not None:
+            # While the key had no cap nothing kept its daily counter: the usage app brings
+            # it up to today's spend before the new cap is enforced.
+            daily_cap_set.send(sender=ApiKey, api_key=api_key)
     logger.info(
         "api key controls changed: key=%s fields=%s", api_key.public_id, ",".join(sorted(changed))
     )

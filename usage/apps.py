@@ -7,4 +7,10 @@ class UsageConfig(AppConfig):
     verbose_name = _("Usage and quotas")
 
     def ready(self):
-        from usage import checks  # noqa: F401  (registers the system checks)
+        from keys.signals import daily_cap_set
+        from usage import (
+            checks,  # noqa: F401  (registers the system checks)
+            services,
+        )
+
+        daily_cap_set.connect(services.on_key_daily_cap_set, dispatch_uid="usage.key_cap_catch_up")

@@ -10,17 +10,47 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from audit.models import SecurityEvent
 from audit.services import security_event_record
 from usage import notifications, tasks
-from usage.models import QuotaApplication, QuotaChange
+from usage.models import DailyRollup, KeyDailyUsage, QuotaApplication, QuotaChange
+from usage.quota import quota_day
 
 logger = logging.getLogger(__name__)
 
 MAX_EXPECTED_DAILY_TOKENS = 10**12
+
+
+# --- key daily caps ---------------------------------------------------------------------------
+
+
+def key_cap_counter_catch_up(*, api_key_id: int, day=None) -> None:
+    """Raise the key's daily-cap counter for ``day`` (today by default) to at least what its
+    rollups say it spent that day.
+
+    The counter is seeded from the rollups only when the day's first capped reservation
+    creates it; while the key has no cap, nothing moves it. So a cap removed and set again
+    the same day would find the counter where the cap left it (cap 1,000, 600 spent, cap
+    removed, 5,000 more, cap back: still 600). Run in the transaction that sets the cap
+    (``keys.signals.daily_cap_set``). A missing counter is left to that first reservation.
+    """
+    day = day or quota_day()
+    spent = DailyRollup.objects.filter(api_key_id=api_key_id, day=day).aggregate(
+        total=Sum(F("input_tokens") + F("output_tokens"))
+    )["total"]
+    if spent:
+        KeyDailyUsage.objects.filter(api_key_id=api_key_id, day=day, used_tokens__lt=spent).update(
+            used_tokens=spent, updated_at=timezone.now()
+        )
+
+
+def on_key_daily_cap_set(sender, *, api_key, **kwargs) -> None:
+    """Receiver of ``keys.signals.daily_cap_set`` (connected in ``UsageConfig.ready``)."""
+    key_cap_counter_catch_up(api_key_id=api_key.pk)
 
 
 # --- quota changes -------------------------------------------------------------------------

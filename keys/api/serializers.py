@@ -1,9 +1,25 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from keys.controls import MAX_ALLOWED_IPS, MAX_ALLOWED_MODELS, MODEL_NAME_MAX_LENGTH
+from keys.controls import (
+    DAILY_TOKEN_CAP_MAX,
+    MAX_ALLOWED_IPS,
+    MAX_ALLOWED_MODELS,
+    MAX_CONCURRENT_REQUESTS_MAX,
+    MODEL_NAME_MAX_LENGTH,
+)
 from keys.models import ApiKey, ApiKeyChange
 from keys.services import NAME_MAX_LENGTH
+
+
+class BoundedListField(serializers.ListField):
+    """A ``ListField`` that refuses a list longer than ``max_length`` before validating its
+    items (DRF's own check runs after every item is validated, whatever the length)."""
+
+    def to_internal_value(self, data):
+        if self.max_length is not None and isinstance(data, list) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -89,11 +105,12 @@ class ApiKeyControlsSerializer(serializers.Serializer):
 
     daily_token_cap = serializers.IntegerField(
         min_value=1,
+        max_value=DAILY_TOKEN_CAP_MAX,
         allow_null=True,
         required=False,
         help_text="Tokens per quota day (midnight Beijing time), inside the account's quota.",
     )
-    allowed_models = serializers.ListField(
+    allowed_models = BoundedListField(
         child=serializers.CharField(max_length=MODEL_NAME_MAX_LENGTH),
         max_length=MAX_ALLOWED_MODELS,
         required=False,
@@ -104,7 +121,7 @@ class ApiKeyControlsSerializer(serializers.Serializer):
         required=False,
         help_text="ISO 8601 with a time zone, in the future; afterwards 401 key_expired.",
     )
-    allowed_ips = serializers.ListField(
+    allowed_ips = BoundedListField(
         child=serializers.CharField(max_length=64),
         max_length=MAX_ALLOWED_IPS,
         required=False,
@@ -113,6 +130,7 @@ class ApiKeyControlsSerializer(serializers.Serializer):
     )
     max_concurrent_requests = serializers.IntegerField(
         min_value=1,
+        max_value=MAX_CONCURRENT_REQUESTS_MAX,
         allow_null=True,
         required=False,
         help_text="Requests in flight at once with this key.",

@@ -5,7 +5,7 @@ from django.core import mail
 
 from accounts import sms
 from alerts import delivery, tasks
-from alerts.models import Alert
+from alerts.models import Alert, AlertSettings
 from alerts.services import alert_settings_update
 from alerts.webhooks import WebhookFailed, WebhookRefused
 from usage.quota import quota_day
@@ -172,6 +172,45 @@ def test_the_task_gives_up_after_the_last_attempt(alice, posts, settings, retrie
     assert len(made) == 3
 
 
+def test_attempts_are_capped_across_task_chains(alice, posts, settings):
+    """Each call stands for a new chain (the sweeper, a task queued again): the count on the
+    alert caps them all, not each chain's own retries."""
+    made, outcomes = posts
+    settings.ALERT_WEBHOOK_MAX_ATTEMPTS = 3
+    _with_webhook(alice)
+    alert = _alert(alice)
+    outcomes.extend([WebhookFailed("503")] * 5)
+    for _chain in range(2):
+        with pytest.raises(WebhookFailed):
+            delivery.alert_deliver(alert_id=alert.pk)
+    delivery.alert_deliver(alert_id=alert.pk)  # the last attempt gives up instead of raising
+    delivery.alert_deliver(alert_id=alert.pk)
+    assert len(made) == 3
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.webhook_attempts, alert.pending) == (
+        State.FAILED,
+        3,
+        False,
+    )
+
+
+def test_a_chain_started_after_the_last_attempt_sends_nothing(alice, posts, settings):
+    made, _outcomes = posts
+    settings.ALERT_WEBHOOK_MAX_ATTEMPTS = 3
+    _with_webhook(alice)
+    alert = _alert(alice)
+    Alert.objects.filter(pk=alert.pk).update(webhook_attempts=3)
+    tasks.alert_deliver.apply(args=[alert.pk])
+    assert made == []
+    assert len(mail.outbox) == 1  # the other channels still go
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.webhook_attempts, alert.pending) == (
+        State.FAILED,
+        3,
+        False,
+    )
+
+
 def test_a_refused_webhook_is_not_retried(alice, posts):
     made, outcomes = posts
     assert made == []
@@ -181,6 +220,17 @@ def test_a_refused_webhook_is_not_retried(alice, posts):
     delivery.alert_deliver(alert_id=alert.pk)
     delivery.alert_deliver(alert_id=alert.pk)
     assert len(made) == 1
+    alert.refresh_from_db()
+    assert (alert.webhook_state, alert.pending) == (State.FAILED, False)
+
+
+def test_a_saved_url_with_a_bad_port_fails_the_webhook_for_good(alice):
+    """Through the real ``webhook_post``: a URL saved before the form checked ports is
+    refused (failed, not retried), so the alert does not stay pending."""
+    _with_webhook(alice)
+    AlertSettings.objects.filter(user=alice).update(webhook_url="https://hooks.example:99999/x")
+    alert = _alert(alice)
+    tasks.alert_deliver.apply(args=[alert.pk])
     alert.refresh_from_db()
     assert (alert.webhook_state, alert.pending) == (State.FAILED, False)
 

@@ -126,6 +126,28 @@ def test_the_test_webhook_goes_through_the_guard(alice_client, alice, resolve_to
     assert "not a public address" in response.content.decode()
 
 
+@pytest.mark.parametrize("port", ["65536", "99999", "0"])
+def test_it_refuses_a_webhook_port_that_is_not_one(alice_client, alice, port):
+    response = alice_client.post(
+        reverse("alerts:settings"),
+        {"thresholds": "80", "webhook_url": f"https://h.example:{port}/x"},
+    )
+    assert response.status_code == 400
+    assert "The port must be a number from 1 to 65535." in response.content.decode()
+    assert not AlertSettings.objects.filter(user=alice).exists()
+
+
+def test_the_test_webhook_refuses_a_saved_url_with_a_bad_port(alice_client, alice):
+    """A URL saved before the form checked ports: refused, not a 500."""
+    row = alert_settings_update(
+        user=alice, thresholds=[80], key_thresholds=[], webhook_url="https://h.example/x"
+    )
+    AlertSettings.objects.filter(pk=row.pk).update(webhook_url="https://h.example:99999/x")
+    response = alice_client.post(reverse("alerts:test"), follow=True)
+    assert response.status_code == 200
+    assert "its port is not a number from 1 to 65535" in response.content.decode()
+
+
 def test_the_test_webhook_is_rate_limited(alice_client, alice, monkeypatch):
     sent = []
 
@@ -156,3 +178,40 @@ def test_the_form_on_the_usage_page_posts_with_its_csrf_token(alice, db):
     )
     assert response.status_code == 302
     assert AlertSettings.objects.get(user=alice).thresholds == [90]
+
+
+@pytest.fixture
+def secret_under_a_lost_key(alice, settings):
+    """Alice's webhook secret stored under a KEY_ENCRYPTION_KEY the platform no longer has."""
+    from cryptography.fernet import Fernet
+
+    settings.KEY_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    alert_settings_update(
+        user=alice, thresholds=[80], key_thresholds=[], webhook_url="https://h.example/x"
+    )
+    settings.KEY_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    settings.KEY_ENCRYPTION_OLD_KEYS = []
+
+
+def test_the_usage_page_asks_for_a_new_secret_it_cannot_read(alice_client, secret_under_a_lost_key):
+    response = alice_client.get("/usage/")
+    assert response.status_code == 200
+    assert "data-webhook-secret-lost" in response.content.decode()
+    response = alice_client.get(reverse("alerts:settings"))
+    assert response.status_code == 200
+    assert "data-webhook-secret-lost" in response.content.decode()
+
+
+def test_the_test_webhook_asks_for_a_new_secret_it_cannot_read(
+    alice_client, secret_under_a_lost_key, monkeypatch
+):
+    monkeypatch.setattr(alert_views, "webhook_post", lambda **kwargs: pytest.fail("posted"))
+    response = alice_client.post(reverse("alerts:test"), follow=True)
+    assert "Make a new secret first" in response.content.decode()
+
+
+def test_a_new_secret_replaces_one_it_cannot_read(alice_client, alice, secret_under_a_lost_key):
+    alice_client.post(reverse("alerts:secret"))
+    row = AlertSettings.objects.get(user=alice)
+    assert webhook_secret_of(row).startswith("whsec_")
+    assert "data-webhook-secret-lost" not in alice_client.get("/usage/").content.decode()
