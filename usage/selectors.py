@@ -229,14 +229,14 @@ def usage_records_of_days(*, user, start: dt.date, end: dt.date):
 # found in the first, and a query bounded in time reads only those days' partitions
 # (PostgreSQL plans and opens a partition only if the query can reach it; on a fresh
 # connection, opening all 90 days' costs more than the query).
-_PAGE_WINDOWS = (dt.timedelta(days=1), dt.timedelta(days=8))
+PAGE_WINDOWS = (dt.timedelta(days=1), dt.timedelta(days=8))
 
 
 def _newest(rows, *, before: dt.datetime | None, count: int) -> list:
     """The first ``count`` of ``rows`` (newest first), from the shortest window that holds
     them: exact, because every row outside a window is older than every row in it."""
     until = before or timezone.now()
-    for window in _PAGE_WINDOWS:
+    for window in PAGE_WINDOWS:
         page = list(rows.filter(created_at__gte=until - window)[:count])
         if len(page) == count:
             return page

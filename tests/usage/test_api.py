@@ -2,6 +2,8 @@ import datetime as dt
 
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from usage.models import QuotaApplication
 from usage.services import quota_application_create, quota_application_reject
@@ -110,6 +112,29 @@ def test_it_lists_requests_with_a_cursor(
         "stream",
         "latency_ms",
     }
+
+
+def test_requests_pages_are_looked_for_in_recent_days_first_and_stay_exact(
+    alice_client, alice, frozen
+):
+    # Four records an hour for today, then one a day for a month: the first pages come from
+    # the one-day window, the later ones from wider windows, in order, none lost or repeated.
+    when = [NOON_BEIJING - dt.timedelta(minutes=15 * n) for n in range(8)]
+    when += [NOON_BEIJING - dt.timedelta(days=n, minutes=7) for n in range(1, 31)]
+    for n, at in enumerate(when):
+        record_request(alice, input_tokens=n, when=at)
+    with CaptureQueriesContext(connection) as queries:
+        page = alice_client.get(REQUESTS, {"page_size": 5}).json()
+    windowed = [q["sql"] for q in queries if "usage_usagerecord" in q["sql"]]
+    assert len(windowed) == 1 and '"created_at" >=' in windowed[0]
+    seen = [r["input_tokens"] for r in page["results"]]
+    while page["next"]:
+        page = alice_client.get(page["next"]).json()
+        seen += [r["input_tokens"] for r in page["results"]]
+    assert seen == list(range(len(when)))
+    # A page going back (DRF's reverse cursor) reads the whole history, as before.
+    back = alice_client.get(page["previous"]).json()
+    assert [r["input_tokens"] for r in back["results"]] == list(range(30, 35))
 
 
 def test_it_reports_cached_input_tokens_per_day_and_per_request(alice_client, alice, frozen):
