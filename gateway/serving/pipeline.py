@@ -266,14 +266,40 @@ class Gateway:
         (counted across processes by the limiter, so keys cannot be guessed at volume)."""
         client = _client_address(request)
         self.limiter.refuse_blocked(client)
+        raw_key = api_key_from_headers(request.headers)
         try:
-            return await self._database(
-                self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
-            )
+            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=fresh))
         except GatewayError as error:
             if error.status == 401:
                 await self.limiter.note_auth_failure(client)
             raise
+        # The key's own controls, past the failure count: an expired key is no guessing.
+        refusal = key.controls.refusal(now=datetime.now(UTC), client=client)
+        if refusal is not None and not fresh:
+            # The cached row may predate a loosened control (expiry extended, address added):
+            # a refusal is confirmed on a fresh row before it is sent.
+            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=True))
+            refusal = key.controls.refusal(now=datetime.now(UTC), client=client)
+        if refusal is not None:
+            raise errors.key_refused(refusal)
+        return key, digest
+
+    async def resolve_model(self, key: KeyRow, name: str) -> CatalogModel:
+        """The enabled model ``name`` as the key may use it: 404 for a model nobody has, then
+        403 ``model_not_allowed`` for one outside the key's allowed models."""
+        model = await self._database(self.catalog.get(name))
+        if model is None:
+            raise errors.model_not_found(name)
+        refusal = key.controls.model_refusal(model.name)
+        if refusal is not None:
+            raise errors.key_refused(refusal)
+        return model
+
+    async def models_for(self, key: KeyRow) -> list[CatalogModel]:
+        """The enabled models the key may use, in catalog order (``GET /v1/models``)."""
+        models = await self.catalog.enabled()
+        allowed = set(key.controls.listed(model.name for model in models))
+        return [model for model in models if model.name in allowed]
 
     @contextlib.contextmanager
     def _body_budget(self, request: Request):
@@ -297,7 +323,7 @@ class Gateway:
         """A request that charges no tokens but costs CPU (Anthropic's ``count_tokens``): a
         fresh key check (a revoked key stops at once), the key's rate limit before the body,
         the body budget, and a usage record of 0 tokens under ``endpoint``.
-        ``work(body)`` returns (model name, Response) or raises a ``GatewayError``."""
+        ``work(body, key)`` returns (model name, Response) or raises a ``GatewayError``."""
         call = _Call(self, dialect, request, endpoint=endpoint)
         key, _digest = await self.authenticate(request, fresh=True)
         call.key = key
@@ -307,7 +333,7 @@ class Gateway:
             )
             with self._body_budget(request):
                 body = await request.body(self.max_body_bytes)
-                call.model_name, response = await work(body)
+                call.model_name, response = await work(body, key)
         except GatewayError as error:
             call.record(error.status, error.code)
             raise
@@ -326,23 +352,37 @@ class Gateway:
             log.warning("database unavailable: %s", failure.__class__.__name__)
             raise errors.service_unavailable() from None
 
-    async def _reserve(
-        self, request: Request, key: KeyRow, digest: str, chat: ChatRequest, max_out: int
-    ) -> Reserved:
-        outcome = await self.ledger.reserve(
-            key_id=key.key_id,
-            digest=digest,
-            day=quota_day(),
-            input_tokens=chat.input_tokens,
-            max_output_tokens=max_out,
-        )
-        if isinstance(outcome, Refused):
+    async def _reserve(self, call: _Call, digest: str, max_out: int) -> Reserved:
+        """Hold the request's tokens, on the controls the statement itself confirms: when the
+        key's controls changed since its row was cached, look the key up again, check it and
+        the model once more with the fresh row (``call.key``), and reserve again."""
+        request, chat = call.request, call.chat
+        for _attempt in range(2):
+            key = call.key
+            outcome = await self.ledger.reserve(
+                key_id=key.key_id,
+                digest=digest,
+                day=quota_day(),
+                input_tokens=chat.input_tokens,
+                max_output_tokens=max_out,
+                controls_version=key.controls_version,
+            )
+            if not isinstance(outcome, Refused):
+                return outcome
             if outcome.reason == "quota":
                 raise errors.insufficient_quota(seconds_until_reset=seconds_until_reset())
-            # The key or account changed since it was cached: say exactly what.
-            await self.authenticate(request, fresh=True)
-            raise errors.invalid_key()
-        return outcome
+            if outcome.reason == "key_quota":
+                raise errors.key_daily_limit_exceeded(
+                    cap=outcome.quota, seconds_until_reset=seconds_until_reset()
+                )
+            # The key changed since it was cached: a fresh row says exactly what (401/403 for
+            # the key or account, the controls' own refusals) or admits it as it is now.
+            call.key, digest = await self.authenticate(request, fresh=True)
+            if outcome.reason == "auth":
+                raise errors.invalid_key()
+            await self.resolve_model(call.key, chat.model)
+        # Changed again between the fresh look-up and the second statement: rare; retry soon.
+        raise errors.service_unavailable()
 
     # --- the chat endpoint ---------------------------------------------------------------
     async def handle_chat(self, dialect: Dialect, request: Request, send) -> None:
@@ -358,13 +398,12 @@ class Gateway:
                 chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
             call.chat, call.model_name, call.stream = chat, chat.model, chat.stream
             self.limiter.admit_tokens(call.rate, key_id=key.key_id, tokens=chat.input_tokens)
-            model = await self._database(self.catalog.get(chat.model))
-            if model is None:
-                raise errors.model_not_found(chat.model)
+            model = await self.resolve_model(key, chat.model)
             if model.kind != dialect.model_kind:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)
-            reserved = await self._database(self._reserve(request, key, digest, chat, budget))
+            reserved = await self._database(self._reserve(call, digest, budget))
+            key = call.key
             self._live[reserved.reservation_id] = reserved
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
