@@ -167,6 +167,17 @@ def key_daily_limit_exceeded(*, cap: int, seconds_until_reset: int) -> GatewayEr
     )
 
 
+def concurrency_limit_exceeded(*, limit: int) -> GatewayError:
+    # Worth retrying once one of the key's requests ends; no fixed time to say when.
+    return GatewayError(
+        429,
+        "concurrency_limit_exceeded",
+        f"This API key already has {limit} requests in flight, its limit. Retry when one "
+        "of them has finished, or raise the key's limit on the API Keys page.",
+        retry_after=1,
+    )
+
+
 def rate_limited(*, retry_after: float, what: str) -> GatewayError:
     seconds = max(1, min(60, int(retry_after + 0.999)))
     return GatewayError(

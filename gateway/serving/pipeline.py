@@ -27,10 +27,12 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
+from alerts.detection import Charge, charge_may_alert
 from gateway.selectors import CatalogModel
 from gateway.serving import errors
 from gateway.serving.auth import KeyCache, api_key_from_headers
 from gateway.serving.catalog import Catalog
+from gateway.serving.concurrency import ConcurrencyLimiter, Slot
 from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
 from gateway.serving.errors import GatewayError
 from gateway.serving.http import (
@@ -52,7 +54,7 @@ from gateway.serving.upstream import (
     usage_from,
 )
 from observability import metrics
-from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
+from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, Settled
 from usage.quota import charged_input_tokens, quota_day, seconds_until_reset
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,7 @@ class Gateway:
         catalog: Catalog,
         max_body_bytes: int,
         recorder: Recorder | None = None,
+        concurrency: ConcurrencyLimiter | None = None,
     ):
         self.ledger = ledger
         self.limiter = limiter
@@ -216,6 +219,7 @@ class Gateway:
         self.catalog = catalog
         self.max_body_bytes = max_body_bytes
         self.recorder = recorder or Recorder(ledger)
+        self.concurrency = concurrency or ConcurrencyLimiter()
         self.keys = KeyCache(ledger)
         self._settling: set[asyncio.Task] = set()
         # Reservations of this process's requests not yet settled: their leases are renewed.
@@ -226,20 +230,31 @@ class Gateway:
     async def startup(self) -> None:
         await self.ledger.open()
         await self.limiter.open()
+        await self.concurrency.open()
         await self.upstream.open()
         self.recorder.start()
         self._leases = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
         """One statement per interval for every live reservation of this process, so the
-        sweeper can tell a long request from an orphan without a statement per chunk."""
+        sweeper can tell a long request from an orphan without a statement per chunk; and,
+        on its own (shorter) interval, one script call for the key concurrency slots held."""
+        loop = asyncio.get_running_loop()
         lease = settings.GATEWAY_RESERVATION_LEASE_SECONDS
+        slot_lease = settings.GATEWAY_CONCURRENCY_LEASE_SECONDS
+        # Three renewals per lease: one lost beat (a slow database) costs no reservation.
+        beat = max(min(lease, slot_lease) / 3, 0.1)
+        reservations_due = loop.time() + max(lease / 3, 0.1)
         while True:
-            # Three renewals per lease: one lost beat (a slow database) costs no reservation.
-            await asyncio.sleep(max(lease / 3, 0.1))
+            await asyncio.sleep(beat)
+            try:
+                await self.concurrency.renew()
+            except Exception as failure:
+                log.warning("concurrency slots not renewed: %s", failure.__class__.__name__)
             ids = list(self._live)
-            if not ids:
+            if not ids or loop.time() < reservations_due:
                 continue
+            reservations_due = loop.time() + max(lease / 3, 0.1)
             try:
                 async with asyncio.timeout(settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
                     await self.ledger.renew_leases(ids, lease)
@@ -258,6 +273,7 @@ class Gateway:
         await self.recorder.stop()
         await self.upstream.close()
         await self.limiter.close()
+        await self.concurrency.close()
         await self.ledger.close()
 
     # --- steps -------------------------------------------------------------------------
@@ -385,8 +401,27 @@ class Gateway:
         raise errors.service_unavailable()
 
     # --- the chat endpoint ---------------------------------------------------------------
+    async def _take_slot(self, key: KeyRow) -> Slot | None:
+        """A place among the key's requests in flight (``max_concurrent_requests``), or 429
+        ``concurrency_limit_exceeded``. None for a key without a limit: it pays nothing."""
+        limit = key.max_concurrent_requests
+        if not limit:
+            return None
+        slot = await self.concurrency.acquire(key.key_id, limit)
+        if slot is None:
+            raise errors.concurrency_limit_exceeded(limit=limit)
+        return slot
+
     async def handle_chat(self, dialect: Dialect, request: Request, send) -> None:
         call = _Call(self, dialect, request)
+        try:
+            await self._handle_chat(call, send)
+        finally:
+            # However the request ended (cancelled too), its slot goes back.
+            self.concurrency.release(call.slot)
+
+    async def _handle_chat(self, call: _Call, send) -> None:
+        dialect, request = call.dialect, call.request
         try:
             key, digest = await self.authenticate(request)
             call.key = key
@@ -402,6 +437,7 @@ class Gateway:
             if model.kind != dialect.model_kind:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)
+            call.slot = await self._take_slot(key)
             reserved = await self._database(self._reserve(call, digest, budget))
             key = call.key
             self._live[reserved.reservation_id] = reserved
@@ -466,12 +502,14 @@ class Gateway:
             while True:
                 try:
                     async with asyncio.timeout(2 * settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
-                        await self.ledger.settle(
+                        settled = await self.ledger.settle(
                             reserved=reserved,
                             input_tokens=input_tokens,
                             output_tokens=output_tokens,
                             retry=retry,
                         )
+                    if settled is not None:
+                        self._note_charge(reserved, settled, input_tokens + output_tokens)
                     return
                 except DATABASE_UNAVAILABLE as failure:
                     if not first.done():
@@ -490,6 +528,25 @@ class Gateway:
             self._live.pop(reserved.reservation_id, None)
             if not first.done():
                 first.set_result(None)
+
+    def _note_charge(self, reserved: Reserved, settled: Settled, charged: int) -> None:
+        """Queue the charge for quota alerts when it crossed a whole percentage of the account's
+        quota or the key's cap (``alerts.detection``); the recorder writes them in batches."""
+        limits = [(reserved.quota, settled.used, None)]
+        if reserved.key_cap is not None and settled.key_used is not None:
+            limits.append((reserved.key_cap, settled.key_used, reserved.capped_key_id))
+        for limit, after, key_id in limits:
+            if charge_may_alert(limit=limit, before=after - charged, after=after):
+                self.recorder.add_charge(
+                    Charge(
+                        user_id=reserved.user_id,
+                        api_key_id=key_id,
+                        day=reserved.day,
+                        limit=limit,
+                        before=after - charged,
+                        after=after,
+                    )
+                )
 
     def _settled(self, task: asyncio.Task) -> None:
         self._settling.discard(task)
@@ -542,6 +599,7 @@ class _Call:
         "rate",
         "request",
         "reserved",
+        "slot",
         "started",
         "stream",
         "target",
@@ -561,6 +619,7 @@ class _Call:
         self.model: CatalogModel | None = None
         self.target: UpstreamTarget | None = None
         self.reserved: Reserved | None = None
+        self.slot: Slot | None = None
         self.outcome: _Outcome | None = None
 
     def record(self, status: int, error_code: str, outcome=None, *, day=None) -> None:
