@@ -433,7 +433,16 @@ class Gateway:
                 chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
             call.chat, call.model_name, call.stream = chat, chat.model, chat.stream
             self.limiter.admit_tokens(call.rate, key_id=key.key_id, tokens=chat.input_tokens)
-            model = await self.resolve_model(key, chat.model)
+            try:
+                model = await self.resolve_model(key, chat.model)
+            except GatewayError as error:
+                if error.code != "model_not_allowed":
+                    raise
+                # As for expiry and addresses: a list loosened since the row was cached
+                # applies at once.
+                key, digest = await self.authenticate(request, fresh=True)
+                call.key = key
+                model = await self.resolve_model(key, chat.model)
             if model.kind != dialect.model_kind:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)

@@ -173,6 +173,14 @@ def test_the_model_list_shows_only_the_keys_allowed_models(gw, alice_key, models
     assert gw.request("GET", f"{prefix}/v1/models/{MODEL}", headers=_bearer(key)).status == 404
 
 
+def test_a_loosened_model_list_applies_at_once_though_the_key_is_cached(gw, alice_key, models):
+    user, key = alice_key
+    set_controls(user, allowed_models=[OTHER])
+    assert openai_chat(gw, key).status == 403  # the refusing row is cached now
+    set_controls(user, allowed_models=[OTHER, MODEL])
+    assert openai_chat(gw, key).status == 200
+
+
 # --- controls changed while cached, and the daily cap -----------------------------------------
 def test_a_tightened_control_applies_on_the_next_request_though_the_key_is_cached(
     gw, alice_key, models
