@@ -1,12 +1,15 @@
 """The request pipeline, the same for every dialect.
 
-    auth (cached key; 429 for an address with too many failed checks) → rate limit (RPM, 429,
-    before any body byte is read) → body (413; 503 past the process's body budget)
-    → dialect.parse_chat (400) → tokens per minute (429) → catalog (404) → output clamp and
-    context check (400) → quota reserve (429, one statement that also re-checks the key)
+    auth (cached key; 429 for an address with too many failed checks; then the key's expiry
+    and IP allow-list, 401/403) → rate limit (RPM, 429, before any body byte is read) → body
+    (413; 503 past the process's body budget) → dialect.parse_chat (400) → tokens per minute
+    (429) → catalog (404) and the key's allowed models (403) → output clamp and context check
+    (400) → the key's concurrency slot (429, held until the request ends) → quota reserve (429,
+    one statement that also re-checks the key, its controls' version and its daily cap)
     → upstream call relayed in the client's dialect, at most GATEWAY_STREAM_MAX_SECONDS
     → settle (one statement, charge clamped to the reservation, shielded from cancellation,
-    retried while the database is away) → usage record (batched, on the reservation's day)
+    retried while the database is away; a charge that crossed an alert threshold is queued for
+    the recorder) → usage record (batched, on the reservation's day)
 
 A dialect (``gateway.serving.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
 and the error envelope; nothing here knows which dialect it is serving.

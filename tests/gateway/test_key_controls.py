@@ -214,7 +214,7 @@ def test_it_answers_429_key_daily_limit_exceeded_with_the_time_to_reset(gw, alic
         result = openai_chat(gw, key)
         assert result.status == 429
         error = openai_error(result)
-        assert (error["code"], error["type"]) == ("key_daily_limit_exceeded", "rate_limit_error")
+        assert (error["code"], error["type"]) == ("key_daily_limit_exceeded", "insufficient_quota")
         assert error["retry_after"] == 2 * 3600  # 22:00 in Beijing: two hours to midnight
         assert "5 tokens" in error["message"] and "2 h 0 min" in error["message"]
         assert result.headers["retry-after"] == str(2 * 3600)

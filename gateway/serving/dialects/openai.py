@@ -64,6 +64,8 @@ class ChatCompletionRequest(_Open):
 
 
 # The error "type" OpenAI's SDKs and users expect for each status.
+# A daily allowance spent (the account's, or the key's own cap): OpenAI's "insufficient_quota".
+_QUOTA_CODES = frozenset({"insufficient_quota", "key_daily_limit_exceeded"})
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -71,7 +73,7 @@ _ERROR_TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
-    # A key's own limits (daily cap, concurrency); rate_limit_exceeded has its own shape.
+    # concurrency_limit_exceeded; rate_limit_exceeded has its own shape.
     429: "rate_limit_error",
     502: "upstream_error",
     504: "timeout_error",
@@ -206,7 +208,7 @@ class OpenAIDialect(Dialect):
             payload = {
                 "message": error.message,
                 "type": "insufficient_quota"
-                if error.code == "insufficient_quota"
+                if error.code in _QUOTA_CODES
                 else _ERROR_TYPES.get(error.status, "api_error"),
                 "param": error.param,
                 "code": error.code,
