@@ -159,3 +159,12 @@ def test_a_slot_held_past_its_lease_is_renewed_and_one_abandoned_expires(gw, ali
     assert gw.run(call(gw, key)).status == 429
     gw.run(asyncio.sleep(1.1))
     assert gw.run(call(gw, key)).status == 200
+
+
+def test_a_concurrency_lease_under_a_second_is_refused_by_the_checks(settings):
+    from gateway.checks import request_lifetime_check
+
+    settings.GATEWAY_CONCURRENCY_LEASE_SECONDS = 1
+    assert request_lifetime_check(None) == []
+    settings.GATEWAY_CONCURRENCY_LEASE_SECONDS = 0.5
+    assert [error.id for error in request_lifetime_check(None)] == ["gateway.E003"]
