@@ -168,3 +168,23 @@ def test_a_concurrency_lease_under_a_second_is_refused_by_the_checks(settings):
     assert request_lifetime_check(None) == []
     settings.GATEWAY_CONCURRENCY_LEASE_SECONDS = 0.5
     assert [error.id for error in request_lifetime_check(None)] == ["gateway.E003"]
+
+
+def test_it_admits_while_redis_is_away_and_says_so(caplog):
+    from gateway.serving.concurrency import ConcurrencyLimiter
+    from tests.gateway.harness import free_port
+
+    async def go():
+        limiter = ConcurrencyLimiter(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+        await limiter.open()
+        try:
+            slots = [await limiter.acquire(7, 1) for _ in range(3)]
+            for slot in slots:
+                limiter.release(slot)
+            return slots
+        finally:
+            await limiter.close()
+
+    slots = asyncio.run(go())
+    assert all(slot is not None for slot in slots)  # fails open, like the rate limiter
+    assert "concurrency limits: Redis unavailable" in caplog.text
