@@ -18,6 +18,14 @@ def request_lifetime_check(app_configs, **kwargs) -> list:
         found.append(
             checks.Error("GATEWAY_STREAM_MAX_SECONDS must be positive.", id="gateway.E001")
         )
+    if settings.GATEWAY_CONCURRENCY_LEASE_SECONDS < 1:
+        found.append(
+            checks.Error(
+                "GATEWAY_CONCURRENCY_LEASE_SECONDS must be at least 1: its process renews a "
+                "slot every third of it, and a shorter lease would free slots still in use.",
+                id="gateway.E003",
+            )
+        )
     if stream + retry >= stale:
         found.append(
             checks.Error(

@@ -466,6 +466,9 @@ GATEWAY_STREAM_MAX_SECONDS = env.float("GATEWAY_STREAM_MAX_SECONDS", default=600
 GATEWAY_SETTLE_RETRY_SECONDS = env.float("GATEWAY_SETTLE_RETRY_SECONDS", default=120.0)
 # Each process renews the leases of its live reservations this often (one statement for all).
 GATEWAY_RESERVATION_LEASE_SECONDS = env.float("GATEWAY_RESERVATION_LEASE_SECONDS", default=120.0)
+# A key's concurrent-request slot (Redis) is renewed by its process while the request runs; a
+# process that dies without giving its slots back frees them after this long.
+GATEWAY_CONCURRENCY_LEASE_SECONDS = env.float("GATEWAY_CONCURRENCY_LEASE_SECONDS", default=30.0)
 # Bytes of request bodies one process reads and parses at once; beyond it 503 + Retry-After.
 GATEWAY_BODY_BUDGET_BYTES = env.int("GATEWAY_BODY_BUDGET_BYTES", default=32 * 1024 * 1024)
 # Failed API key checks (401) per client address per minute, across processes (Redis).

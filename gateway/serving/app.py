@@ -17,6 +17,7 @@ from django.conf import settings
 
 from gateway.serving import errors
 from gateway.serving.catalog import Catalog
+from gateway.serving.concurrency import ConcurrencyLimiter
 from gateway.serving.dialects import DIALECT_MODULES
 from gateway.serving.dialects.base import Dialect
 from gateway.serving.errors import GatewayError
@@ -43,6 +44,9 @@ def build_gateway() -> Gateway:
         upstream=Upstream(),
         catalog=Catalog(),
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+        concurrency=ConcurrencyLimiter(
+            redis_url=settings.REDIS_URL, prefix=f"{settings.CACHE_KEY_PREFIX}:gw:cc"
+        ),
     )
 
 

@@ -80,6 +80,12 @@ def account_disabled() -> GatewayError:
     )
 
 
+def key_refused(refusal) -> GatewayError:
+    """One of the key's own controls refused the request (``keys.controls.Refusal``: expired,
+    address or model not allowed). Retrying cannot help until the key's owner changes it."""
+    return GatewayError(refusal.status, refusal.code, refusal.message, should_retry=False)
+
+
 def model_not_found(name: str) -> GatewayError:
     return GatewayError(
         404,
@@ -144,6 +150,31 @@ def insufficient_quota(*, seconds_until_reset: int) -> GatewayError:
         f"You can apply for a larger quota on the Usage page.",
         retry_after=seconds_until_reset,
         should_retry=False,
+    )
+
+
+def key_daily_limit_exceeded(*, cap: int, seconds_until_reset: int) -> GatewayError:
+    hours, rest = divmod(seconds_until_reset, 3600)
+    minutes = rest // 60
+    return GatewayError(
+        429,
+        "key_daily_limit_exceeded",
+        f"This API key's daily cap of {cap} tokens is used up. It starts over at midnight "
+        f"Beijing time, in {hours} h {minutes} min ({seconds_until_reset} seconds). Raise the "
+        "key's cap on the API Keys page or use another key.",
+        retry_after=seconds_until_reset,
+        should_retry=False,
+    )
+
+
+def concurrency_limit_exceeded(*, limit: int) -> GatewayError:
+    # Worth retrying once one of the key's requests ends; no fixed time to say when.
+    return GatewayError(
+        429,
+        "concurrency_limit_exceeded",
+        f"This API key already has {limit} requests in flight, its limit. Retry when one "
+        "of them has finished, or raise the key's limit on the API Keys page.",
+        retry_after=1,
     )
 
 

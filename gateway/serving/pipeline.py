@@ -1,12 +1,15 @@
 """The request pipeline, the same for every dialect.
 
-    auth (cached key; 429 for an address with too many failed checks) → rate limit (RPM, 429,
-    before any body byte is read) → body (413; 503 past the process's body budget)
-    → dialect.parse_chat (400) → tokens per minute (429) → catalog (404) → output clamp and
-    context check (400) → quota reserve (429, one statement that also re-checks the key)
+    auth (cached key; 429 for an address with too many failed checks; then the key's expiry
+    and IP allow-list, 401/403) → rate limit (RPM, 429, before any body byte is read) → body
+    (413; 503 past the process's body budget) → dialect.parse_chat (400) → tokens per minute
+    (429) → catalog (404) and the key's allowed models (403) → output clamp and context check
+    (400) → the key's concurrency slot (429, held until the request ends) → quota reserve (429,
+    one statement that also re-checks the key, its controls' version and its daily cap)
     → upstream call relayed in the client's dialect, at most GATEWAY_STREAM_MAX_SECONDS
     → settle (one statement, charge clamped to the reservation, shielded from cancellation,
-    retried while the database is away) → usage record (batched, on the reservation's day)
+    retried while the database is away; a charge that crossed an alert threshold is queued for
+    the recorder) → usage record (batched, on the reservation's day)
 
 A dialect (``gateway.serving.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
 and the error envelope; nothing here knows which dialect it is serving.
@@ -27,10 +30,12 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
+from alerts.detection import Charge, charge_may_alert
 from gateway.selectors import CatalogModel
 from gateway.serving import errors
 from gateway.serving.auth import KeyCache, api_key_from_headers
 from gateway.serving.catalog import Catalog
+from gateway.serving.concurrency import ConcurrencyLimiter, Slot
 from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
 from gateway.serving.errors import GatewayError
 from gateway.serving.http import (
@@ -52,7 +57,7 @@ from gateway.serving.upstream import (
     usage_from,
 )
 from observability import metrics
-from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved
+from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, Settled
 from usage.quota import charged_input_tokens, quota_day, seconds_until_reset
 
 log = logging.getLogger(__name__)
@@ -209,6 +214,7 @@ class Gateway:
         catalog: Catalog,
         max_body_bytes: int,
         recorder: Recorder | None = None,
+        concurrency: ConcurrencyLimiter | None = None,
     ):
         self.ledger = ledger
         self.limiter = limiter
@@ -216,6 +222,7 @@ class Gateway:
         self.catalog = catalog
         self.max_body_bytes = max_body_bytes
         self.recorder = recorder or Recorder(ledger)
+        self.concurrency = concurrency or ConcurrencyLimiter()
         self.keys = KeyCache(ledger)
         self._settling: set[asyncio.Task] = set()
         # Reservations of this process's requests not yet settled: their leases are renewed.
@@ -226,20 +233,31 @@ class Gateway:
     async def startup(self) -> None:
         await self.ledger.open()
         await self.limiter.open()
+        await self.concurrency.open()
         await self.upstream.open()
         self.recorder.start()
         self._leases = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
         """One statement per interval for every live reservation of this process, so the
-        sweeper can tell a long request from an orphan without a statement per chunk."""
+        sweeper can tell a long request from an orphan without a statement per chunk; and,
+        on its own (shorter) interval, one script call for the key concurrency slots held."""
+        loop = asyncio.get_running_loop()
         lease = settings.GATEWAY_RESERVATION_LEASE_SECONDS
+        slot_lease = settings.GATEWAY_CONCURRENCY_LEASE_SECONDS
+        # Three renewals per lease: one lost beat (a slow database) costs no reservation.
+        beat = max(min(lease, slot_lease) / 3, 0.1)
+        reservations_due = loop.time() + max(lease / 3, 0.1)
         while True:
-            # Three renewals per lease: one lost beat (a slow database) costs no reservation.
-            await asyncio.sleep(max(lease / 3, 0.1))
+            await asyncio.sleep(beat)
+            try:
+                await self.concurrency.renew()
+            except Exception as failure:
+                log.warning("concurrency slots not renewed: %s", failure.__class__.__name__)
             ids = list(self._live)
-            if not ids:
+            if not ids or loop.time() < reservations_due:
                 continue
+            reservations_due = loop.time() + max(lease / 3, 0.1)
             try:
                 async with asyncio.timeout(settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
                     await self.ledger.renew_leases(ids, lease)
@@ -258,6 +276,7 @@ class Gateway:
         await self.recorder.stop()
         await self.upstream.close()
         await self.limiter.close()
+        await self.concurrency.close()
         await self.ledger.close()
 
     # --- steps -------------------------------------------------------------------------
@@ -266,14 +285,40 @@ class Gateway:
         (counted across processes by the limiter, so keys cannot be guessed at volume)."""
         client = _client_address(request)
         self.limiter.refuse_blocked(client)
+        raw_key = api_key_from_headers(request.headers)
         try:
-            return await self._database(
-                self.keys.authenticate(api_key_from_headers(request.headers), fresh=fresh)
-            )
+            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=fresh))
         except GatewayError as error:
             if error.status == 401:
                 await self.limiter.note_auth_failure(client)
             raise
+        # The key's own controls, past the failure count: an expired key is no guessing.
+        refusal = key.controls.refusal(now=datetime.now(UTC), client=client)
+        if refusal is not None and not fresh:
+            # The cached row may predate a loosened control (expiry extended, address added):
+            # a refusal is confirmed on a fresh row before it is sent.
+            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=True))
+            refusal = key.controls.refusal(now=datetime.now(UTC), client=client)
+        if refusal is not None:
+            raise errors.key_refused(refusal)
+        return key, digest
+
+    async def resolve_model(self, key: KeyRow, name: str) -> CatalogModel:
+        """The enabled model ``name`` as the key may use it: 404 for a model nobody has, then
+        403 ``model_not_allowed`` for one outside the key's allowed models."""
+        model = await self._database(self.catalog.get(name))
+        if model is None:
+            raise errors.model_not_found(name)
+        refusal = key.controls.model_refusal(model.name)
+        if refusal is not None:
+            raise errors.key_refused(refusal)
+        return model
+
+    async def models_for(self, key: KeyRow) -> list[CatalogModel]:
+        """The enabled models the key may use, in catalog order (``GET /v1/models``)."""
+        models = await self.catalog.enabled()
+        allowed = set(key.controls.listed(model.name for model in models))
+        return [model for model in models if model.name in allowed]
 
     @contextlib.contextmanager
     def _body_budget(self, request: Request):
@@ -297,7 +342,7 @@ class Gateway:
         """A request that charges no tokens but costs CPU (Anthropic's ``count_tokens``): a
         fresh key check (a revoked key stops at once), the key's rate limit before the body,
         the body budget, and a usage record of 0 tokens under ``endpoint``.
-        ``work(body)`` returns (model name, Response) or raises a ``GatewayError``."""
+        ``work(body, key)`` returns (model name, Response) or raises a ``GatewayError``."""
         call = _Call(self, dialect, request, endpoint=endpoint)
         key, _digest = await self.authenticate(request, fresh=True)
         call.key = key
@@ -307,7 +352,7 @@ class Gateway:
             )
             with self._body_budget(request):
                 body = await request.body(self.max_body_bytes)
-                call.model_name, response = await work(body)
+                call.model_name, response = await work(body, key)
         except GatewayError as error:
             call.record(error.status, error.code)
             raise
@@ -326,27 +371,60 @@ class Gateway:
             log.warning("database unavailable: %s", failure.__class__.__name__)
             raise errors.service_unavailable() from None
 
-    async def _reserve(
-        self, request: Request, key: KeyRow, digest: str, chat: ChatRequest, max_out: int
-    ) -> Reserved:
-        outcome = await self.ledger.reserve(
-            key_id=key.key_id,
-            digest=digest,
-            day=quota_day(),
-            input_tokens=chat.input_tokens,
-            max_output_tokens=max_out,
-        )
-        if isinstance(outcome, Refused):
+    async def _reserve(self, call: _Call, digest: str, max_out: int) -> Reserved:
+        """Hold the request's tokens, on the controls the statement itself confirms: when the
+        key's controls changed since its row was cached, look the key up again, check it and
+        the model once more with the fresh row (``call.key``), and reserve again."""
+        request, chat = call.request, call.chat
+        for _attempt in range(2):
+            key = call.key
+            outcome = await self.ledger.reserve(
+                key_id=key.key_id,
+                digest=digest,
+                day=quota_day(),
+                input_tokens=chat.input_tokens,
+                max_output_tokens=max_out,
+                controls_version=key.controls_version,
+            )
+            if not isinstance(outcome, Refused):
+                return outcome
             if outcome.reason == "quota":
                 raise errors.insufficient_quota(seconds_until_reset=seconds_until_reset())
-            # The key or account changed since it was cached: say exactly what.
-            await self.authenticate(request, fresh=True)
-            raise errors.invalid_key()
-        return outcome
+            if outcome.reason == "key_quota":
+                raise errors.key_daily_limit_exceeded(
+                    cap=outcome.quota, seconds_until_reset=seconds_until_reset()
+                )
+            # The key changed since it was cached: a fresh row says exactly what (401/403 for
+            # the key or account, the controls' own refusals) or admits it as it is now.
+            call.key, digest = await self.authenticate(request, fresh=True)
+            if outcome.reason == "auth":
+                raise errors.invalid_key()
+            await self.resolve_model(call.key, chat.model)
+        # Changed again between the fresh look-up and the second statement: rare; retry soon.
+        raise errors.service_unavailable()
 
     # --- the chat endpoint ---------------------------------------------------------------
+    async def _take_slot(self, key: KeyRow) -> Slot | None:
+        """A place among the key's requests in flight (``max_concurrent_requests``), or 429
+        ``concurrency_limit_exceeded``. None for a key without a limit: it pays nothing."""
+        limit = key.max_concurrent_requests
+        if not limit:
+            return None
+        slot = await self.concurrency.acquire(key.key_id, limit)
+        if slot is None:
+            raise errors.concurrency_limit_exceeded(limit=limit)
+        return slot
+
     async def handle_chat(self, dialect: Dialect, request: Request, send) -> None:
         call = _Call(self, dialect, request)
+        try:
+            await self._handle_chat(call, send)
+        finally:
+            # However the request ended (cancelled too), its slot goes back.
+            self.concurrency.release(call.slot)
+
+    async def _handle_chat(self, call: _Call, send) -> None:
+        dialect, request = call.dialect, call.request
         try:
             key, digest = await self.authenticate(request)
             call.key = key
@@ -358,13 +436,22 @@ class Gateway:
                 chat = dialect.parse_chat(await request.body(self.max_body_bytes), request.query)
             call.chat, call.model_name, call.stream = chat, chat.model, chat.stream
             self.limiter.admit_tokens(call.rate, key_id=key.key_id, tokens=chat.input_tokens)
-            model = await self._database(self.catalog.get(chat.model))
-            if model is None:
-                raise errors.model_not_found(chat.model)
+            try:
+                model = await self.resolve_model(key, chat.model)
+            except GatewayError as error:
+                if error.code != "model_not_allowed":
+                    raise
+                # As for expiry and addresses: a list loosened since the row was cached
+                # applies at once.
+                key, digest = await self.authenticate(request, fresh=True)
+                call.key = key
+                model = await self.resolve_model(key, chat.model)
             if model.kind != dialect.model_kind:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             budget = output_budget(chat, model)
-            reserved = await self._database(self._reserve(request, key, digest, chat, budget))
+            call.slot = await self._take_slot(key)
+            reserved = await self._database(self._reserve(call, digest, budget))
+            key = call.key
             self._live[reserved.reservation_id] = reserved
         except GatewayError as error:
             # Past the rate limiter (e.g. the quota refused), the client still learns its limits.
@@ -427,12 +514,14 @@ class Gateway:
             while True:
                 try:
                     async with asyncio.timeout(2 * settings.GATEWAY_DATABASE_TIMEOUT_SECONDS):
-                        await self.ledger.settle(
+                        settled = await self.ledger.settle(
                             reserved=reserved,
                             input_tokens=input_tokens,
                             output_tokens=output_tokens,
                             retry=retry,
                         )
+                    if settled is not None:
+                        self._note_charge(reserved, settled, input_tokens + output_tokens)
                     return
                 except DATABASE_UNAVAILABLE as failure:
                     if not first.done():
@@ -451,6 +540,25 @@ class Gateway:
             self._live.pop(reserved.reservation_id, None)
             if not first.done():
                 first.set_result(None)
+
+    def _note_charge(self, reserved: Reserved, settled: Settled, charged: int) -> None:
+        """Queue the charge for quota alerts when it crossed a whole percentage of the account's
+        quota or the key's cap (``alerts.detection``); the recorder writes them in batches."""
+        limits = [(reserved.quota, settled.used, None)]
+        if reserved.key_cap is not None and settled.key_used is not None:
+            limits.append((reserved.key_cap, settled.key_used, reserved.capped_key_id))
+        for limit, after, key_id in limits:
+            if charge_may_alert(limit=limit, before=after - charged, after=after):
+                self.recorder.add_charge(
+                    Charge(
+                        user_id=reserved.user_id,
+                        api_key_id=key_id,
+                        day=reserved.day,
+                        limit=limit,
+                        before=after - charged,
+                        after=after,
+                    )
+                )
 
     def _settled(self, task: asyncio.Task) -> None:
         self._settling.discard(task)
@@ -503,6 +611,7 @@ class _Call:
         "rate",
         "request",
         "reserved",
+        "slot",
         "started",
         "stream",
         "target",
@@ -522,6 +631,7 @@ class _Call:
         self.model: CatalogModel | None = None
         self.target: UpstreamTarget | None = None
         self.reserved: Reserved | None = None
+        self.slot: Slot | None = None
         self.outcome: _Outcome | None = None
 
     def record(self, status: int, error_code: str, outcome=None, *, day=None) -> None:

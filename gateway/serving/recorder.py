@@ -6,6 +6,12 @@ request nor a streamed chunk costs a round trip for its record. Shutdown flushes
 A hard crash can lose at most the last ``FLUSH_SECONDS`` of records; the quota counter is not
 among them (it is settled per request and never batched). ``last_used_at`` of keys rides along,
 at most once per ``TOUCH_EVERY_SECONDS`` per key.
+
+Quota alerts ride along too: a settlement that crossed a whole percentage of the account's
+quota or a key's cap queues a ``Charge`` (``add_charge``), and each flush hands the charges to
+``alerts.services.alert_crossings_record`` after the records, in one call (one query for the
+settings, one insert; conflicts ignored, so a charge written twice alerts once). Nothing is
+sent inside a request; delivery is queued after the insert commits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ import datetime as dt
 import logging
 import time
 
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from alerts.detection import Charge
+from alerts.services import alert_crossings_record
 from usage.ledger import Ledger, RecordRow
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,7 @@ class Recorder:
         self._rows: list[RecordRow] = []
         self._touched: dict[int, dt.datetime] = {}
         self._touched_at: dict[int, float] = {}
+        self._charges: list[Charge] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flushing = asyncio.Lock()
@@ -47,6 +59,12 @@ class Recorder:
                 self._touched_at[row.api_key_id] = now
                 self._touched[row.api_key_id] = row.created_at
         if len(self._rows) >= FLUSH_ROWS:
+            self._wake.set()
+
+    def add_charge(self, charge: Charge) -> None:
+        """A settlement that may have crossed an alert threshold, written with the next batch."""
+        self._charges.append(charge)
+        if len(self._charges) >= FLUSH_ROWS:
             self._wake.set()
 
     def start(self) -> None:
@@ -63,28 +81,44 @@ class Recorder:
 
     async def flush(self) -> None:
         async with self._flushing:
-            if not self._rows and not self._touched:
+            await self._flush_records()
+            await self._flush_charges()
+
+    async def _flush_charges(self) -> None:
+        if not self._charges:
+            return
+        charges, self._charges = self._charges, []
+        try:
+            await sync_to_async(_alert_crossings_record, thread_sensitive=False)(charges)
+        except Exception:
+            # The database is away: try again with the next batch (the insert ignores
+            # crossings already written, so a retry never alerts twice).
+            log.exception("quota alerts: write of %d charges failed; will retry", len(charges))
+            self._charges[:0] = charges[-MAX_BACKLOG_ROWS:]
+
+    async def _flush_records(self) -> None:
+        if not self._rows and not self._touched:
+            return
+        rows, self._rows = self._rows, []
+        touched, self._touched = self._touched, {}
+        try:
+            self.batches += 1
+            await self.ledger.write_batch(rows, touched)
+        except Exception as error:
+            if not _is_refused_row(error):
+                # The database is unreachable or failing: keep everything for the next try.
+                log.exception("usage records: write of %d rows failed; will retry", len(rows))
+                self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
+                for key_id, when in touched.items():
+                    self._touched.setdefault(key_id, when)
                 return
-            rows, self._rows = self._rows, []
-            touched, self._touched = self._touched, {}
-            try:
-                self.batches += 1
-                await self.ledger.write_batch(rows, touched)
-            except Exception as error:
-                if not _is_refused_row(error):
-                    # The database is unreachable or failing: keep everything for the next try.
-                    log.exception("usage records: write of %d rows failed; will retry", len(rows))
-                    self._rows[:0] = rows[-MAX_BACKLOG_ROWS:]
-                    for key_id, when in touched.items():
-                        self._touched.setdefault(key_id, when)
-                    return
-                # A row points at an account or key deleted since its request, or holds a
-                # value the database refuses: write the rows one by one so that one of them
-                # cannot hold back the others (a batch it refuses would be retried forever).
-                await self._write_one_by_one(rows)
-                if touched:
-                    with contextlib.suppress(Exception):
-                        await self.ledger.write_batch([], touched)
+            # A row points at an account or key deleted since its request, or holds a
+            # value the database refuses: write the rows one by one so that one of them
+            # cannot hold back the others (a batch it refuses would be retried forever).
+            await self._write_one_by_one(rows)
+            if touched:
+                with contextlib.suppress(Exception):
+                    await self.ledger.write_batch([], touched)
 
     async def _write_one_by_one(self, rows: list[RecordRow]) -> None:
         for row in rows:
@@ -106,6 +140,15 @@ class Recorder:
                 await self._task
             self._task = None
         await self.flush()
+
+
+def _alert_crossings_record(charges: list[Charge]) -> None:
+    # In a worker thread no Django request ever finishes: close its connection here, rather
+    # than keep one open per pool thread for a write that happens a few times a day per account.
+    try:
+        alert_crossings_record(charges=charges)
+    finally:
+        connection.close()
 
 
 def _is_refused_row(error: BaseException) -> bool:

@@ -132,6 +132,7 @@ class GatewayClient:
 
         from gateway.serving.app import GatewayApplication
         from gateway.serving.catalog import Catalog
+        from gateway.serving.concurrency import ConcurrencyLimiter
         from gateway.serving.pipeline import Gateway
         from gateway.serving.ratelimit import RateLimiter
         from gateway.serving.upstream import Upstream
@@ -146,6 +147,9 @@ class GatewayClient:
                 upstream=Upstream(),
                 catalog=Catalog(ttl=0),
                 max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+                concurrency=ConcurrencyLimiter(
+                    redis_url=settings.REDIS_URL, prefix=f"test:{uuid.uuid4().hex}:cc"
+                ),
             )
 
         self.app = GatewayApplication(None, factory=factory)

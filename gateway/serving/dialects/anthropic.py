@@ -284,13 +284,12 @@ async def count_tokens(gateway, request: Request) -> Response:
     the process's body budget, and a usage record (0 tokens) — parsing a large body costs CPU.
     """
 
-    async def work(body: bytes) -> tuple[str, Response]:
+    async def work(body: bytes, key) -> tuple[str, Response]:
         try:
             parsed = count_tokens_request_parse(body)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
-        if await gateway.catalog.get(parsed.model) is None:
-            raise model_not_found(parsed.model)
+        await gateway.resolve_model(key, parsed.model)
         chat_body = {"messages": chat_messages_from(parsed)}
         tools = chat_tools_from(parsed)
         if tools:
@@ -311,17 +310,18 @@ def model_object(model) -> dict:
 
 async def retrieve_model(gateway, request: Request) -> Response:
     """One enabled model (``GET /v1/models/{id}``); 404 ``not_found_error`` for any other."""
-    await gateway.authenticate(request, fresh=True)
+    key, _digest = await gateway.authenticate(request, fresh=True)
     model = await gateway.catalog.get(request.path_id or "")
-    if model is None:
+    # A model the key may not use is not there for it, as in the list.
+    if model is None or key.controls.model_refusal(model.name) is not None:
         raise model_not_found(request.path_id or "")
     return json_response(200, model_object(model))
 
 
 async def list_models(gateway, request: Request) -> Response:
-    """The enabled catalog in Anthropic's list shape."""
-    await gateway.authenticate(request, fresh=True)
-    models = await gateway.catalog.enabled()
+    """The enabled models the key may use, in Anthropic's list shape."""
+    key, _digest = await gateway.authenticate(request, fresh=True)
+    models = await gateway.models_for(key)
     data = [model_object(model) for model in models]
     return json_response(
         200,

@@ -64,6 +64,8 @@ class ChatCompletionRequest(_Open):
 
 
 # The error "type" OpenAI's SDKs and users expect for each status.
+# A daily allowance spent (the account's, or the key's own cap): OpenAI's "insufficient_quota".
+_QUOTA_CODES = frozenset({"insufficient_quota", "key_daily_limit_exceeded"})
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -71,6 +73,8 @@ _ERROR_TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    # concurrency_limit_exceeded; rate_limit_exceeded has its own shape.
+    429: "rate_limit_error",
     502: "upstream_error",
     504: "timeout_error",
 }
@@ -204,7 +208,7 @@ class OpenAIDialect(Dialect):
             payload = {
                 "message": error.message,
                 "type": "insufficient_quota"
-                if error.code == "insufficient_quota"
+                if error.code in _QUOTA_CODES
                 else _ERROR_TYPES.get(error.status, "api_error"),
                 "param": error.param,
                 "code": error.code,
@@ -232,17 +236,19 @@ def model_object(model) -> dict:
 
 
 async def list_models(gateway, request: Request) -> Response:
-    """The enabled catalog, in OpenAI's list shape. Needs a valid key, like OpenAI's."""
-    await gateway.authenticate(request, fresh=True)
-    models = await gateway.catalog.enabled()
+    """The enabled models the key may use, in OpenAI's list shape. Needs a valid key, like
+    OpenAI's."""
+    key, _digest = await gateway.authenticate(request, fresh=True)
+    models = await gateway.models_for(key)
     return json_response(200, {"object": "list", "data": [model_object(m) for m in models]})
 
 
 async def retrieve_model(gateway, request: Request) -> Response:
     """One enabled model (``GET /v1/models/{id}``); 404 ``model_not_found`` for any other."""
-    await gateway.authenticate(request, fresh=True)
+    key, _digest = await gateway.authenticate(request, fresh=True)
     model = await gateway.catalog.get(request.path_id or "")
-    if model is None:
+    # A model the key may not use is not there for it, as in the list.
+    if model is None or key.controls.model_refusal(model.name) is not None:
         raise model_not_found(request.path_id or "")
     return json_response(200, model_object(model))
 
