@@ -8,10 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gateway
+from bench import estimates, gateway
 
 if __name__ == "__main__":
     gateway.main()
+    estimates.main()
     # In its own process: it points Django at a throwaway database before setting Django up.
     # Extra arguments (e.g. "--records 1000000") come from BENCH_USAGE_ARGS.
     usage_args = shlex.split(os.environ.get("BENCH_USAGE_ARGS", ""))

@@ -3,7 +3,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.demo_upstream import prompt_tokens
-from gateway.serving.tokens import estimate_chat_tokens, estimate_text_tokens
+from gateway.serving.tokens import (
+    estimate_chat_tokens,
+    estimate_text_tokens,
+    estimate_text_tokens_min,
+)
 
 messages = st.lists(
     st.fixed_dictionaries(
@@ -68,3 +72,14 @@ def test_the_chat_lower_bound_walks_the_same_messages():
     messages = [{"role": "user", "content": "word " * 600}]
     assert estimate_chat_tokens_min(messages) < estimate_chat_tokens(messages)
     assert estimate_chat_tokens_min([]) == estimate_chat_tokens([])  # the overhead alone
+
+
+def test_a_run_of_indentation_is_not_counted_as_many_tokens_by_the_lower_bound():
+    # A BPE vocabulary has single tokens for long runs of spaces: deeply indented code must
+    # not look "certainly" longer than the model's context.
+    flat = "if x:\n return y\n" * 100
+    indented = "if x:\n" + "".join(
+        " " * 24 + "return y\n" + " " * 20 + "if x:\n" for _ in range(50)
+    )
+    assert estimate_text_tokens_min(indented) <= estimate_text_tokens_min(flat) + 2
+    assert estimate_text_tokens_min(" " * 600) <= 1
