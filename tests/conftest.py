@@ -76,3 +76,25 @@ def alice_client(client, alice):
 def staff_client(client, staff):
     client.force_login(staff)
     return client
+
+
+@pytest.fixture
+def ledger(transactional_db):
+    """The ledger for this database (PostgreSQL's or the ORM's), and a loop to drive it."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from usage.ledger import ledger_for_database
+
+    runner = asyncio.Runner()
+    store = ledger_for_database()
+    runner.run(store.open())
+    store.run = runner.run
+    try:
+        yield store
+    finally:
+        runner.run(store.close())
+        runner.run(sync_to_async(connections.close_all)())
+        runner.close()

@@ -58,28 +58,6 @@ def bob_key(transactional_db):
 
 
 @pytest.fixture
-def ledger(transactional_db):
-    """The ledger for this database (PostgreSQL's or the ORM's), and a loop to drive it."""
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    from usage.ledger import ledger_for_database
-
-    runner = asyncio.Runner()
-    store = ledger_for_database()
-    runner.run(store.open())
-    store.run = runner.run
-    try:
-        yield store
-    finally:
-        runner.run(store.close())
-        runner.run(sync_to_async(connections.close_all)())
-        runner.close()
-
-
-@pytest.fixture
 def one_rate_window():
     """Start the test well inside one minute: the rate limiter's windows are whole minutes of
     the real clock (shared with Redis), and a test counting to a limit across a minute's end

@@ -90,25 +90,3 @@ def reserve(user, tokens, *, when=None):
 def beijing_midnight():
     """00:00:00 on 2026-03-02 in Beijing, as an aware UTC datetime."""
     return dt.datetime(2026, 3, 1, 16, 0, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def ledger(transactional_db):
-    """The ledger for this database (PostgreSQL's or the ORM's), and a loop to drive it."""
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    from usage.ledger import ledger_for_database
-
-    runner = asyncio.Runner()
-    store = ledger_for_database()
-    runner.run(store.open())
-    store.run = runner.run
-    try:
-        yield store
-    finally:
-        runner.run(store.close())
-        runner.run(sync_to_async(connections.close_all)())
-        runner.close()
