@@ -98,6 +98,7 @@ def alert_crossings_record(*, charges: Iterable[Charge]) -> int:
                     used_tokens=charge.after,
                 )
             )
+    rows = _of_existing_owners(rows)
     if not rows:
         return 0
     slots = {(row.user_id, row.day) for row in rows}
@@ -105,6 +106,27 @@ def alert_crossings_record(*, charges: Iterable[Charge]) -> int:
     Alert.objects.bulk_create(rows, ignore_conflicts=True)
     transaction.on_commit(lambda: _queue_delivery(alert_ids_for(slots=slots)))
     return len(rows)
+
+
+def _of_existing_owners(rows: list[Alert]) -> list[Alert]:
+    """The crossings whose account and key still exist: a key deleted (or an account closed)
+    between its request's settlement and this batch would fail the whole insert, and the
+    batch would be retried for ever. Two small queries, only for a batch that crossed
+    something."""
+    accounts = Alert._meta.get_field("user").related_model
+    keys = Alert._meta.get_field("api_key").related_model
+    live_users = set(
+        accounts.objects.filter(pk__in={row.user_id for row in rows}).values_list("pk", flat=True)
+    )
+    key_ids = {row.api_key_id for row in rows if row.api_key_id is not None}
+    live_keys = (
+        set(keys.objects.filter(pk__in=key_ids).values_list("pk", flat=True)) if key_ids else set()
+    )
+    return [
+        row
+        for row in rows
+        if row.user_id in live_users and (row.api_key_id is None or row.api_key_id in live_keys)
+    ]
 
 
 def _queue_delivery(alert_ids: list[int]) -> None:

@@ -80,10 +80,23 @@ def test_it_reads_settings_in_one_query_per_batch(
     alice, bob, charlie, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     charges = [_charge(user, before=0, after=900) for user in (alice, bob, charlie)]
-    # the settings, the insert: nothing per charge
-    with django_capture_on_commit_callbacks(execute=False), django_assert_num_queries(2):
+    # the settings, the accounts that still exist, the insert: nothing per charge
+    with django_capture_on_commit_callbacks(execute=False), django_assert_num_queries(3):
         alert_crossings_record(charges=charges)
     assert Alert.objects.count() == 3
+
+
+def test_a_key_deleted_before_the_batch_does_not_fail_the_others(
+    alice, bob, django_capture_on_commit_callbacks
+):
+    # The key's charge was queued by its last request; the owner deleted the key before the
+    # recorder's next flush. Its crossing is dropped; the rest of the batch is written.
+    key = alice.api_keys.get()
+    charges = [_charge(alice, before=700, after=810, key=key), _charge(bob, before=0, after=900)]
+    key.delete()
+    with django_capture_on_commit_callbacks(execute=False):
+        assert alert_crossings_record(charges=charges) == 1
+    assert list(Alert.objects.values_list("user_id", "api_key_id")) == [(bob.pk, None)]
 
 
 def test_it_does_nothing_for_charges_that_cross_nothing(alice, django_assert_num_queries):
