@@ -1,6 +1,7 @@
 """Writes to the model catalog."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from gateway.models import DEMO_MODEL_NAME, Model, UpstreamEndpoint
@@ -85,3 +86,28 @@ def models_reencrypt_upstream_keys(*, dry_run: bool = False) -> Reencrypted:
     return endpoints + reencrypt_rows(
         Model.objects.all(), "upstream_key_encrypted", dry_run=dry_run
     )
+
+
+def endpoint_save(
+    *,
+    endpoint: UpstreamEndpoint,
+    raw_key: str | None = None,
+    **fields,
+) -> UpstreamEndpoint:
+    """Create or change an endpoint from the shell: ``fields`` are model fields (None leaves
+    one as it is), ``raw_key`` a new API key (None keeps it). Validates like the admin
+    (``ValidationError``): a URL unless the kind is demo, a weight of at least 1."""
+    for name, value in fields.items():
+        if value is not None:
+            setattr(endpoint, name, value)
+    if endpoint.base_url:
+        endpoint.base_url = endpoint.base_url.rstrip("/")
+    if raw_key is not None:
+        endpoint.api_key_encrypted = encrypt_secret(raw_key) if raw_key else ""
+    if not endpoint.is_demo and not endpoint.base_url:
+        raise ValidationError({"base_url": "A base URL is required for this kind."})
+    if endpoint.base_url and not endpoint.base_url.startswith(("http://", "https://")):
+        raise ValidationError({"base_url": "Enter an http:// or https:// URL."})
+    endpoint.full_clean(exclude=["model"])
+    endpoint.save()
+    return endpoint
