@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from gateway.selectors import CatalogEndpoint, CatalogModel
+from observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class Router:
         state = self.health(model, endpoint)
         state.in_flight += 1
         state.requests += 1
+        metrics.record_upstream_attempt(
+            model=state.model, endpoint=state.label, in_flight=state.in_flight
+        )
 
     def finished(self, model: CatalogModel, endpoint: CatalogEndpoint, *, ok: bool) -> None:
         """The end of an attempt: ``ok`` when the endpoint answered (a 4xx of the client's
@@ -126,6 +130,18 @@ class Router:
         state = self.health(model, endpoint)
         state.in_flight = max(0, state.in_flight - 1)
         state.trial_running = False
+        try:
+            self._note(state, ok=ok)
+        finally:
+            metrics.record_upstream_outcome(
+                model=state.model,
+                endpoint=state.label,
+                in_flight=state.in_flight,
+                failed=not ok,
+                ejected=state.ejections_in_a_row > 0,
+            )
+
+    def _note(self, state: EndpointHealth, *, ok: bool) -> None:
         if ok:
             if state.ejections_in_a_row:
                 log.warning(
@@ -148,6 +164,7 @@ class Router:
             )
             state.ejections_in_a_row += 1
             state.ejected_until = now + cool_down
+            metrics.record_upstream_ejection(model=state.model, endpoint=state.label)
             log.warning(
                 "upstream endpoint %s of %s ejected for %.0f s after %d failures in a row",
                 state.label,

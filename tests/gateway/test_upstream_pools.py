@@ -248,3 +248,35 @@ def test_alias_resolves_and_a_listed_alias_is_in_the_model_list(gw, alice_key, d
     assert [m["id"] for m in listing["data"]] == [MODEL, "longcat"]
     gw.flush()
     assert UsageRecord.objects.get().model == "longcat-hidden"
+
+
+def test_metrics_show_each_endpoint_s_attempts_errors_ejection_and_in_flight(
+    gw, alice_key, servers, pool, gateway_settings
+):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from observability import metrics
+
+    def sample(name, endpoint):
+        text = metrics.render_latest().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == {"model": MODEL, "endpoint": endpoint}:
+                    return s.value
+        return 0.0
+
+    gateway_settings.METRICS_ENABLED = True
+    a, b = servers
+    a.mode = "fail"
+    dead, alive = pool((a.url, 0, 1), (b.url, 0, 1))
+    dead_label = f"{dead.pk}:{a.url.split('/')[2]}"
+    alive_label = f"{alive.pk}:{b.url.split('/')[2]}"
+    for _ in range(6):
+        assert gw.chat(alice_key[1]).status == 200
+    assert sample("portal_gateway_upstream_endpoint_requests_total", dead_label) == 3
+    assert sample("portal_gateway_upstream_endpoint_errors_total", dead_label) == 3
+    assert sample("portal_gateway_upstream_endpoint_ejections_total", dead_label) == 1
+    assert sample("portal_gateway_upstream_endpoint_ejected", dead_label) == 1
+    assert sample("portal_gateway_upstream_endpoint_requests_total", alive_label) == 6
+    assert sample("portal_gateway_upstream_endpoint_errors_total", alive_label) == 0
+    assert sample("portal_gateway_upstream_endpoint_in_flight", alive_label) == 0
