@@ -19,7 +19,7 @@ def catalog_models() -> list[CatalogModel]:
     half-migrated database.
     """
     try:
-        rows = model_list_enabled()
+        rows = model_list_enabled(aliases=False)
     except DatabaseError:
         logger.warning("docs: the model catalog could not be read")
         return []

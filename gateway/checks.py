@@ -26,6 +26,28 @@ def request_lifetime_check(app_configs, **kwargs) -> list:
                 id="gateway.E003",
             )
         )
+    if settings.GATEWAY_UPSTREAM_ATTEMPTS < 1 or settings.GATEWAY_UPSTREAM_EJECT_FAILURES < 1:
+        found.append(
+            checks.Error(
+                "GATEWAY_UPSTREAM_ATTEMPTS and GATEWAY_UPSTREAM_EJECT_FAILURES must be at least "
+                "1: with none, no request would reach a model server (or every failure would "
+                "eject its endpoint at once).",
+                id="gateway.E004",
+            )
+        )
+    eject, eject_max = (
+        settings.GATEWAY_UPSTREAM_EJECT_SECONDS,
+        settings.GATEWAY_UPSTREAM_EJECT_MAX_SECONDS,
+    )
+    if settings.GATEWAY_UPSTREAM_FAILOVER_SECONDS <= 0 or eject <= 0 or eject_max < eject:
+        found.append(
+            checks.Error(
+                "GATEWAY_UPSTREAM_FAILOVER_SECONDS and GATEWAY_UPSTREAM_EJECT_SECONDS must be "
+                "positive, and GATEWAY_UPSTREAM_EJECT_MAX_SECONDS at least "
+                "GATEWAY_UPSTREAM_EJECT_SECONDS.",
+                id="gateway.E005",
+            )
+        )
     if stream + retry >= stale:
         found.append(
             checks.Error(

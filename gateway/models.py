@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -10,7 +11,13 @@ DEFAULT_MAX_OUTPUT_TOKENS = 8_192
 
 
 class Model(models.Model):
-    """A model in the public catalog and the upstream that serves it."""
+    """A model in the public catalog. Its upstream endpoints (``UpstreamEndpoint``) serve it.
+
+    ``upstream_kind``, ``upstream_base_url``, ``upstream_model`` and ``upstream_key_encrypted``
+    are the single upstream of before endpoint pools: migration 0005 copied them to an
+    endpoint. They are kept (scripts and fixtures still create models with them) and read only
+    for a model that has no endpoint at all, as its one implicit endpoint.
+    """
 
     class UpstreamKind(models.TextChoices):
         DEMO = "demo", _("Demo (built in)")
@@ -100,4 +107,126 @@ class Model(models.Model):
 
     @property
     def is_demo(self) -> bool:
-        return self.upstream_kind == self.UpstreamKind.DEMO
+        """Served by the demo upstream only (prefetch ``endpoints`` when listing models)."""
+        endpoints = [endpoint for endpoint in self.endpoints.all() if endpoint.enabled]
+        if not endpoints:
+            return self.upstream_kind == self.UpstreamKind.DEMO
+        return all(endpoint.is_demo for endpoint in endpoints)
+
+
+class UpstreamEndpoint(models.Model):
+    """One model server serving a model. The gateway routes among a model's enabled endpoints:
+    the best (lowest) priority tier that has a healthy one, by weight within it, and tries the
+    next one when the chosen one fails before the client received a byte."""
+
+    class Kind(models.TextChoices):
+        # Room for Anthropic-native upstreams (a later kind); the gateway speaks OpenAI's
+        # chat-completions protocol to every kind here.
+        OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible server")
+        DEMO = "demo", _("Demo (built in)")
+
+    model = models.ForeignKey(
+        Model, on_delete=models.CASCADE, related_name="endpoints", verbose_name=_("model")
+    )
+    kind = models.CharField(
+        _("kind"), max_length=32, choices=Kind.choices, default=Kind.OPENAI_COMPATIBLE
+    )
+    # Empty for the demo kind: the gateway then uses settings.DEMO_UPSTREAM_URL.
+    base_url = models.URLField(
+        _("base URL"),
+        max_length=500,
+        blank=True,
+        help_text=_("Including /v1, as an OpenAI SDK base_url. Empty for the demo upstream."),
+    )
+    upstream_model = models.CharField(
+        _("upstream model name"),
+        max_length=200,
+        blank=True,
+        help_text=_("Empty means the same as the model's public name."),
+    )
+    # Fernet token (keys.crypto.encrypt_secret); never shown in the admin.
+    api_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    priority = models.PositiveSmallIntegerField(
+        _("priority"),
+        default=0,
+        help_text=_("Lower is preferred: a tier serves only while every better tier is down."),
+    )
+    weight = models.PositiveIntegerField(
+        _("weight"), default=1, help_text=_("Share of the requests within its priority tier.")
+    )
+    max_concurrency = models.PositiveIntegerField(
+        _("maximum concurrent requests"),
+        null=True,
+        blank=True,
+        help_text=_("Recorded for the coming fair queue; not enforced yet."),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    connect_timeout_seconds = models.FloatField(
+        _("connect timeout (seconds)"),
+        null=True,
+        blank=True,
+        help_text=_("Empty: UPSTREAM_CONNECT_TIMEOUT_SECONDS."),
+    )
+    first_byte_timeout_seconds = models.FloatField(
+        _("first-byte timeout (seconds)"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "How long to wait for the response headers before trying another endpoint. "
+            "Empty: UPSTREAM_READ_TIMEOUT_SECONDS."
+        ),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("upstream endpoint")
+        verbose_name_plural = _("upstream endpoints")
+        ordering = ["model_id", "priority", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(weight__gte=1), name="gateway_endpoint_positive_weight"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    (Q(connect_timeout_seconds__isnull=True) | Q(connect_timeout_seconds__gt=0))
+                    & (
+                        Q(first_byte_timeout_seconds__isnull=True)
+                        | Q(first_byte_timeout_seconds__gt=0)
+                    )
+                ),
+                name="gateway_endpoint_positive_timeouts",
+            ),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.base_url or self.kind}"
+
+    @property
+    def is_demo(self) -> bool:
+        return self.kind == self.Kind.DEMO
+
+
+class ModelAlias(models.Model):
+    """Another public name that resolves to ``model`` (requests, key allow-lists by the
+    model's own name, usage records under the name the client sent)."""
+
+    model = models.ForeignKey(
+        Model, on_delete=models.CASCADE, related_name="aliases", verbose_name=_("model")
+    )
+    name = models.CharField(_("alias"), max_length=128, unique=True)
+    listed = models.BooleanField(
+        _("listed"), default=False, help_text=_("Shown in /v1/models next to the model.")
+    )
+
+    class Meta:
+        verbose_name = _("model alias")
+        verbose_name_plural = _("model aliases")
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if Model.objects.filter(name=self.name).exists():
+            raise ValidationError({"name": _("A model already has this name.")})

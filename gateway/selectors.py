@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from gateway.models import Model
+from gateway.models import Model, UpstreamEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEndpoint:
+    """One upstream endpoint as the gateway's snapshot holds it (key decrypted)."""
+
+    # None: the implicit endpoint of a model that has no endpoint rows (its own fields).
+    id: int | None
+    kind: str
+    base_url: str
+    upstream_model: str
+    # None: stored under a key this process no longer has (gateway.serving.catalog).
+    upstream_key: str | None = ""
+    priority: int = 0
+    weight: int = 1
+    max_concurrency: int | None = None
+    connect_timeout: float | None = None
+    first_byte_timeout: float | None = None
+
+    @property
+    def is_demo(self) -> bool:
+        return self.kind == UpstreamEndpoint.Kind.DEMO
+
+    @property
+    def label(self) -> str:
+        """For logs and metrics: the id and host, never a path or key."""
+        host = urlsplit(self.base_url).netloc or self.kind
+        return f"{self.id if self.id is not None else '-'}:{host}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +51,29 @@ class CatalogModel:
     reasoning: str = "none"
     # gateway.models.Model.Kind: "chat" or "embedding".
     kind: str = "chat"
-    # Filled in by the gateway's catalog snapshot (gateway.serving.catalog) only.
-    base_url: str = ""
-    upstream_model: str = ""
-    # None: stored under a key this process no longer has (gateway.serving.catalog).
-    upstream_key: str | None = ""
+    # Filled in by the gateway's catalog snapshot (gateway.serving.catalog) only: the enabled
+    # endpoints, best priority first.
+    endpoints: tuple[CatalogEndpoint, ...] = ()
+    # Aliases the operator marked listed (shown in /v1/models).
+    listed_aliases: tuple[str, ...] = ()
 
 
-def model_list_enabled() -> list[Model]:
-    return list(Model.objects.filter(enabled=True).order_by("sort_order", "name"))
+def model_list_enabled(*, aliases: bool = True) -> list[Model]:
+    """Enabled models with their endpoints (one more query) and, unless ``aliases`` is False,
+    their aliases (another) prefetched."""
+    related = ("endpoints", "aliases") if aliases else ("endpoints",)
+    return list(
+        Model.objects.filter(enabled=True).prefetch_related(*related).order_by("sort_order", "name")
+    )
+
+
+def endpoint_list(*, model_name: str | None = None) -> list[UpstreamEndpoint]:
+    queryset = UpstreamEndpoint.objects.select_related("model").order_by(
+        "model__sort_order", "model__name", "priority", "id"
+    )
+    if model_name is not None:
+        queryset = queryset.filter(model__name=model_name)
+    return list(queryset)
 
 
 def catalog_model(model: Model, **upstream) -> CatalogModel:

@@ -34,6 +34,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -99,6 +100,36 @@ GATEWAY_RATE_LIMIT_REJECTIONS = Counter(
     "Requests refused by the key's requests-per-minute or tokens-per-minute limit.",
     ["dialect"],
 )
+# Upstream endpoints (gateway.serving.routing), labelled by model and "id:host" (bounded by the
+# operator's configuration). Gauges sum (in flight) or take the maximum (ejected) over the
+# live worker processes; each process ejects on its own.
+UPSTREAM_ENDPOINT_REQUESTS = Counter(
+    "portal_gateway_upstream_endpoint_requests_total",
+    "Attempts sent to an upstream endpoint (a failed-over request counts once per endpoint).",
+    ["model", "endpoint"],
+)
+UPSTREAM_ENDPOINT_ERRORS = Counter(
+    "portal_gateway_upstream_endpoint_errors_total",
+    "Attempts an upstream endpoint failed (no connection, no headers in time, 5xx, cut).",
+    ["model", "endpoint"],
+)
+UPSTREAM_ENDPOINT_EJECTIONS = Counter(
+    "portal_gateway_upstream_endpoint_ejections_total",
+    "Times a gateway process ejected an upstream endpoint after failures in a row.",
+    ["model", "endpoint"],
+)
+UPSTREAM_ENDPOINT_IN_FLIGHT = Gauge(
+    "portal_gateway_upstream_endpoint_in_flight",
+    "Requests in flight to an upstream endpoint.",
+    ["model", "endpoint"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_ENDPOINT_EJECTED = Gauge(
+    "portal_gateway_upstream_endpoint_ejected",
+    "1 while a gateway process has the endpoint ejected (or awaiting its trial request).",
+    ["model", "endpoint"],
+    multiprocess_mode="livemax",
+)
 QUOTA_CODE = "insufficient_quota"
 RATE_LIMIT_CODE = "rate_limit_exceeded"
 UPSTREAM_CODES = frozenset({"upstream_error", "upstream_timeout", "overloaded_error"})
@@ -158,6 +189,31 @@ def record_gateway_request(
         GATEWAY_RATE_LIMIT_REJECTIONS.labels(dialect).inc()
     elif error_code in UPSTREAM_CODES or error_code.startswith("upstream"):
         GATEWAY_UPSTREAM_ERRORS.labels(model, error_code).inc()
+
+
+def record_upstream_attempt(*, model: str, endpoint: str, in_flight: int) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_ENDPOINT_REQUESTS.labels(model, endpoint).inc()
+    UPSTREAM_ENDPOINT_IN_FLIGHT.labels(model, endpoint).set(in_flight)
+
+
+def record_upstream_outcome(
+    *, model: str, endpoint: str, in_flight: int, failed: bool, ejected: bool
+) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_ENDPOINT_IN_FLIGHT.labels(model, endpoint).set(in_flight)
+    if failed:
+        UPSTREAM_ENDPOINT_ERRORS.labels(model, endpoint).inc()
+    UPSTREAM_ENDPOINT_EJECTED.labels(model, endpoint).set(1 if ejected else 0)
+
+
+def record_upstream_ejection(*, model: str, endpoint: str) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_ENDPOINT_EJECTIONS.labels(model, endpoint).inc()
+    UPSTREAM_ENDPOINT_EJECTED.labels(model, endpoint).set(1)
 
 
 def render_latest() -> bytes:

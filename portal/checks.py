@@ -115,7 +115,7 @@ def stored_secrets_check(app_configs, databases=None, **kwargs):
         return []
     from django.db import DatabaseError
 
-    from gateway.models import Model
+    from gateway.models import Model, UpstreamEndpoint
     from keys import crypto
     from keys.models import ApiKey
 
@@ -125,6 +125,7 @@ def stored_secrets_check(app_configs, databases=None, **kwargs):
             for label, queryset, field in (
                 ("API key", ApiKey.objects.all(), "encrypted"),
                 ("model upstream key", Model.objects.all(), "upstream_key_encrypted"),
+                ("endpoint upstream key", UpstreamEndpoint.objects.all(), "api_key_encrypted"),
             )
             for token in queryset.exclude(**{field: ""}).values_list(field, flat=True).iterator()
         ]

@@ -448,6 +448,15 @@ UPSTREAM_MODEL = env.str("UPSTREAM_MODEL", default="")
 UPSTREAM_CONNECT_TIMEOUT_SECONDS = env.float("UPSTREAM_CONNECT_TIMEOUT_SECONDS", default=10.0)
 UPSTREAM_READ_TIMEOUT_SECONDS = env.float("UPSTREAM_READ_TIMEOUT_SECONDS", default=300.0)
 DEMO_UPSTREAM_URL = env.str("DEMO_UPSTREAM_URL", default="http://127.0.0.1:8100/v1")
+# Upstream pools (gateway/serving/routing.py): endpoints tried per request when one fails before
+# the client received a byte, and no new attempt after this many seconds from the first.
+GATEWAY_UPSTREAM_ATTEMPTS = env.int("GATEWAY_UPSTREAM_ATTEMPTS", default=3)
+GATEWAY_UPSTREAM_FAILOVER_SECONDS = env.float("GATEWAY_UPSTREAM_FAILOVER_SECONDS", default=30.0)
+# Passive health, per process: this many failures in a row eject an endpoint for
+# GATEWAY_UPSTREAM_EJECT_SECONDS, doubled at each ejection in a row up to the maximum.
+GATEWAY_UPSTREAM_EJECT_FAILURES = env.int("GATEWAY_UPSTREAM_EJECT_FAILURES", default=3)
+GATEWAY_UPSTREAM_EJECT_SECONDS = env.float("GATEWAY_UPSTREAM_EJECT_SECONDS", default=10.0)
+GATEWAY_UPSTREAM_EJECT_MAX_SECONDS = env.float("GATEWAY_UPSTREAM_EJECT_MAX_SECONDS", default=300.0)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # A gateway step that needs the database (key lookup, catalog, quota reservation) gives up after
 # this long and answers 503, so a stalled database cannot hang every client.

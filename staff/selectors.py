@@ -200,12 +200,25 @@ def account_events(*, user, limit: int = 50) -> list:
 
 
 @dataclass(frozen=True)
-class ModelHealth:
-    """One catalog model as the overview shows it.
+class EndpointHealth:
+    """One upstream endpoint of a model as the overview shows it: its configuration. Its live
+    state (healthy, ejected, on trial), requests in flight and errors are each gateway
+    process's own and are in ``/metrics`` (``portal_gateway_upstream_endpoint_*``)."""
 
-    The seam for upstream health: today a model has one upstream and nothing measures it
-    (``status`` is None, "not monitored"); when models get endpoint pools, fill ``endpoints``
-    and ``status`` here and the overview shows them without other changes.
+    pk: int
+    host: str
+    kind: str
+    priority: int
+    weight: int
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """One catalog model as the overview shows it, with its upstream endpoints.
+
+    ``status`` stays None ("not monitored" here): passive health is per gateway process and
+    exported in ``/metrics``; a shared view of it is for later.
     """
 
     pk: int
@@ -219,16 +232,34 @@ class ModelHealth:
 
 def model_health() -> list[ModelHealth]:
     rows = []
-    for model in Model.objects.order_by("sort_order", "name"):
-        url = settings.DEMO_UPSTREAM_URL if model.is_demo else model.upstream_base_url
-        host = urlparse(url or "").hostname or ""
+    for model in Model.objects.prefetch_related("endpoints").order_by("sort_order", "name"):
+        endpoints = tuple(
+            EndpointHealth(
+                pk=endpoint.pk,
+                host=urlparse(
+                    settings.DEMO_UPSTREAM_URL if endpoint.is_demo else endpoint.base_url
+                ).hostname
+                or "",
+                kind=endpoint.get_kind_display(),
+                priority=endpoint.priority,
+                weight=endpoint.weight,
+                enabled=endpoint.enabled,
+            )
+            for endpoint in sorted(model.endpoints.all(), key=lambda e: (e.priority, e.pk))
+        )
+        if endpoints:
+            host, kind = endpoints[0].host, endpoints[0].kind
+        else:
+            url = settings.DEMO_UPSTREAM_URL if model.is_demo else model.upstream_base_url
+            host, kind = urlparse(url or "").hostname or "", model.get_upstream_kind_display()
         rows.append(
             ModelHealth(
                 pk=model.pk,
                 name=model.name,
                 enabled=model.enabled,
-                kind=model.get_upstream_kind_display(),
+                kind=kind,
                 host=host,
+                endpoints=endpoints,
             )
         )
     return rows

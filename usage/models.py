@@ -145,6 +145,11 @@ class UsageRecord(models.Model):
     cached_input_tokens = models.BigIntegerField(default=0, db_default=0)
     # True when the upstream reported no usage and a local estimate was charged instead.
     estimated = models.BooleanField(default=False)
+    # The upstream endpoint (gateway.UpstreamEndpoint's id) that served the request; null when
+    # none did (refused before the upstream, or every endpoint failed) or for the implicit
+    # endpoint of a model without endpoint rows. A plain id, not a foreign key: records
+    # outlive endpoints, and the partitioned table takes no foreign key to it.
+    upstream_endpoint_id = models.BigIntegerField(null=True, blank=True)
     # Sent from the portal's Playground (``X-Playground: 1``), not by a program.
     playground = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField()

@@ -14,7 +14,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from gateway.selectors import CatalogModel, catalog_model, model_list_enabled
+from gateway.models import UpstreamEndpoint
+from gateway.selectors import CatalogEndpoint, CatalogModel, catalog_model, model_list_enabled
 from gateway.serving.errors import GatewayError
 from keys.crypto import UndecryptableSecret, decrypt_secret
 
@@ -41,35 +42,80 @@ def _snapshot() -> dict[str, CatalogModel]:
             connection.close_if_unusable_or_obsolete()
 
 
-def _upstream_key(model) -> str | None:
-    """The model's upstream key, or None when no configured key decrypts it."""
-    if not model.upstream_key_encrypted:
+def _upstream_key(model_name: str, encrypted: str) -> str | None:
+    """The decrypted upstream key, or None when no configured key decrypts it."""
+    if not encrypted:
         return ""
     try:
-        return decrypt_secret(model.upstream_key_encrypted)
+        return decrypt_secret(encrypted)
     except UndecryptableSecret:
-        reported = (model.name, model.upstream_key_encrypted)
+        reported = (model_name, encrypted)
         if reported not in _reported_undecryptable:
             _reported_undecryptable.add(reported)
             log.error(
-                "model %s: its stored upstream key cannot be decrypted with KEY_ENCRYPTION_KEY "
+                "model %s: a stored upstream key cannot be decrypted with KEY_ENCRYPTION_KEY "
                 "or KEY_ENCRYPTION_OLD_KEYS; list the previous key in KEY_ENCRYPTION_OLD_KEYS "
                 "and run manage.py reencrypt_keys, or set the upstream key again",
-                model.name,
+                model_name,
             )
         return None
 
 
+def _endpoints(model) -> tuple[CatalogEndpoint, ...]:
+    """The model's enabled endpoints, best priority first; a model without endpoint rows is
+    served by its own upstream fields (from before endpoint pools) as one implicit endpoint."""
+    rows = list(model.endpoints.all())
+    if not rows:
+        kind = UpstreamEndpoint.Kind.DEMO if model.upstream_kind == "demo" else "openai_compatible"
+        base_url = model.upstream_base_url or (
+            settings.DEMO_UPSTREAM_URL if kind == UpstreamEndpoint.Kind.DEMO else ""
+        )
+        return (
+            CatalogEndpoint(
+                id=None,
+                kind=kind,
+                base_url=base_url.rstrip("/"),
+                upstream_model=model.upstream_model or model.name,
+                upstream_key=_upstream_key(model.name, model.upstream_key_encrypted),
+            ),
+        )
+    endpoints = []
+    for row in sorted(rows, key=lambda row: (row.priority, row.id)):
+        if not row.enabled:
+            continue
+        base_url = row.base_url or (settings.DEMO_UPSTREAM_URL if row.is_demo else "")
+        endpoints.append(
+            CatalogEndpoint(
+                id=row.id,
+                kind=row.kind,
+                base_url=base_url.rstrip("/"),
+                upstream_model=row.upstream_model or model.name,
+                upstream_key=_upstream_key(model.name, row.api_key_encrypted),
+                priority=row.priority,
+                weight=row.weight,
+                max_concurrency=row.max_concurrency,
+                connect_timeout=row.connect_timeout_seconds,
+                first_byte_timeout=row.first_byte_timeout_seconds,
+            )
+        )
+    return tuple(endpoints)
+
+
 def _build() -> dict[str, CatalogModel]:
+    """Every enabled model by its name and by each of its aliases."""
     models = {}
+    aliases = {}
     for model in model_list_enabled():
-        base_url = model.upstream_base_url or (settings.DEMO_UPSTREAM_URL if model.is_demo else "")
+        names = [alias.name for alias in model.aliases.all()]
         models[model.name] = catalog_model(
             model,
-            base_url=base_url.rstrip("/"),
-            upstream_model=model.upstream_model or model.name,
-            upstream_key=_upstream_key(model),
+            endpoints=_endpoints(model),
+            listed_aliases=tuple(alias.name for alias in model.aliases.all() if alias.listed),
         )
+        aliases.update(dict.fromkeys(names, models[model.name]))
+    # A model's own name wins over another model's alias of the same text.
+    for name, model in aliases.items():
+        models.setdefault(name, model)
     return models
 
 
@@ -91,7 +137,14 @@ class Catalog:
         if time.monotonic() - self._loaded_at >= self.ttl:
             await self._refresh()
         model = self._models.get(name)
-        if model is not None and model.upstream_key is None:
+        if model is not None and not model.endpoints:
+            raise GatewayError(
+                503,
+                "model_unavailable",
+                f"The model {name} has no enabled model server right now. Retry later.",
+                retry_after=30,
+            )
+        if model is not None and all(endpoint.upstream_key is None for endpoint in model.endpoints):
             # A configuration fault the operator has been told about (logged once): a clear
             # 503 for the client, not a 500 with a traceback per request.
             raise GatewayError(
@@ -104,9 +157,10 @@ class Catalog:
         return model
 
     async def enabled(self) -> list[CatalogModel]:
+        """Each enabled model once (not once per alias), in catalog order."""
         if time.monotonic() - self._loaded_at >= self.ttl:
             await self._refresh()
-        return list(self._models.values())
+        return [model for name, model in self._models.items() if name == model.name]
 
     async def check(self) -> None:
         """Loads the snapshot unless it is under a second old, through the same thread and

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 
 from alerts.detection import Charge, charge_may_alert
-from gateway.selectors import CatalogModel
+from gateway.selectors import CatalogEndpoint, CatalogModel
 from gateway.serving import errors
 from gateway.serving.auth import KeyCache, api_key_from_headers
 from gateway.serving.catalog import Catalog
@@ -48,6 +49,7 @@ from gateway.serving.http import (
 )
 from gateway.serving.ratelimit import RateLimiter, RateState
 from gateway.serving.recorder import Recorder
+from gateway.serving.routing import Router
 from gateway.serving.tokens import completion_output_tokens, streamed_output_tokens
 from gateway.serving.upstream import (
     SSEReader,
@@ -215,6 +217,7 @@ class Gateway:
         max_body_bytes: int,
         recorder: Recorder | None = None,
         concurrency: ConcurrencyLimiter | None = None,
+        router: Router | None = None,
     ):
         self.ledger = ledger
         self.limiter = limiter
@@ -223,6 +226,7 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.recorder = recorder or Recorder(ledger)
         self.concurrency = concurrency or ConcurrencyLimiter()
+        self.router = router or Router()
         self.keys = KeyCache(ledger)
         self._settling: set[asyncio.Task] = set()
         # Reservations of this process's requests not yet settled: their leases are renewed.
@@ -318,7 +322,16 @@ class Gateway:
         """The enabled models the key may use, in catalog order (``GET /v1/models``)."""
         models = await self.catalog.enabled()
         allowed = set(key.controls.listed(model.name for model in models))
-        return [model for model in models if model.name in allowed]
+        # An alias the operator marked listed follows its model, under its own name.
+        return [
+            listed
+            for model in models
+            if model.name in allowed
+            for listed in (
+                model,
+                *(dataclasses.replace(model, name=alias) for alias in model.listed_aliases),
+            )
+        ]
 
     @contextlib.contextmanager
     def _body_budget(self, request: Request):
@@ -464,12 +477,9 @@ class Gateway:
             return
 
         call.model, call.reserved = model, reserved
+        # The upstream model name and URL are the endpoint's, set per attempt (_Call.connect).
         call.target = UpstreamTarget(
-            model.name,
-            model.upstream_model,
-            reserved.output_budget,
-            model.base_url,
-            reasoning=model.reasoning,
+            model.name, model.name, reserved.output_budget, reasoning=model.reasoning
         )
         outcome = call.outcome = _Outcome()
         try:
@@ -611,6 +621,7 @@ class _Call:
         "rate",
         "request",
         "reserved",
+        "served",
         "slot",
         "started",
         "stream",
@@ -633,6 +644,8 @@ class _Call:
         self.reserved: Reserved | None = None
         self.slot: Slot | None = None
         self.outcome: _Outcome | None = None
+        # The upstream endpoint that answered (the one charged for), once one did.
+        self.served: CatalogEndpoint | None = None
 
     def record(self, status: int, error_code: str, outcome=None, *, day=None) -> None:
         """The request's usage record (batched) and metrics; ``day`` is its reservation's."""
@@ -677,6 +690,7 @@ class _Call:
                 # The portal's Playground marks its requests; the header goes nowhere else.
                 playground=self.request.headers.get(b"x-playground") == b"1",
                 cached_input_tokens=cached_input_tokens,
+                upstream_endpoint_id=self.served.id if self.served is not None else None,
             )
         )
 
@@ -692,16 +706,16 @@ class _Call:
             *dialect.identity_headers(),
         ]
         extra = None
-        if model.is_demo and not settings.PRODUCTION:
+        if not settings.PRODUCTION:
             # Test and benchmark switches reach the demo upstream, and only the demo upstream,
             # and never in production (DEBUG=false when the process started; pytest flips DEBUG
-            # itself): ``x-demo-tokens`` sets the usage the demo reports.
+            # itself): ``x-demo-tokens`` sets the usage the demo reports (``connect`` passes
+            # them to demo endpoints only).
             extra = {
                 name.decode(): value.decode("latin-1")
                 for name, value in request.headers.items()
                 if name.startswith(b"x-demo-")
             }
-        body = dialect.upstream_body(chat, target)
         watcher = _DisconnectWatcher(request.receive, asyncio.current_task())
         renderer = None
         keepalive = None
@@ -715,8 +729,7 @@ class _Call:
         # could take it for an orphan, even when the client reads nothing (send() blocks).
         deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
         try:
-            post = gateway.upstream.post_chat(model, body, extra, path=dialect.upstream_path)
-            async with deadline, post as upstream:
+            async with deadline, self.connect(extra) as upstream:
                 if upstream.status >= 400:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.
@@ -792,6 +805,11 @@ class _Call:
             watcher.stop()
             if keepalive is not None:
                 keepalive.cancel()
+            if self.served is not None:
+                # A failure after the answer began (a cut stream, a stall) counts against the
+                # endpoint; the client's own departure or the stream limit does not.
+                failed = outcome.status >= 500 and outcome.error_code != "stream_time_limit"
+                gateway.router.finished(model, self.served, ok=not failed)
             if not outcome.settled:
                 if usage is not None:
                     outcome.charge(usage)
@@ -800,6 +818,78 @@ class _Call:
                     outcome.input = chat.input_tokens
                     outcome.output = min(streamed_output_tokens(delivered), cap)
                     outcome.estimated = True
+
+    @contextlib.asynccontextmanager
+    async def connect(self, extra: dict | None):
+        """The upstream's response (headers in) from the first endpoint that answers: another
+        endpoint is tried when one cannot be reached, sends no headers within its first-byte
+        timeout, or answers 429 or 5xx, up to GATEWAY_UPSTREAM_ATTEMPTS endpoints and no new
+        attempt past GATEWAY_UPSTREAM_FAILOVER_SECONDS. Nothing has reached the client yet,
+        and the reservation is the same whichever endpoint answers. The last failure is raised
+        as it is (a refusal in our terms for a status). Sets ``self.served``."""
+        gateway, model, target = self.gateway, self.model, self.target
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + settings.GATEWAY_UPSTREAM_FAILOVER_SECONDS
+        tried: set = set()
+        failure: BaseException | None = None
+        while True:
+            endpoint = None
+            if len(tried) < settings.GATEWAY_UPSTREAM_ATTEMPTS and (
+                not tried or loop.time() < give_up_at
+            ):
+                endpoint = gateway.router.choose(model, tried)
+            if endpoint is None:
+                raise failure or errors.upstream_unavailable()
+            tried.add(endpoint.id)
+            target.upstream_model, target.base_url = endpoint.upstream_model, endpoint.base_url
+            body = self.dialect.upstream_body(self.chat, target)
+            gateway.router.started(model, endpoint)
+            try:
+                async with asyncio.timeout(
+                    endpoint.first_byte_timeout or settings.UPSTREAM_READ_TIMEOUT_SECONDS
+                ):
+                    response = await gateway.upstream.post_chat(
+                        endpoint,
+                        body,
+                        extra if endpoint.is_demo else None,
+                        path=self.dialect.upstream_path,
+                    )
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                gateway.router.finished(model, endpoint, ok=False)
+                log.warning(
+                    "upstream endpoint %s of %s failed before answering: %s",
+                    endpoint.label,
+                    model.name,
+                    error.__class__.__name__,
+                )
+                failure = error
+                continue
+            except BaseException:
+                gateway.router.finished(model, endpoint, ok=True)
+                raise
+            if response.status == 429 or response.status >= 500:
+                try:
+                    answer = await response.read()
+                except (aiohttp.ClientError, OSError):
+                    answer = b""
+                finally:
+                    response.release()
+                # 429 is the server shedding load: try elsewhere, but it is not a fault.
+                gateway.router.finished(model, endpoint, ok=response.status == 429)
+                log.warning(
+                    "upstream endpoint %s of %s answered %d",
+                    endpoint.label,
+                    model.name,
+                    response.status,
+                )
+                failure = upstream_http_error(response.status, answer)
+                continue
+            self.served = endpoint
+            try:
+                yield response
+            finally:
+                response.release()
+            return
 
     async def _fail(self, response: StreamingResponse, error: GatewayError, renderer) -> None:
         """Note the failure in the outcome and tell the client: an error response, or an error

@@ -12,7 +12,7 @@ import json
 import aiohttp
 from django.conf import settings
 
-from gateway.selectors import CatalogModel
+from gateway.selectors import CatalogEndpoint
 from gateway.serving import errors
 from gateway.serving.dialects.base import Usage
 
@@ -40,24 +40,37 @@ class Upstream:
 
     def post_chat(
         self,
-        model: CatalogModel,
+        endpoint: CatalogEndpoint,
         body: dict,
         extra_headers: dict | None = None,
         *,
         path: str = "/chat/completions",
     ):
-        """An ``async with`` context for the upstream's response to ``body`` posted to
-        ``path`` (chat completions, or embeddings) below the model's base URL."""
+        """The upstream's response to ``body`` posted to ``path`` (chat completions, or
+        embeddings) below the endpoint's base URL: awaited, it returns once the headers are
+        in; the caller releases it."""
         headers = {"Content-Type": "application/json"}
-        if model.upstream_key:
-            headers["Authorization"] = f"Bearer {model.upstream_key}"
+        if endpoint.upstream_key:
+            headers["Authorization"] = f"Bearer {endpoint.upstream_key}"
         if extra_headers:
             headers.update(extra_headers)
+        timeout = None
+        if endpoint.connect_timeout is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=endpoint.connect_timeout,
+                sock_read=settings.UPSTREAM_READ_TIMEOUT_SECONDS,
+            )
         return self.session.post(
-            model.base_url + path,
+            endpoint.base_url + path,
             data=json.dumps(body, ensure_ascii=False).encode(),
             headers=headers,
+            **({"timeout": timeout} if timeout is not None else {}),
         )
+
+
+# Answers that say "not this server, not now": another endpoint may serve the request.
+RETRY_ELSEWHERE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class SSEReader:

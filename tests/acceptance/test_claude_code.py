@@ -151,7 +151,7 @@ def test_claude_code_runs_a_tool_through_the_translation_and_answers(transaction
     from django.db import connection
 
     from accounts.services import account_create_with_key
-    from gateway.models import Model
+    from gateway.models import UpstreamEndpoint
     from gateway.services import catalog_bootstrap
     from tests.gateway.harness import DemoUpstreamThread
     from usage.models import UsageRecord
@@ -160,8 +160,8 @@ def test_claude_code_runs_a_tool_through_the_translation_and_answers(transaction
     upstream = DemoUpstreamThread(app_factory=lambda: scripted_upstream(received)).start()
     try:
         catalog_bootstrap()
-        Model.objects.filter(name=MODEL).update(
-            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE, upstream_base_url=upstream.url
+        UpstreamEndpoint.objects.filter(model__name=MODEL).update(
+            kind=UpstreamEndpoint.Kind.OPENAI_COMPATIBLE, base_url=upstream.url
         )
         user, key = account_create_with_key(email="claude-tools@example.com")
         home = tmp_path / "home"
@@ -255,7 +255,7 @@ def test_claude_code_thinks_and_reads_a_pdf_through_the_gateway(transactional_db
     from django.db import connection
 
     from accounts.services import account_create_with_key
-    from gateway.models import Model
+    from gateway.models import Model, UpstreamEndpoint
     from gateway.services import catalog_bootstrap
     from tests.gateway.anthropic.test_request_translation import _pdf
     from tests.gateway.harness import DemoUpstreamThread
@@ -265,11 +265,10 @@ def test_claude_code_thinks_and_reads_a_pdf_through_the_gateway(transactional_db
     upstream = DemoUpstreamThread(app_factory=lambda: thinking_upstream(received)).start()
     try:
         catalog_bootstrap()
-        Model.objects.filter(name=MODEL).update(
-            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE,
-            upstream_base_url=upstream.url,
-            reasoning=Model.Reasoning.CHAT_TEMPLATE,
+        UpstreamEndpoint.objects.filter(model__name=MODEL).update(
+            kind=UpstreamEndpoint.Kind.OPENAI_COMPATIBLE, base_url=upstream.url
         )
+        Model.objects.filter(name=MODEL).update(reasoning=Model.Reasoning.CHAT_TEMPLATE)
         user, key = account_create_with_key(email="claude-thinks@example.com")
         home = tmp_path / "home"
         home.mkdir()

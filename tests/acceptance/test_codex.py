@@ -85,7 +85,7 @@ def test_codex_runs_a_shell_command_through_the_responses_api(transactional_db, 
     from django.db import connection
 
     from accounts.services import account_create_with_key
-    from gateway.models import Model
+    from gateway.models import UpstreamEndpoint
     from gateway.services import catalog_bootstrap
     from tests.gateway.harness import DemoUpstreamThread
     from usage.models import UsageRecord
@@ -101,8 +101,8 @@ def test_codex_runs_a_shell_command_through_the_responses_api(transactional_db, 
     ).start()
     try:
         catalog_bootstrap()
-        Model.objects.filter(name=MODEL).update(
-            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE, upstream_base_url=upstream.url
+        UpstreamEndpoint.objects.filter(model__name=MODEL).update(
+            kind=UpstreamEndpoint.Kind.OPENAI_COMPATIBLE, base_url=upstream.url
         )
         user, key = account_create_with_key(email="codex@example.com")
         with live_platform(connection.settings_dict, tmp_path) as base_url:

@@ -30,7 +30,7 @@ WEATHER = {
 def platform(transactional_db, tmp_path):
     from django.db import connection
 
-    from gateway.models import Model
+    from gateway.models import UpstreamEndpoint
     from gateway.services import catalog_bootstrap
     from tests.gateway.harness import DemoUpstreamThread
 
@@ -38,8 +38,8 @@ def platform(transactional_db, tmp_path):
     upstream = DemoUpstreamThread(app_factory=lambda: scripted_upstream(received)).start()
     try:
         catalog_bootstrap()
-        Model.objects.filter(name=MODEL).update(
-            upstream_kind=Model.UpstreamKind.OPENAI_COMPATIBLE, upstream_base_url=upstream.url
+        UpstreamEndpoint.objects.filter(model__name=MODEL).update(
+            kind=UpstreamEndpoint.Kind.OPENAI_COMPATIBLE, base_url=upstream.url
         )
         with live_platform(connection.settings_dict, tmp_path) as base_url:
             yield base_url, received

@@ -16,6 +16,34 @@ def superuser(db):
     )
 
 
+def _inline_forms(endpoints=(), aliases=()):
+    """The admin's inline formsets: new endpoints and aliases given as dicts of fields."""
+    data = {}
+    for prefix, rows in (("endpoints", endpoints), ("aliases", aliases)):
+        data.update(
+            {
+                f"{prefix}-TOTAL_FORMS": str(len(rows)),
+                f"{prefix}-INITIAL_FORMS": "0",
+                f"{prefix}-MIN_NUM_FORMS": "0",
+                f"{prefix}-MAX_NUM_FORMS": "1000",
+            }
+        )
+        for index, row in enumerate(rows):
+            data.update({f"{prefix}-{index}-{field}": value for field, value in row.items()})
+    return data
+
+
+MODEL_FIELDS = {
+    "name": "qwen3",
+    "context_window": 32768,
+    "max_output_tokens": 8192,
+    "kind": "chat",
+    "reasoning": "chat_template_kwargs",
+    "enabled": "on",
+    "sort_order": 0,
+}
+
+
 def test_it_shows_and_sets_how_a_model_reasons(client, superuser):
     client.force_login(superuser)
     model = Model.objects.create(name="qwen3", upstream_base_url="https://llm.example.com/v1")
@@ -23,22 +51,57 @@ def test_it_shows_and_sets_how_a_model_reasons(client, superuser):
     assert "Not asked (reasoning parameters are dropped)" in listing
     response = client.post(
         reverse("admin:gateway_model_change", args=[model.pk]),
-        {
-            "name": "qwen3",
-            "upstream_kind": "openai_compatible",
-            "upstream_base_url": "https://llm.example.com/v1",
-            "context_window": 32768,
-            "max_output_tokens": 8192,
-            "kind": "chat",
-            "reasoning": "chat_template_kwargs",
-            "enabled": "on",
-            "sort_order": 0,
-        },
+        {**MODEL_FIELDS, **_inline_forms()},
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     model.refresh_from_db()
     assert model.reasoning == Model.Reasoning.CHAT_TEMPLATE
     assert _build()["qwen3"].reasoning == "chat_template_kwargs"
+
+
+def test_endpoints_and_aliases_are_edited_inline_and_the_key_never_shown(client, superuser):
+    client.force_login(superuser)
+    model = Model.objects.create(name="qwen3")
+    endpoint = {"kind": "openai_compatible", "priority": 0, "weight": 3, "enabled": "on"}
+    response = client.post(
+        reverse("admin:gateway_model_change", args=[model.pk]),
+        {
+            **MODEL_FIELDS,
+            **_inline_forms(
+                endpoints=[
+                    {**endpoint, "base_url": "https://a.example.com/v1", "api_key": "sk-inline"},
+                    {**endpoint, "base_url": "", "upstream_model": "x"},
+                ],
+                aliases=[{"name": "qwen-latest", "listed": "on"}],
+            ),
+        },
+    )
+    # The second endpoint has no URL: refused, nothing saved.
+    assert response.status_code == 200
+    assert "A base URL is required for this kind." in response.content.decode()
+    assert not model.endpoints.exists()
+    response = client.post(
+        reverse("admin:gateway_model_change", args=[model.pk]),
+        {
+            **MODEL_FIELDS,
+            **_inline_forms(
+                endpoints=[
+                    {**endpoint, "base_url": "https://a.example.com/v1", "api_key": "sk-inline"}
+                ],
+                aliases=[{"name": "qwen-latest", "listed": "on"}],
+            ),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    saved = model.endpoints.get()
+    assert (saved.base_url, saved.weight) == ("https://a.example.com/v1", 3)
+    assert saved.api_key_encrypted and "sk-inline" not in saved.api_key_encrypted
+    page = client.get(reverse("admin:gateway_model_change", args=[model.pk])).content.decode()
+    assert "sk-inline" not in page and saved.api_key_encrypted not in page
+    snapshot = _build()
+    assert snapshot["qwen-latest"] is snapshot["qwen3"]
+    assert snapshot["qwen3"].endpoints[0].upstream_key == "sk-inline"
+    assert snapshot["qwen3"].listed_aliases == ("qwen-latest",)
 
 
 def test_strangers_to_the_admin_cannot_see_the_catalog(client, alice):

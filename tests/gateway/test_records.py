@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from gateway.models import Model
+from gateway.models import UpstreamEndpoint
 from keys.models import ApiKey
 from tests.gateway.harness import free_port
 from usage.models import DailyRollup, DailyUsage, Reservation, UsageRecord
@@ -97,8 +97,8 @@ def test_it_answers_504_when_the_upstream_hangs(gw, alice_key, settings):
 
 
 def test_it_answers_502_when_the_upstream_is_unreachable(gw, alice_key):
-    Model.objects.update(
-        upstream_kind="openai_compatible", upstream_base_url=f"http://127.0.0.1:{free_port()}/v1"
+    UpstreamEndpoint.objects.update(
+        kind="openai_compatible", base_url=f"http://127.0.0.1:{free_port()}/v1"
     )
     result = gw.chat(alice_key[1])
     assert result.status == 502

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from gateway.models import Model
+from gateway.models import Model, UpstreamEndpoint
 from usage.models import Reservation
 
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -119,7 +119,9 @@ def test_it_asks_for_the_model_limit_when_max_tokens_is_absent(gw, alice_key):
 
 
 def test_it_sends_the_upstream_model_name(gw, alice_key):
-    Model.objects.filter(name="LongCat-Flash-Chat").update(upstream_model="longcat-internal")
+    UpstreamEndpoint.objects.filter(model__name="LongCat-Flash-Chat").update(
+        upstream_model="longcat-internal"
+    )
     result = gw.chat(alice_key[1], _payload(), headers={"x-demo-echo": "1"})
     assert json.loads(result.json()["choices"][0]["message"]["content"])["model"] == (
         "longcat-internal"

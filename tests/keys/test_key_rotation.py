@@ -39,6 +39,8 @@ def stored_under_old(db, settings):
     settings.KEY_ENCRYPTION_OLD_KEYS = []
     _user, raw = account_create_with_key(email="rotation@example.com")
     model = Model.objects.create(name="rotated-model", upstream_base_url="http://up.invalid/v1")
+    model.endpoints.create(base_url="http://up.invalid/v1")
+    # On the model's own (pre-pool) field and on its endpoint: two stored upstream keys.
     model_set_upstream_key(model=model, raw_key="sk-upstream-secret")
     settings.KEY_ENCRYPTION_KEY = NEW
     return raw, model
@@ -55,11 +57,13 @@ def test_reencrypt_keys_moves_every_stored_secret_to_the_current_key_once(
 
     call_command("reencrypt_keys")
     out = capsys.readouterr().out
-    assert "API keys: moved 1" in out and "model upstream keys: moved 1" in out
+    assert "API keys: moved 1" in out and "model upstream keys: moved 2" in out
     settings.KEY_ENCRYPTION_OLD_KEYS = []  # the old key can go now
     assert crypto.decrypt_secret(ApiKey.objects.get(prefix=raw[:12]).encrypted) == raw
     model.refresh_from_db()
     assert crypto.decrypt_secret(model.upstream_key_encrypted) == "sk-upstream-secret"
+    endpoint = model.endpoints.get()
+    assert crypto.decrypt_secret(endpoint.api_key_encrypted) == "sk-upstream-secret"
 
     stored = list(ApiKey.objects.values_list("encrypted", flat=True))
     call_command("reencrypt_keys")  # a second run changes nothing

@@ -334,8 +334,8 @@ def test_the_overview_takes_a_fixed_number_of_queries(
         record_request(user)
         _apply(user)
     # Session, user, then seven figures: accounts, new today, today's counters, rollups per
-    # day and model, quota refusals, pending applications, models.
-    with django_assert_max_num_queries(9):
+    # day and model, quota refusals, pending applications, models and their endpoints.
+    with django_assert_max_num_queries(10):
         assert staff_client.get(reverse("staff:overview")).status_code == 200
 
 
@@ -412,3 +412,16 @@ def test_the_overview_figures_are_read_through_their_indexes(queryset, index):
                 cursor.execute("SET LOCAL enable_seqscan = off")
         plan = qs.explain()
     assert index in plan, plan
+
+
+def test_the_overview_lists_each_model_s_endpoints_with_their_state(staff_client):
+    from gateway.models import Model
+
+    model = Model.objects.create(name="pooled")
+    model.endpoints.create(base_url="http://gpu-a.internal:8000/v1", priority=0, weight=3)
+    model.endpoints.create(base_url="http://gpu-b.internal:8000/v1", priority=1, enabled=False)
+    page = staff_client.get(reverse("staff:overview")).content.decode()
+    assert "gpu-a.internal" in page and "gpu-b.internal" in page
+    assert "priority 0, weight 3" in page
+    row_b = page[page.index("gpu-b.internal") :]
+    assert "disabled" in row_b[: row_b.index("</tr>")]

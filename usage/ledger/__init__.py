@@ -136,6 +136,8 @@ class RecordRow:
     playground: bool = False
     # The part of the input read from the upstream's prompt cache (see UsageRecord).
     cached_input_tokens: int = 0
+    # The upstream endpoint that served it (see UsageRecord).
+    upstream_endpoint_id: int | None = None
 
 
 def reservation_grant(

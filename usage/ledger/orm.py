@@ -246,6 +246,7 @@ class OrmLedger(Ledger):
                         created_at=r.created_at,
                         playground=r.playground,
                         cached_input_tokens=r.cached_input_tokens,
+                        upstream_endpoint_id=r.upstream_endpoint_id,
                     )
                     for r in records
                 ]

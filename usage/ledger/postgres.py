@@ -240,8 +240,8 @@ WHERE id = ANY($1::bigint[])
 _INSERT_RECORD_SQL = f"""
 INSERT INTO {_t(UsageRecord)} (public_id, user_id, api_key_id, key_name, model, endpoint, stream,
     input_tokens, output_tokens, estimated, status_code, error_code, latency_ms, first_token_ms,
-    day, created_at, playground, cached_input_tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    day, created_at, playground, cached_input_tokens, upstream_endpoint_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 """
 
 _UPSERT_ROLLUP_SQL = f"""
@@ -536,6 +536,7 @@ class PgLedger(Ledger):
                                 r.created_at,
                                 r.playground,
                                 r.cached_input_tokens,
+                                r.upstream_endpoint_id,
                             )
                             for r in records
                         ],

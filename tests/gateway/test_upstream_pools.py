@@ -1,0 +1,282 @@
+"""A model served by several upstream endpoints: weights, failover before the first byte, no
+retry after it, ejection and return, and books that stay exact whichever endpoint served."""
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from tests.gateway.harness import DemoUpstreamThread, free_port
+from usage.models import DailyUsage, Reservation, UsageRecord
+
+MODEL = "LongCat-Flash-Chat"
+STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Hello!"}],
+    "max_tokens": 10,
+    "stream": True,
+}
+
+
+class FakeServer:
+    """An OpenAI-compatible upstream whose behaviour a test switches: ``ok`` (answers, usage
+    3 + 5), ``fail`` (HTTP ``status`` before any byte) or ``cut`` (a stream that stops after
+    two chunks without [DONE]). Counts the requests it got."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mode = "ok"
+        self.status = 500
+        self.requests = 0
+        self.thread = DemoUpstreamThread(app_factory=self._app).start()
+        self.url = self.thread.url
+
+    def _app(self):
+        from aiohttp import web
+
+        async def chat(request):
+            body = await request.json()
+            self.requests += 1
+            if self.mode == "fail":
+                return web.json_response({"error": {"message": "busy"}}, status=self.status)
+            usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+            if not body.get("stream"):
+                return web.json_response(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": self.name},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": usage,
+                    }
+                )
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for word in ("one ", "two "):
+                chunk = {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+                }
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if self.mode == "cut":
+                await asyncio.sleep(0.05)
+                request.transport.close()  # the server dies mid-stream
+                return response
+            done = {"id": "x", "choices": [], "usage": usage}
+            await response.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+    def stop(self):
+        self.thread.stop()
+
+
+@pytest.fixture
+def servers():
+    started = [FakeServer("A"), FakeServer("B")]
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def pool(demo_model, gateway_settings):
+    """Replaces the model's endpoints: ``pool(url, ...)`` with (url, priority, weight) each."""
+    gateway_settings.GATEWAY_UPSTREAM_EJECT_SECONDS = 0.3
+    gateway_settings.GATEWAY_UPSTREAM_EJECT_MAX_SECONDS = 1.0
+
+    def make(*endpoints):
+        demo_model.endpoints.all().delete()
+        return [
+            demo_model.endpoints.create(base_url=url, priority=priority, weight=weight)
+            for url, priority, weight in endpoints
+        ]
+
+    return make
+
+
+def _books_exact(user, results):
+    """One charge per request (whatever was tried), nothing left reserved, records = counter."""
+    counter = DailyUsage.objects.get(user=user)
+    records = list(UsageRecord.objects.filter(user=user))
+    assert not Reservation.objects.exists()
+    assert counter.reserved_tokens == 0
+    assert counter.requests == len(results) == len(records)
+    assert counter.input_tokens == sum(r.input_tokens for r in records)
+    assert counter.output_tokens == sum(r.output_tokens for r in records)
+
+
+def test_weights_share_a_tier_exactly_and_a_worse_tier_stays_idle(gw, alice_key, servers, pool):
+    a, b = servers
+    c = FakeServer("C")
+    try:
+        pool((a.url, 0, 3), (b.url, 0, 1), (c.url, 1, 10))
+        results = [gw.chat(alice_key[1]) for _ in range(40)]
+    finally:
+        c.stop()
+    assert {r.status for r in results} == {200}
+    # Smooth weighted round robin in one process: exact over every multiple of the tier's
+    # total weight (4 here); tolerance ±1 request.
+    assert abs(a.requests - 30) <= 1 and abs(b.requests - 10) <= 1
+    assert c.requests == 0
+
+
+def test_an_endpoint_refusing_connections_costs_no_client_error(
+    gw, alice_key, servers, pool, caplog
+):
+    a, _b = servers
+    dead, alive = pool((f"http://127.0.0.1:{free_port()}/v1", 0, 1), (a.url, 0, 1))
+    caplog.set_level(logging.WARNING, logger="gateway")
+    results = [gw.chat(alice_key[1], STREAM if i % 2 else None) for i in range(12)]
+    assert [r.status for r in results] == [200] * 12
+    assert all("error" not in r.body.decode() for r in results)
+    assert a.requests == 12
+    # Ejected after three failures, and said once, not per request.
+    ejections = [r for r in caplog.records if "ejected" in r.getMessage()]
+    assert len(ejections) == 1 and f"{dead.pk}:" in ejections[0].getMessage()
+    gw.flush()
+    assert set(UsageRecord.objects.values_list("upstream_endpoint_id", flat=True)) == {alive.pk}
+    _books_exact(alice_key[0], results)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_a_refusal_before_the_first_byte_fails_over(gw, alice_key, servers, pool, status):
+    a, b = servers
+    a.mode, a.status = "fail", status
+    _first, second = pool((a.url, 0, 1), (b.url, 1, 1))
+    results = [gw.chat(alice_key[1]), gw.chat(alice_key[1], STREAM)]
+    assert [r.status for r in results] == [200, 200]
+    assert results[0].json()["choices"][0]["message"]["content"] == "B"
+    assert a.requests == 2 and b.requests == 2
+    gw.flush()
+    assert set(UsageRecord.objects.values_list("upstream_endpoint_id", flat=True)) == {second.pk}
+    _books_exact(alice_key[0], results)
+
+
+def test_a_client_error_of_the_upstream_is_passed_on_not_retried(gw, alice_key, servers, pool):
+    a, b = servers
+    a.mode, a.status = "fail", 400
+    pool((a.url, 0, 1), (b.url, 1, 1))
+    assert gw.chat(alice_key[1]).status == 400
+    assert (a.requests, b.requests) == (1, 0)
+
+
+def test_attempts_are_bounded(gw, alice_key, servers, pool, gateway_settings):
+    a, b = servers
+    c = FakeServer("C")
+    try:
+        for server in (a, b, c):
+            server.mode = "fail"
+        gateway_settings.GATEWAY_UPSTREAM_ATTEMPTS = 2
+        pool((a.url, 0, 1), (b.url, 1, 1), (c.url, 2, 1))
+        result = gw.chat(alice_key[1])
+    finally:
+        c.stop()
+    assert result.status == 502
+    assert (a.requests, b.requests, c.requests) == (1, 1, 0)
+    gw.flush()
+    assert UsageRecord.objects.get().upstream_endpoint_id is None
+    _books_exact(alice_key[0], [result])
+    assert DailyUsage.objects.get().used_tokens == 0
+
+
+def test_a_stream_cut_midway_is_not_retried_and_is_charged_for_what_was_delivered(
+    gw, alice_key, servers, pool
+):
+    a, b = servers
+    a.mode = "cut"
+    first, _second = pool((a.url, 0, 1), (b.url, 1, 1))
+    result = gw.chat(alice_key[1], STREAM)
+    assert result.status == 200
+    events = result.events()
+    assert any(isinstance(e, dict) and "error" in e for e in events)
+    text = "".join(
+        e["choices"][0]["delta"].get("content") or ""
+        for e in events
+        if isinstance(e, dict) and e.get("choices")
+    )
+    assert text == "one two "
+    assert (a.requests, b.requests) == (1, 0)
+    gw.flush()
+    record = UsageRecord.objects.get()
+    assert record.upstream_endpoint_id == first.pk
+    assert record.output_tokens > 0 and record.estimated
+    _books_exact(alice_key[0], [result])
+
+
+def test_an_ejected_endpoint_comes_back_after_its_cool_down(gw, alice_key, servers, pool):
+    a, b = servers
+    a.mode = "fail"
+    pool((a.url, 0, 1), (b.url, 0, 1))
+    for _ in range(8):
+        assert gw.chat(alice_key[1]).status == 200
+    assert a.requests == 3  # three failures in a row, then ejected: no more traffic
+    a.mode = "ok"
+    time.sleep(0.35)  # GATEWAY_UPSTREAM_EJECT_SECONDS = 0.3
+    before = a.requests
+    for _ in range(10):
+        assert gw.chat(alice_key[1]).status == 200
+    # One trial, then back in the rotation: about half of the traffic.
+    assert a.requests - before >= 4
+    states = {state.label.split(":")[0]: state for state in gw.gateway.router.states()}
+    assert all(state.ejections_in_a_row == 0 for state in states.values())
+
+
+def test_alias_resolves_and_a_listed_alias_is_in_the_model_list(gw, alice_key, demo_model):
+    demo_model.aliases.create(name="longcat", listed=True)
+    demo_model.aliases.create(name="longcat-hidden", listed=False)
+    assert gw.chat(alice_key[1], {**STREAM, "model": "longcat-hidden"}).status == 200
+    listing = gw.request(
+        "GET", "/openai/v1/models", headers={"authorization": f"Bearer {alice_key[1]}"}
+    ).json()
+    assert [m["id"] for m in listing["data"]] == [MODEL, "longcat"]
+    gw.flush()
+    assert UsageRecord.objects.get().model == "longcat-hidden"
+
+
+def test_metrics_show_each_endpoint_s_attempts_errors_ejection_and_in_flight(
+    gw, alice_key, servers, pool, gateway_settings
+):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from observability import metrics
+
+    def sample(name, endpoint):
+        text = metrics.render_latest().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == {"model": MODEL, "endpoint": endpoint}:
+                    return s.value
+        return 0.0
+
+    gateway_settings.METRICS_ENABLED = True
+    a, b = servers
+    a.mode = "fail"
+    dead, alive = pool((a.url, 0, 1), (b.url, 0, 1))
+    dead_label = f"{dead.pk}:{a.url.split('/')[2]}"
+    alive_label = f"{alive.pk}:{b.url.split('/')[2]}"
+    for _ in range(6):
+        assert gw.chat(alice_key[1]).status == 200
+    assert sample("portal_gateway_upstream_endpoint_requests_total", dead_label) == 3
+    assert sample("portal_gateway_upstream_endpoint_errors_total", dead_label) == 3
+    assert sample("portal_gateway_upstream_endpoint_ejections_total", dead_label) == 1
+    assert sample("portal_gateway_upstream_endpoint_ejected", dead_label) == 1
+    assert sample("portal_gateway_upstream_endpoint_requests_total", alive_label) == 6
+    assert sample("portal_gateway_upstream_endpoint_errors_total", alive_label) == 0
+    assert sample("portal_gateway_upstream_endpoint_in_flight", alive_label) == 0
