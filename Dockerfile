@@ -28,8 +28,11 @@ RUN groupadd --system --gid 10001 app \
 # Default: none, which is enough for SMS_BACKEND=console and email-only sign-in. An image
 # without the SDK of the configured SMS_BACKEND fails `manage.py check` (accounts.E002).
 ARG SMS_EXTRAS=""
+# TOKENIZERS=1 adds the tokenizers package, for models that count input tokens with their own
+# tokenizer.json (README, "Upstream pools").
+ARG TOKENIZERS=""
 COPY requirements.lock requirements-sms-aliyun.lock requirements-sms-tencent.lock \
-     requirements-sms-twilio.lock ./
+     requirements-sms-twilio.lock requirements-tokenizers.lock ./
 RUN pip install --require-hashes -r requirements.lock \
  && for extra in $(echo "$SMS_EXTRAS" | tr ',' ' '); do \
       case "$extra" in \
@@ -38,7 +41,10 @@ RUN pip install --require-hashes -r requirements.lock \
         *) echo "SMS_EXTRAS: unknown extra '$extra' (sms, sms-aliyun, sms-tencent, sms-twilio)" >&2; exit 1 ;; \
       esac; \
       for lock in $locks; do pip install --require-hashes -r requirements.lock -r "$lock" || exit 1; done; \
-    done
+    done \
+ && if [ -n "$TOKENIZERS" ]; then \
+      pip install --require-hashes -r requirements.lock -r requirements-tokenizers.lock; \
+    fi
 
 # The code belongs to root and is read-only to the app user; only var/ is writable.
 COPY . .

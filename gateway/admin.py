@@ -78,6 +78,8 @@ class ModelForm(forms.ModelForm):
             "max_output_tokens",
             "kind",
             "reasoning",
+            "token_counter",
+            "tokenizer_file",
             "enabled",
             "sort_order",
         ]

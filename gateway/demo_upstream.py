@@ -259,11 +259,25 @@ async def list_models(request: web.Request) -> web.Response:
     )
 
 
+async def tokenize(request: web.Request) -> web.Response:
+    """vLLM's ``POST /tokenize`` (beside ``/v1``): the count the demo reports as prompt tokens,
+    for chat messages (vLLM's chat form) or a prompt string (its completion form)."""
+    body = await request.json()
+    if isinstance(body.get("messages"), list):
+        count = prompt_tokens(body["messages"])
+    elif isinstance(body.get("prompt"), str):
+        count = estimate_text_tokens(body["prompt"])
+    else:
+        return web.json_response({"error": {"message": "messages or prompt"}}, status=400)
+    return web.json_response({"count": count, "max_model_len": 131_072, "tokens": []})
+
+
 def make_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/tokenize", tokenize)
     return app
 
 

@@ -38,6 +38,13 @@ class Model(models.Model):
             _('vLLM/SGLang chat_template_kwargs {"enable_thinking": …}'),
         )
 
+    class TokenCounter(models.TextChoices):
+        """How input tokens are counted before the upstream answers (gateway.serving.counting)."""
+
+        HEURISTIC = "heuristic", _("Built-in estimate (errs high)")
+        UPSTREAM = "upstream", _("The model server's /tokenize (vLLM, SGLang)")
+        FILE = "file", _("A tokenizer file (tokenizer.json)")
+
     name = models.CharField(_("public name"), max_length=128, unique=True)
     description = models.CharField(_("description"), max_length=200, blank=True)
     upstream_kind = models.CharField(
@@ -86,6 +93,25 @@ class Model(models.Model):
             "(reasoning_content) reaches clients as thinking blocks and counts as output."
         ),
     )
+    token_counter = models.CharField(
+        _("input token counter"),
+        max_length=16,
+        choices=TokenCounter.choices,
+        default=TokenCounter.HEURISTIC,
+        help_text=_(
+            "How a prompt's tokens are counted before the model server answers (to reserve "
+            "quota and check the context window). Charges always come from the server's report."
+        ),
+    )
+    tokenizer_file = models.CharField(
+        _("tokenizer file"),
+        max_length=500,
+        blank=True,
+        help_text=_(
+            "For the tokenizer-file counter: the path of the model's tokenizer.json on the "
+            "gateway hosts (the Hugging Face format vLLM and SGLang load)."
+        ),
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     sort_order = models.IntegerField(_("sort order"), default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -104,6 +130,15 @@ class Model(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        super().clean()
+        if self.token_counter == self.TokenCounter.FILE:
+            from gateway.serving.counting import tokenizer_file_problem
+
+            problem = tokenizer_file_problem(self.tokenizer_file)
+            if problem:
+                raise ValidationError({"tokenizer_file": problem})
 
     @property
     def is_demo(self) -> bool:

@@ -51,6 +51,9 @@ class CatalogModel:
     reasoning: str = "none"
     # gateway.models.Model.Kind: "chat" or "embedding".
     kind: str = "chat"
+    # gateway.models.Model.TokenCounter, and the tokenizer file it may name.
+    token_counter: str = "heuristic"  # noqa: S105 - a counter's name, not a secret
+    tokenizer_file: str = ""
     # Filled in by the gateway's catalog snapshot (gateway.serving.catalog) only: the enabled
     # endpoints, best priority first.
     endpoints: tuple[CatalogEndpoint, ...] = ()
@@ -88,5 +91,7 @@ def catalog_model(model: Model, **upstream) -> CatalogModel:
         owned_by="demo" if model.is_demo else "platform",
         reasoning=model.reasoning,
         kind=model.kind,
+        token_counter=model.token_counter,
+        tokenizer_file=model.tokenizer_file,
         **upstream,
     )

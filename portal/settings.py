@@ -457,6 +457,10 @@ GATEWAY_UPSTREAM_FAILOVER_SECONDS = env.float("GATEWAY_UPSTREAM_FAILOVER_SECONDS
 GATEWAY_UPSTREAM_EJECT_FAILURES = env.int("GATEWAY_UPSTREAM_EJECT_FAILURES", default=3)
 GATEWAY_UPSTREAM_EJECT_SECONDS = env.float("GATEWAY_UPSTREAM_EJECT_SECONDS", default=10.0)
 GATEWAY_UPSTREAM_EJECT_MAX_SECONDS = env.float("GATEWAY_UPSTREAM_EJECT_MAX_SECONDS", default=300.0)
+# A model whose token counter is its server's /tokenize (gateway/serving/counting.py): each call
+# is bounded by this, and a server that failed is not asked again for the retry interval.
+GATEWAY_TOKENIZE_TIMEOUT_SECONDS = env.float("GATEWAY_TOKENIZE_TIMEOUT_SECONDS", default=1.0)
+GATEWAY_TOKENIZE_RETRY_SECONDS = env.int("GATEWAY_TOKENIZE_RETRY_SECONDS", default=60)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # A gateway step that needs the database (key lookup, catalog, quota reservation) gives up after
 # this long and answers 503, so a stalled database cannot hang every client.

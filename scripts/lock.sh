@@ -40,16 +40,17 @@ constraints=var/lock/requirements.lock.pins
 grep -E '^[A-Za-z0-9]' requirements.lock | sed -E 's/ *\\$//' >"$constraints"
 compile requirements-dev.lock \
   "Exact development dependencies: requirements.lock's versions plus the dev and sms extras." \
-  --extra dev --extra sms-aliyun --extra sms-tencent --extra sms-twilio --constraint "$constraints"
+  --extra dev --extra sms-aliyun --extra sms-tencent --extra sms-twilio --extra tokenizers \
+  --constraint "$constraints"
 # (Not --extra sms: it names the project itself, which would land in the lock as a file URL.)
 
-# 3. One small lock per SMS extra for the image (Dockerfile's SMS_EXTRAS): only what the SDK
-#    adds to requirements.lock, at the versions of requirements-dev.lock.
+# 3. One small lock per optional extra for the image (Dockerfile's SMS_EXTRAS and TOKENIZERS):
+#    only what it adds to requirements.lock, at the versions of requirements-dev.lock.
 constraints=var/lock/requirements-dev.lock.pins
 grep -E '^[A-Za-z0-9]' requirements-dev.lock | sed -E 's/ *\\$//' >"$constraints"
-for extra in sms-aliyun sms-tencent sms-twilio; do
+for extra in sms-aliyun sms-tencent sms-twilio tokenizers; do
   out=requirements-$extra.lock
-  compile "$out" "Exact additions to requirements.lock for the $extra extra (Dockerfile SMS_EXTRAS)." \
+  compile "$out" "Exact additions to requirements.lock for the $extra extra (Dockerfile build arguments)." \
     --extra "$extra" --constraint "$constraints"
   # Drop what requirements.lock already has: the image installs both, one after the other.
   python3 scripts/lock_subtract.py "$out" requirements.lock

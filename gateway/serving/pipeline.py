@@ -3,9 +3,10 @@
     auth (cached key; 429 for an address with too many failed checks; then the key's expiry
     and IP allow-list, 401/403) → rate limit (RPM, 429, before any body byte is read) → body
     (413; 503 past the process's body budget) → dialect.parse_chat (400) → tokens per minute
-    (429) → catalog (404) and the key's allowed models (403) → output clamp and context check
-    (400) → the key's concurrency slot (429, held until the request ends) → quota reserve (429,
-    one statement that also re-checks the key, its controls' version and its daily cap)
+    (429) → catalog (404) and the key's allowed models (403) → the model's tokenizer, where
+    it names one (gateway.serving.counting) → output clamp and context check (400) → the
+    key's concurrency slot (429, held until the request ends) → quota reserve (429, one
+    statement that also re-checks the key, its controls' version and its daily cap)
     → upstream call relayed in the client's dialect, at most GATEWAY_STREAM_MAX_SECONDS
     → settle (one statement, charge clamped to the reservation, shielded from cancellation,
     retried while the database is away; a charge that crossed an alert threshold is queued for
@@ -37,6 +38,7 @@ from gateway.serving import errors
 from gateway.serving.auth import KeyCache, api_key_from_headers
 from gateway.serving.catalog import Catalog
 from gateway.serving.concurrency import ConcurrencyLimiter, Slot
+from gateway.serving.counting import TokenCounter
 from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
 from gateway.serving.errors import GatewayError
 from gateway.serving.http import (
@@ -228,6 +230,7 @@ class Gateway:
         self.concurrency = concurrency or ConcurrencyLimiter()
         self.router = router or Router()
         self.keys = KeyCache(ledger)
+        self.counter = TokenCounter(upstream)
         self._settling: set[asyncio.Task] = set()
         # Reservations of this process's requests not yet settled: their leases are renewed.
         self._live: dict[int, Reserved] = {}
@@ -461,6 +464,10 @@ class Gateway:
                 model = await self.resolve_model(key, chat.model)
             if model.kind != dialect.model_kind:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
+            counted = await self.counter.count(model, dialect, chat)
+            if counted is not None:
+                # The model's own tokenizer: both bounds of the estimate become this count.
+                chat.input_tokens = chat.input_tokens_min = counted
             budget = output_budget(chat, model)
             call.slot = await self._take_slot(key)
             reserved = await self._database(self._reserve(call, digest, budget))

@@ -44,9 +44,11 @@ def test_the_image_is_a_slim_official_python_and_runs_as_a_non_root_user(dockerf
 def test_the_image_installs_the_lock_and_collects_static_files_at_build(dockerfile):
     runs = " ".join(_instructions(dockerfile, "RUN"))
     assert "pip install --require-hashes -r requirements.lock" in runs
-    # The SMS SDKs are optional extras chosen at build time, each from its own hashed lock.
-    assert 'ARG SMS_EXTRAS=""' in dockerfile
-    for extra in ("sms-aliyun", "sms-tencent", "sms-twilio"):
+    # The SMS SDKs and tokenizers are optional extras chosen at build time, each from its own
+    # hashed lock.
+    assert 'ARG SMS_EXTRAS=""' in dockerfile and 'ARG TOKENIZERS=""' in dockerfile
+    assert "-r requirements-tokenizers.lock" in runs
+    for extra in ("sms-aliyun", "sms-tencent", "sms-twilio", "tokenizers"):
         assert (ROOT / f"requirements-{extra}.lock").exists()
         assert f"requirements-{extra}.lock" in " ".join(_instructions(dockerfile, "COPY"))
     collect = next(line for line in dockerfile if "collectstatic" in line)
