@@ -62,7 +62,14 @@ def estimate_text_tokens_min(text: str) -> int:
     return (chars - wide) // 6 + wide // 2
 
 
-def _content_text(content: Any) -> Iterable[str]:
+# Images cost a fixed amount upstream; 765 tokens is a high-detail 512px tile set (the lower
+# bound takes half: a small or low-detail image costs less).
+IMAGE_TOKENS = 765
+_IMAGE = object()
+
+
+def _content_parts(content: Any) -> Iterable[Any]:
+    """The texts of a message's content, and ``_IMAGE`` for each image in it."""
     if content is None:
         return
     if isinstance(content, str):
@@ -75,8 +82,7 @@ def _content_text(content: Any) -> Iterable[str]:
                 if kind in (None, "text", "input_text"):
                     yield str(part.get("text") or "")
                 elif kind in ("image_url", "image", "input_image"):
-                    # Images cost a fixed amount upstream; 765 is a high-detail 512px tile set.
-                    yield "x" * (765 * 3)
+                    yield _IMAGE
                 else:
                     yield json.dumps(part, ensure_ascii=False)
             else:
@@ -86,18 +92,23 @@ def _content_text(content: Any) -> Iterable[str]:
 
 
 def estimate_chat_tokens(
-    messages: Iterable[Any], *, tools: Any = None, text_tokens=estimate_text_tokens
+    messages: Iterable[Any],
+    *,
+    tools: Any = None,
+    text_tokens=estimate_text_tokens,
+    image_tokens: int = IMAGE_TOKENS,
 ) -> int:
     """Input tokens of OpenAI-style ``messages`` (dicts), plus tool definitions if any, each
-    text counted by ``text_tokens`` (the upper estimate unless told)."""
+    text counted by ``text_tokens`` (the upper estimate unless told), each image as
+    ``image_tokens``."""
     total = REQUEST_OVERHEAD_TOKENS
     for message in messages:
         total += MESSAGE_OVERHEAD_TOKENS
         if not isinstance(message, dict):
             total += text_tokens(str(message))
             continue
-        for text in _content_text(message.get("content")):
-            total += text_tokens(text)
+        for part in _content_parts(message.get("content")):
+            total += image_tokens if part is _IMAGE else text_tokens(part)
         if message.get("tool_calls"):
             total += text_tokens(json.dumps(message["tool_calls"], ensure_ascii=False))
         if message.get("name"):
@@ -109,7 +120,12 @@ def estimate_chat_tokens(
 
 def estimate_chat_tokens_min(messages: Iterable[Any], *, tools: Any = None) -> int:
     """A lower bound of ``estimate_chat_tokens``' count: for the context-length check only."""
-    return estimate_chat_tokens(messages, tools=tools, text_tokens=estimate_text_tokens_min)
+    return estimate_chat_tokens(
+        messages,
+        tools=tools,
+        text_tokens=estimate_text_tokens_min,
+        image_tokens=IMAGE_TOKENS // 2,
+    )
 
 
 # Every field of a delta (or message) whose text reaches the client, in either dialect: the

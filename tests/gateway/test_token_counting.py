@@ -191,3 +191,13 @@ def test_an_unloadable_tokenizer_file_is_refused_in_the_admin_and_skipped_at_run
         assert error_code(ask(gw, key, content="Hi")) == "ok"
         assert error_code(ask(gw, key, content="Hi")) == "ok"
     assert sum("cannot be loaded" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_tokenizer_file_counts_an_image_at_the_estimates_fixed_cost(tokenizer_file):
+    from gateway.serving.counting import TokenCounter
+    from gateway.serving.tokens import IMAGE_TOKENS
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi word"}, image]}]
+    counted = TokenCounter(upstream=None)._count_with_file(tokenizer_file, messages, None)
+    assert counted == 2 + IMAGE_TOKENS + 4 + 3
