@@ -73,8 +73,20 @@ class RespClient:
                 )
             if self.db:
                 hello.append(("SELECT", self.db))
-            for command in hello:
-                await self._send(command)
+            # Written together, before this coroutine yields: a caller that finds the writer
+            # set while the replies are awaited writes its command behind them, never between
+            # AUTH and SELECT (where it would run on database 0, or unauthenticated).
+            waiters = [self._write(command) for command in hello]
+            try:
+                for waiter in waiters:
+                    await self._wait(waiter)
+            except RedisError as error:
+                # A refused AUTH or SELECT: nothing sent on this connection may run.
+                self._drop(RedisError(f"Redis refused the connection's set-up: {error}"))
+                for waiter in waiters:  # their errors are this one
+                    if waiter.done() and not waiter.cancelled():
+                        waiter.exception()
+                raise
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -121,10 +133,17 @@ class RespClient:
             if not waiter.done():
                 waiter.set_exception(error)
 
-    async def _send(self, args):
+    def _write(self, args) -> asyncio.Future:
+        """Send one command now; the future gets its reply (replies come in order)."""
         waiter = asyncio.get_running_loop().create_future()
         self._pending.append(waiter)
         self._writer.write(_encode(args))
+        return waiter
+
+    async def _send(self, args):
+        return await self._wait(self._write(args))
+
+    async def _wait(self, waiter: asyncio.Future):
         try:
             return await asyncio.wait_for(waiter, self.timeout)
         except TimeoutError:

@@ -198,3 +198,70 @@ def test_it_reads_the_redis_url():
         "s@cret",
         3,
     )
+
+
+class RecordingRedis:
+    """A RESP server that records the commands it gets, in order, answering AUTH late (so a
+    caller can arrive while a new connection is still setting itself up); after a refused
+    AUTH, it refuses every command, as Redis does."""
+
+    def __init__(self, *, refuse_auth=False):
+        self.commands: list[list[bytes]] = []
+        self.refuse_auth = refuse_auth
+
+    async def handle(self, reader, writer):
+        import asyncio
+
+        authenticated = False
+        while True:
+            try:
+                header = await reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            args = []
+            for _ in range(int(header[1:-2])):
+                size = int((await reader.readuntil(b"\r\n"))[1:-2])
+                args.append((await reader.readexactly(size + 2))[:-2])
+            self.commands.append(args)
+            if args[0] == b"AUTH":
+                await asyncio.sleep(0.05)
+                if self.refuse_auth:
+                    writer.write(b"-WRONGPASS invalid username-password pair\r\n")
+                    continue
+                authenticated = True
+            if not authenticated:
+                writer.write(b"-NOAUTH Authentication required.\r\n")
+                continue
+            writer.write(b":1\r\n" if args[0] == b"INCR" else b"+OK\r\n")
+
+
+@pytest.mark.parametrize("refuse_auth", [False, True])
+def test_a_command_never_runs_between_auth_and_select_of_a_new_connection(refuse_auth):
+    import asyncio
+
+    from gateway.serving.redis_wire import RedisError, RespClient
+
+    fake = RecordingRedis(refuse_auth=refuse_auth)
+
+    async def scenario():
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
+        try:
+            first = asyncio.create_task(client.call("INCR", "a"))
+            while client._writer is None:  # connected; AUTH's reply is still on its way
+                await asyncio.sleep(0.001)
+            second = asyncio.create_task(client.call("INCR", "b"))
+            return await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            await client.close()
+            server.close()
+
+    results = asyncio.run(scenario())
+    names = [command[0] for command in fake.commands]
+    # AUTH and SELECT went first, together; every other command came after both.
+    assert names[:2] == [b"AUTH", b"SELECT"] and fake.commands[1] == [b"SELECT", b"3"]
+    if refuse_auth:
+        assert all(isinstance(result, RedisError) for result in results), results
+    else:
+        assert results == [1, 1]
