@@ -133,82 +133,89 @@ class KeyControls:
 # --- validation, shared by the form, the REST API and the admin (through the service) ------
 
 
-def allowed_ips_clean(values: Iterable[str]) -> list[str]:
-    """Normalised, deduplicated addresses and CIDR ranges (IPv4 and IPv6), or
-    ``ValidationError`` naming the bad entry. A single address is stored as itself
-    (``203.0.113.7``), a range as its network (``203.0.113.0/24``).
-
-    Stops at the first entry past ``MAX_ALLOWED_IPS`` distinct ones: the cost of a long list
-    is bounded by the limit, not by the list."""
+def _bounded_unique(values: Iterable[str], normalise, *, limit: int, too_many) -> list[str]:
+    """``values`` stripped, blanks dropped, each through ``normalise`` (which raises
+    ``ValidationError`` for a bad one), duplicates dropped, in order. Stops at the first entry
+    past ``limit`` distinct ones with ``too_many``: the cost of a long list is bounded by the
+    limit, not by the list."""
     cleaned: list[str] = []
     seen: set[str] = set()
     for raw in values:
         value = (raw or "").strip()
         if not value:
             continue
-        try:
-            if "/" in value:
-                network = ipaddress.ip_network(value, strict=True)
-                text = str(network)
-                if network.num_addresses == 1:
-                    text = str(network.network_address)
-            else:
-                text = str(ipaddress.ip_address(value))
-        except ValueError:
-            message = _(
-                "“%(value)s” is not an IP address or a CIDR range "
-                "(for example 203.0.113.7, 203.0.113.0/24 or 2001:db8::/32)."
-            ) % {"value": value[:60]}
-            if "/" in value:
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError:
-                    pass
-                else:
-                    message = _(
-                        "“%(value)s” has host bits set; write the range as %(network)s."
-                    ) % {"value": value[:60], "network": ipaddress.ip_network(value, strict=False)}
-            raise ValidationError({"allowed_ips": message}) from None
+        text = normalise(value)
         if text in seen:
             continue
-        if len(cleaned) == MAX_ALLOWED_IPS:
-            raise ValidationError(
-                {
-                    "allowed_ips": _("At most %(max)d addresses and ranges per key.")
-                    % {"max": MAX_ALLOWED_IPS}
-                }
-            )
+        if len(cleaned) == limit:
+            raise too_many
         seen.add(text)
         cleaned.append(text)
     return cleaned
 
 
+def _ip_or_network(value: str) -> str:
+    try:
+        if "/" not in value:
+            return str(ipaddress.ip_address(value))
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        message = _(
+            "“%(value)s” is not an IP address or a CIDR range "
+            "(for example 203.0.113.7, 203.0.113.0/24 or 2001:db8::/32)."
+        ) % {"value": value[:60]}
+        if "/" in value:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                pass
+            else:
+                message = _("“%(value)s” has host bits set; write the range as %(network)s.") % {
+                    "value": value[:60],
+                    "network": ipaddress.ip_network(value, strict=False),
+                }
+        raise ValidationError({"allowed_ips": message}) from None
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
+def allowed_ips_clean(values: Iterable[str]) -> list[str]:
+    """Normalised, deduplicated addresses and CIDR ranges (IPv4 and IPv6), or
+    ``ValidationError`` naming the bad entry. A single address is stored as itself
+    (``203.0.113.7``), a range as its network (``203.0.113.0/24``); at most
+    ``MAX_ALLOWED_IPS``."""
+    return _bounded_unique(
+        values,
+        _ip_or_network,
+        limit=MAX_ALLOWED_IPS,
+        too_many=ValidationError(
+            {
+                "allowed_ips": _("At most %(max)d addresses and ranges per key.")
+                % {"max": MAX_ALLOWED_IPS}
+            }
+        ),
+    )
+
+
+def _model_name(value: str) -> str:
+    if len(value) > MODEL_NAME_MAX_LENGTH or any(ch.isspace() for ch in value):
+        raise ValidationError(
+            {"allowed_models": _("“%(value)s” is not a model name.") % {"value": value[:60]}}
+        )
+    return value
+
+
 def allowed_models_clean(values: Iterable[str]) -> list[str]:
     """Deduplicated public model names (checked for shape only: ``keys`` does not read the
-    gateway's catalog, and a name no model has simply never matches). Stops at the first
-    entry past ``MAX_ALLOWED_MODELS`` distinct ones."""
-    cleaned: list[str] = []
-    seen: set[str] = set()
-    for raw in values:
-        value = (raw or "").strip()
-        if not value:
-            continue
-        if len(value) > MODEL_NAME_MAX_LENGTH or any(ch.isspace() for ch in value):
-            raise ValidationError(
-                {"allowed_models": _("“%(value)s” is not a model name.") % {"value": value[:60]}}
-            )
-        if value in seen:
-            continue
-        if len(cleaned) == MAX_ALLOWED_MODELS:
-            raise ValidationError(
-                {
-                    "allowed_models": _("At most %(max)d models per key.")
-                    % {"max": MAX_ALLOWED_MODELS}
-                }
-            )
-        seen.add(value)
-        cleaned.append(value)
-    return cleaned
+    gateway's catalog, and a name no model has simply never matches); at most
+    ``MAX_ALLOWED_MODELS``."""
+    return _bounded_unique(
+        values,
+        _model_name,
+        limit=MAX_ALLOWED_MODELS,
+        too_many=ValidationError(
+            {"allowed_models": _("At most %(max)d models per key.") % {"max": MAX_ALLOWED_MODELS}}
+        ),
+    )
 
 
 def split_list(text: str) -> list[str]:
