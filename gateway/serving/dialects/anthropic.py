@@ -17,14 +17,17 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from gateway.serving.dialects.anthropic_native import passthrough_body
 from gateway.serving.dialects.anthropic_schema import (
     MessagesRequest,
     MessagesRequestError,
     ThinkingBlock,
     count_tokens_request_parse,
+    decode_body,
     messages_request_parse,
 )
 from gateway.serving.dialects.anthropic_signature import (
+    SIGNATURE_PREFIX,
     thinking_signature,
     thinking_signature_valid,
 )
@@ -93,14 +96,23 @@ def _signer(target: UpstreamTarget):
     return lambda text: thinking_signature(text, model)
 
 
+def _forged(block: ThinkingBlock) -> bool:
+    # Unsigned, or signed as by this gateway but not for this text. Another signature is an
+    # Anthropic-native upstream's: only it can check it, and only it gets the block back
+    # (``anthropic_native``; an OpenAI-format upstream gets no thinking at all).
+    signature = block.signature or ""
+    return not signature or (
+        signature.startswith(SIGNATURE_PREFIX)
+        and not thinking_signature_valid(signature, block.thinking)
+    )
+
+
 def _refuse_forged_thinking(request: MessagesRequest) -> None:
-    """400 for a thinking block in the history that this gateway did not sign as it is (its
-    text altered, or made up). ``redacted_thinking`` blocks carry nothing and pass."""
+    """400 for a thinking block in the history that this gateway signed for another text, or
+    that nobody signed. ``redacted_thinking`` blocks carry nothing and pass."""
     for m, message in enumerate(request.messages):
         for b, block in enumerate(message.content):
-            if isinstance(block, ThinkingBlock) and not thinking_signature_valid(
-                block.signature, block.thinking
-            ):
+            if isinstance(block, ThinkingBlock) and _forged(block):
                 field = f"messages.{m}.content.{b}"
                 raise bad_request(f"{field}: Invalid `signature` in `thinking` block", param=field)
 
@@ -167,16 +179,19 @@ class AnthropicDialect(Dialect):
     prefix = "/anthropic"
     endpoint = "anthropic.messages"
     chat_paths = ("/v1/messages",)
+    native_protocol = "anthropic"
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
         # The query (Claude Code sends ``?beta=true``) changes nothing here.
         try:
-            parsed = messages_request_parse(body)
+            native = decode_body(body)
+            parsed = messages_request_parse(native)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
         refuse_unpaired_surrogates(body)
         _refuse_forged_thinking(parsed)
         translation = chat_request_from_messages(parsed)
+        translation.native = native
         return ChatRequest(
             model=parsed.model,
             stream=parsed.stream,
@@ -205,6 +220,12 @@ class AnthropicDialect(Dialect):
         )
         request_reasoning(body, target, wanted=translation.thinking, effort=effort)
         return body
+
+    def native_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        translation: ChatTranslation = request.body
+        return passthrough_body(
+            translation.native, model=target.upstream_model, max_tokens=target.max_tokens
+        )
 
     def render_completion(
         self, request: ChatRequest, upstream: dict, target: UpstreamTarget
