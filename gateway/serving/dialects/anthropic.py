@@ -1,23 +1,29 @@
 """The Anthropic Messages dialect (``/anthropic``), for the Anthropic SDKs and Claude Code.
 
 Requests are validated and translated to chat completions by ``anthropic_schema`` and
-``anthropic_translate``; the pipeline does auth, quota, rate limits and records exactly as for
-the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (the quota's own
-estimate, free of charge but rate-limited and recorded), a models list, and the
-``HEAD``/``GET /anthropic`` probe Claude Code sends before its first request.
+``anthropic_translate``, or passed through to an Anthropic-native endpoint (``native_body``,
+``gateway.serving.exchange``); the pipeline does auth, quota, rate limits and records exactly as
+for the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (a native
+upstream's count, else the quota's own estimate; free of charge but rate-limited and recorded),
+a models list, and the ``HEAD``/``GET /anthropic`` probe Claude Code sends before its first
+request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import aiohttp
 from django.conf import settings
 
-from gateway.serving.dialects.anthropic_native import passthrough_body
+from gateway.serving.dialects.anthropic_native import count_tokens_body, passthrough_body
 from gateway.serving.dialects.anthropic_schema import (
     MessagesRequest,
     MessagesRequestError,
@@ -60,6 +66,8 @@ from gateway.serving.tokens import (
     estimate_chat_tokens_min,
 )
 from observability.logging import current_request_id
+
+log = logging.getLogger(__name__)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -297,20 +305,27 @@ class AnthropicDialect(Dialect):
 
 
 COUNT_TOKENS_ENDPOINT = "anthropic.count_tokens"
+# Below an Anthropic-native endpoint's base URL, as /v1/messages is.
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 async def count_tokens(gateway, request: Request) -> Response:
-    """``{"input_tokens": N}`` by the estimate the quota reserves. Charges nothing, but is
-    metered like a chat call: a fresh key check, the key's rate limit before the body is read,
+    """``{"input_tokens": N}``: an Anthropic-native upstream's own count when the model is
+    served by one, else the estimate the quota reserves. Charges nothing, but is metered like
+    a chat call: a fresh key check, the key's rate limit before the body is read,
     the process's body budget, and a usage record (0 tokens) — parsing a large body costs CPU.
     """
 
     async def work(body: bytes, key) -> tuple[str, Response]:
         try:
-            parsed = count_tokens_request_parse(body)
+            native = decode_body(body)
+            parsed = count_tokens_request_parse(native)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
-        await gateway.resolve_model(key, parsed.model)
+        model = await gateway.resolve_model(key, parsed.model)
+        counted = await _upstream_count(gateway, model, native, request)
+        if counted is not None:
+            return parsed.model, json_response(200, {"input_tokens": counted})
         chat_body = {"messages": chat_messages_from(parsed)}
         tools = chat_tools_from(parsed)
         if tools:
@@ -318,6 +333,46 @@ async def count_tokens(gateway, request: Request) -> Response:
         return parsed.model, json_response(200, {"input_tokens": _estimate(chat_body)})
 
     return await gateway.handle_metered(dialect, request, COUNT_TOKENS_ENDPOINT, work)
+
+
+async def _upstream_count(gateway, model, native: dict, request: Request) -> int | None:
+    """The count of the model's preferred endpoint (best priority, usable key) when it is
+    Anthropic-native; None to count locally: another kind of endpoint, or an upstream that
+    does not offer ``count_tokens`` (404/405), refuses it or fails."""
+    endpoint = next((e for e in model.endpoints if e.upstream_key is not None), None)
+    if endpoint is None or not endpoint.is_anthropic:
+        return None
+    headers = {
+        name.decode(): value.decode("latin-1")
+        for name, value in request.headers.items()
+        if name == b"anthropic-beta"
+    }
+    body = count_tokens_body(native, model=endpoint.upstream_model)
+    try:
+        async with (
+            asyncio.timeout(endpoint.first_byte_timeout or settings.UPSTREAM_READ_TIMEOUT_SECONDS),
+            gateway.upstream.post_chat(endpoint, body, headers, path=COUNT_TOKENS_PATH) as answer,
+        ):
+            status, payload = answer.status, await answer.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        log.warning(
+            "count_tokens: endpoint %s failed (%s); counted locally",
+            endpoint.label,
+            error.__class__.__name__,
+        )
+        return None
+    if status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            counted = json.loads(payload).get("input_tokens")
+            if isinstance(counted, int) and counted >= 0:
+                return counted
+    if status not in (404, 405):
+        log.warning(
+            "count_tokens: endpoint %s answered %d without a count; counted locally",
+            endpoint.label,
+            status,
+        )
+    return None
 
 
 def model_object(model) -> dict:

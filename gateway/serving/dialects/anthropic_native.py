@@ -94,14 +94,11 @@ def _upstream_blocks(content: Any) -> Any:
     ]
 
 
-def passthrough_body(native: dict, *, model: str, max_tokens: int) -> dict:
-    """The Anthropic client's validated request for a native upstream: its own JSON with
-    ``model`` and ``max_tokens`` (the granted budget) set. A thinking budget that no longer
-    fits below ``max_tokens`` is lowered, and thinking is left out when not even Anthropic's
-    minimum budget fits."""
+def count_tokens_body(native: dict, *, model: str) -> dict:
+    """An Anthropic client's request (``count_tokens`` or Messages) for a native upstream's
+    ``model``, without the gateway's own thinking blocks."""
     body = dict(native)
     body["model"] = model
-    body["max_tokens"] = max_tokens
     messages = []
     for message in body.get("messages") or ():
         content = _upstream_blocks(message.get("content"))
@@ -109,6 +106,16 @@ def passthrough_body(native: dict, *, model: str, max_tokens: int) -> dict:
             continue  # an assistant turn that held nothing but the gateway's thinking
         messages.append({**message, "content": content})
     body["messages"] = messages
+    return body
+
+
+def passthrough_body(native: dict, *, model: str, max_tokens: int) -> dict:
+    """The Anthropic client's validated request for a native upstream: its own JSON with
+    ``model`` and ``max_tokens`` (the granted budget) set. A thinking budget that no longer
+    fits below ``max_tokens`` is lowered, and thinking is left out when not even Anthropic's
+    minimum budget fits."""
+    body = count_tokens_body(native, model=model)
+    body["max_tokens"] = max_tokens
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
         budget = min(thinking["budget_tokens"], max_tokens - 1)
