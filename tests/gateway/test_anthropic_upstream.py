@@ -302,7 +302,6 @@ def test_an_openai_client_is_translated_both_ways(gw, alice_key, native):
         "stop_sequences": ["END"],
         "tools": [{**TOOLS[0]}],
         "tool_choice": {"type": "any"},
-        "temperature": 1.0,
     }
     record = _record(gw, user)
     assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (

@@ -279,11 +279,11 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     """A chat-completions body (as an OpenAI-format dialect builds it for an upstream) as an
     Anthropic Messages request for ``model`` with ``max_tokens``.
 
-    Only what the Messages API takes is sent (it refuses unknown fields): ``n``, penalties,
-    ``seed``, ``logprobs`` and ``response_format`` are left out. ``temperature`` is kept within
-    Anthropic's 0 to 1. A ``reasoning_effort`` other than ``none`` becomes ``thinking`` with a
-    budget for the effort (below ``max_tokens``, at least 1,024 tokens, else no thinking);
-    thinking takes no sampling parameters, so they are then left out.
+    Only what the Messages API takes is sent (it refuses unknown fields): no sampling
+    parameters (``temperature``, ``top_p``, ``top_k``: the current API, as its 2.x SDKs, has
+    none), no ``n``, penalties, ``seed``, ``logprobs`` or ``response_format``. A
+    ``reasoning_effort`` other than ``none`` becomes ``thinking`` with a budget for the effort
+    (below ``max_tokens`` and at least 1,024 tokens, else no thinking).
     """
     messages, system = _messages(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
@@ -305,12 +305,6 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     budget = _BUDGET_BY_EFFORT.get(chat.get("reasoning_effort"))
     if budget is not None and min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET_TOKENS:
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
-    else:
-        if isinstance(chat.get("temperature"), int | float):
-            body["temperature"] = min(float(chat["temperature"]), 1.0)
-        for name in ("top_p", "top_k"):
-            if isinstance(chat.get(name), int | float):
-                body[name] = chat[name]
     if chat.get("stream"):
         body["stream"] = True
     return body
