@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 from gateway.models import Model, UpstreamEndpoint
+from gateway.serving.catalog import _build
 from gateway.serving.dialects.anthropic_signature import thinking_signature
 from tests.gateway.fake_anthropic import THOUGHT, UPSTREAM_SIGNATURE, FakeAnthropic
 from usage.models import DailyUsage, Reservation, UsageRecord
@@ -494,6 +495,9 @@ def test_an_embedding_model_refuses_an_anthropic_endpoint(db):
             base_url="https://api.anthropic.com",
         )
     assert "kind" in refused.value.message_dict
+    # Set behind validation's back (the model's kind changed later): never routed to.
+    model.endpoints.create(kind=UpstreamEndpoint.Kind.ANTHROPIC, base_url="https://a.example")
+    assert _build()["embedder"].endpoints == ()
     with pytest.raises(CommandError, match="embedding model"):
         call_command(
             "upstream", "add", "embedder", "https://api.anthropic.com", "--kind", "anthropic"

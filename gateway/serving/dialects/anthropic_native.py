@@ -240,6 +240,13 @@ def _messages(chat_messages: list) -> tuple[list[dict], list[str]]:
     return messages, system
 
 
+def _continues_tool_use(messages: list[dict]) -> bool:
+    """True when the last turn carries tool results (the model's tool-use turn goes on)."""
+    return bool(messages) and any(
+        block["type"] == "tool_result" for block in messages[-1]["content"]
+    )
+
+
 def _tool_choice(choice: Any, *, parallel: Any) -> dict | None:
     if choice == "auto":
         result: dict = {"type": "auto"}
@@ -283,7 +290,9 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     parameters (``temperature``, ``top_p``, ``top_k``: the current API, as its 2.x SDKs, has
     none), no ``n``, penalties, ``seed``, ``logprobs`` or ``response_format``. A
     ``reasoning_effort`` other than ``none`` becomes ``thinking`` with a budget for the effort
-    (below ``max_tokens`` and at least 1,024 tokens, else no thinking).
+    (below ``max_tokens`` and at least 1,024 tokens, else no thinking), except when the request
+    answers tool calls: Anthropic then wants the turn's signed thinking back, which an
+    OpenAI-format client has no way to keep, so that step goes without thinking.
     """
     messages, system = _messages(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
@@ -303,7 +312,11 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     if isinstance(chat.get("user"), str) and chat["user"]:
         body["metadata"] = {"user_id": chat["user"]}
     budget = _BUDGET_BY_EFFORT.get(chat.get("reasoning_effort"))
-    if budget is not None and min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET_TOKENS:
+    if (
+        budget is not None
+        and min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET_TOKENS
+        and not _continues_tool_use(messages)
+    ):
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
     if chat.get("stream"):
         body["stream"] = True

@@ -169,6 +169,22 @@ def test_a_reasoning_effort_becomes_thinking(effort, max_tokens, thinking):
     assert not {"temperature", "top_k", "reasoning_effort"} & set(body)
 
 
+def test_answering_tool_calls_goes_without_thinking():
+    """Anthropic wants the turn's signed thinking back there, which OpenAI clients cannot keep."""
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 °C"},
+        ],
+        "reasoning_effort": "high",
+    }
+    assert "thinking" not in messages_request_from_chat(chat, model="m", max_tokens=4096)
+    chat["messages"].append({"role": "assistant", "content": "18 °C."})
+    chat["messages"].append({"role": "user", "content": "And tomorrow?"})
+    assert "thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)
+
+
 def test_a_message_becomes_a_chat_completion():
     message = {
         "id": "msg_1",
