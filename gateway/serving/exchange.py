@@ -29,6 +29,7 @@ from gateway.serving.dialects.anthropic_native import (
     usage_of,
     with_model,
 )
+from gateway.serving.dialects.anthropic_translate import MESSAGE_STOP_EVENT
 from gateway.serving.dialects.base import (
     REASONING_EFFORT,
     ChatRequest,
@@ -55,7 +56,6 @@ from gateway.serving.upstream import (
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 MESSAGES_PATH = "/v1/messages"
-MESSAGE_STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 # Client headers an Anthropic-native upstream gets from an Anthropic client: the beta
 # features it asked for (the request relies on them).
 _PASSED_HEADERS = (b"anthropic-beta",)

@@ -307,6 +307,9 @@ class AnthropicDialect(Dialect):
 COUNT_TOKENS_ENDPOINT = "anthropic.count_tokens"
 # Below an Anthropic-native endpoint's base URL, as /v1/messages is.
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# Anthropic counts in well under a second; a count is not worth a slow answer (Claude Code
+# asks often), so an upstream this slow gets the local estimate instead.
+COUNT_TOKENS_TIMEOUT_SECONDS = 5.0
 
 
 async def count_tokens(gateway, request: Request) -> Response:
@@ -338,7 +341,9 @@ async def count_tokens(gateway, request: Request) -> Response:
 async def _upstream_count(gateway, model, native: dict, request: Request) -> int | None:
     """The count of the model's preferred endpoint (best priority, usable key) when it is
     Anthropic-native; None to count locally: another kind of endpoint, or an upstream that
-    does not offer ``count_tokens`` (404/405), refuses it or fails."""
+    does not offer ``count_tokens`` (404/405), refuses it, fails or takes more than
+    ``COUNT_TOKENS_TIMEOUT_SECONDS``. It bypasses routing: no failover, and no effect on the
+    endpoint's health."""
     endpoint = next((e for e in model.endpoints if e.upstream_key is not None), None)
     if endpoint is None or not endpoint.is_anthropic:
         return None
@@ -350,7 +355,7 @@ async def _upstream_count(gateway, model, native: dict, request: Request) -> int
     body = count_tokens_body(native, model=endpoint.upstream_model)
     try:
         async with (
-            asyncio.timeout(endpoint.first_byte_timeout or settings.UPSTREAM_READ_TIMEOUT_SECONDS),
+            asyncio.timeout(COUNT_TOKENS_TIMEOUT_SECONDS),
             gateway.upstream.post_chat(endpoint, body, headers, path=COUNT_TOKENS_PATH) as answer,
         ):
             status, payload = answer.status, await answer.read()
