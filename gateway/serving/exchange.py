@@ -108,6 +108,16 @@ class Exchange:
         return Usage(self.chat.input_tokens, output, True)
 
 
+def _started_input(estimate: Usage, started: dict) -> Usage:
+    """``estimate`` with the input ``message_start`` reported, when it did: an Anthropic
+    stream says its input first, so a cut one is charged that, not the gateway's estimate."""
+    reported = usage_of(started) if started else None
+    if reported is not None:
+        estimate.input_tokens = reported.input_tokens
+        estimate.cached_input_tokens = reported.cached_input_tokens
+    return estimate
+
+
 class _TranslatedReader:
     """An Anthropic stream read as chat-completion chunks (JSON bytes, as an OpenAI upstream
     writes them)."""
@@ -122,6 +132,11 @@ class _TranslatedReader:
     @property
     def done(self) -> bool:
         return self._events.done
+
+    @property
+    def usage(self) -> dict:
+        """The stream's Anthropic usage so far ({} before ``message_start``)."""
+        return self._translator.usage
 
     async def _read(self):
         translator = self._translator
@@ -143,6 +158,7 @@ class AnthropicTranslated(Exchange):
     def __init__(self, dialect: Dialect, chat: ChatRequest, target: UpstreamTarget):
         super().__init__(dialect, chat, target)
         self.path = MESSAGES_PATH
+        self._reader: _TranslatedReader | None = None
 
     def body(self) -> dict:
         # The dialect passes the client's reasoning effort on as ``reasoning_effort`` only to
@@ -158,7 +174,12 @@ class AnthropicTranslated(Exchange):
         return chat_completion_from_message(json.loads(raw))
 
     def reader(self, response):
-        return _TranslatedReader(response)
+        self._reader = _TranslatedReader(response)
+        return self._reader
+
+    def estimate(self, delivered: list[bytes]) -> Usage:
+        started = self._reader.usage if self._reader is not None else {}
+        return _started_input(super().estimate(delivered), started)
 
 
 class AnthropicRelay(StreamRenderer):
@@ -256,10 +277,7 @@ class AnthropicPassThrough(Exchange):
 
     def estimate(self, delivered: list[bytes]) -> Usage:
         output = min(sum(_delta_tokens(data) for data in delivered), self.target.max_tokens)
-        started = usage_of(self.usage) if self.usage else None
-        if started is None:
-            return Usage(self.chat.input_tokens, output, True)
-        return Usage(started.input_tokens, output, True, started.cached_input_tokens)
+        return _started_input(Usage(self.chat.input_tokens, output, True), self.usage)
 
 
 def exchange_for(

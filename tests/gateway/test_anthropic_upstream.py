@@ -382,9 +382,8 @@ def test_a_cut_stream_ends_with_an_error_and_charges_what_was_delivered(
     record = _record(gw, user)
     assert record.status_code == 502 and record.estimated
     assert record.output_tokens > 0
-    if dialect == "anthropic":
-        # The input message_start reported, not the gateway's estimate.
-        assert (record.input_tokens, record.cached_input_tokens) == (INPUT, CACHED)
+    # The input message_start reported, not the gateway's estimate.
+    assert (record.input_tokens, record.cached_input_tokens) == (INPUT, CACHED)
     _books_exact(user)
 
 
