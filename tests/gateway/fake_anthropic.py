@@ -2,7 +2,8 @@
 
 ``mode``: ``ok`` (answers), ``fail`` (HTTP ``status`` before any byte), ``cut`` (a stream that
 stops after its text without ``message_stop``), ``error`` (a stream that sends an
-``overloaded_error`` event after its first text). It answers with the thinking, text and tool
+``overloaded_error`` event after its first text), ``nousage`` (answers without ``usage``). It
+answers with the thinking, text and tool
 use a request asks for, reports cache usage (10 input + 20 written to + 30 read from the
 cache, 7 output), and keeps what it was sent.
 """
@@ -74,18 +75,19 @@ class FakeAnthropic:
             blocks = self._blocks(body)
             stop_reason = "tool_use" if body.get("tools") else "end_turn"
             if not body.get("stream"):
-                return web.json_response(
-                    {
-                        "id": "msg_01",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": body["model"],
-                        "content": blocks,
-                        "stop_reason": stop_reason,
-                        "stop_sequence": None,
-                        "usage": USAGE,
-                    }
-                )
+                message = {
+                    "id": "msg_01",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": blocks,
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": USAGE,
+                }
+                if self.mode == "nousage":
+                    del message["usage"]
+                return web.json_response(message)
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             start = {

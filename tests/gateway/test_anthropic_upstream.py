@@ -439,6 +439,48 @@ def test_a_failing_native_endpoint_fails_over_before_the_first_byte(
     _books_exact(user)
 
 
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_a_pool_may_mix_kinds_each_attempt_speaking_its_endpoints_protocol(
+    gw, alice_key, native, demo_upstream, dialect
+):
+    """A failing native endpoint, then an OpenAI-format one: the same request is passed
+    through to the first and translated for the second, reserved and charged once."""
+    user, key = alice_key
+    a, b = native
+    a.mode, a.status = "fail", 529
+    UpstreamEndpoint.objects.filter(base_url=b.url).update(
+        kind=UpstreamEndpoint.Kind.DEMO, base_url=""
+    )
+    payload = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    path = "/anthropic/v1/messages" if dialect == "anthropic" else "/openai/v1/chat/completions"
+    result = gw.chat(key, payload, path=path)
+    assert result.status == 200
+    answer = result.json()
+    text = (
+        answer["content"][0]["text"]
+        if dialect == "anthropic"
+        else (answer["choices"][0]["message"]["content"])
+    )
+    assert text.startswith("This is the demo")
+    assert len(a.requests) == 1 and "messages" in a.requests[0]
+    record = _record(gw, user)
+    assert record.upstream_endpoint_id == UpstreamEndpoint.objects.get(kind="demo").pk
+    _books_exact(user)
+
+
+def test_an_answer_without_usage_is_charged_by_estimate(gw, alice_key, native):
+    user, key = alice_key
+    a, _b = native
+    a.mode = "nousage"
+    payload = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    result = gw.chat(key, payload, path="/anthropic/v1/messages")
+    assert result.status == 200 and "usage" not in result.json()
+    record = _record(gw, user)
+    assert record.estimated and record.input_tokens > 0
+    assert 0 < record.output_tokens <= 10
+    _books_exact(user)
+
+
 def test_every_native_endpoint_overloaded_is_a_529_for_anthropic_clients(gw, alice_key, native):
     _user, key = alice_key
     for server in native:
@@ -466,6 +508,7 @@ def test_count_tokens_is_the_native_upstreams_own(gw, alice_key, native):
 
     assert with_anthropic(gw, key, work).input_tokens == 1234
     assert a.requests[-1] == {**body, "model": UPSTREAM_MODEL}
+    assert a.headers[-1]["x-api-key"] == "sk-ant-A"
     a.count_tokens = False  # 404: the local estimate
     counted = with_anthropic(gw, key, work).input_tokens
     assert 0 < counted < 100
