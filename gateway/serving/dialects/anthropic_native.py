@@ -94,13 +94,21 @@ def _upstream_blocks(content: Any) -> Any:
     ]
 
 
+def _blocks(content: Any) -> list:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
 def count_tokens_body(native: dict, *, model: str) -> dict:
     """An Anthropic client's request (``count_tokens`` or Messages) for a native upstream's
-    ``model``, without the gateway's own thinking blocks."""
+    ``model``, without the gateway's own thinking blocks. A ``role: "system"`` message (some
+    clients send them; the gateway takes them) joins ``system``, where Anthropic wants it."""
     body = dict(native)
     body["model"] = model
     messages = []
     for message in body.get("messages") or ():
+        if message.get("role") == "system":
+            body["system"] = [*_blocks(body.get("system") or []), *_blocks(message["content"])]
+            continue
         content = _upstream_blocks(message.get("content"))
         if content == []:
             continue  # an assistant turn that held nothing but the gateway's thinking

@@ -380,5 +380,10 @@ def test_the_passthrough_body_keeps_everything_but_model_budget_and_our_thinking
         "service_tier": "auto",
     }
     assert "thinking" not in passthrough_body(native, model="m", max_tokens=1024)
+    with_system = {**native, "messages": [*native["messages"], {"role": "system", "content": "X"}]}
+    assert passthrough_body(with_system, model="m", max_tokens=8192)["system"] == [
+        *native["system"],
+        {"type": "text", "text": "X"},
+    ]
     adaptive = {**native, "thinking": {"type": "adaptive"}}
     assert passthrough_body(adaptive, model="m", max_tokens=500)["thinking"] == {"type": "adaptive"}
