@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
-from gateway.models import Model, ModelAlias, UpstreamEndpoint
+from gateway.models import ENDPOINT_BASE_URL_HELP, Model, ModelAlias, UpstreamEndpoint
 from keys.crypto import encrypt_secret
 
 
@@ -11,7 +11,7 @@ class UpstreamEndpointForm(forms.ModelForm):
         label=_("base URL"),
         required=False,
         assume_scheme="https",
-        help_text=_("Including /v1, as an OpenAI SDK base_url. Empty for the demo upstream."),
+        help_text=ENDPOINT_BASE_URL_HELP,
     )
     api_key = forms.CharField(
         label=_("upstream API key"),

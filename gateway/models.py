@@ -8,6 +8,10 @@ from django.utils.translation import gettext_lazy as _
 DEMO_MODEL_NAME = "LongCat-Flash-Chat"
 DEFAULT_CONTEXT_WINDOW = 131_072
 DEFAULT_MAX_OUTPUT_TOKENS = 8_192
+ENDPOINT_BASE_URL_HELP = _(
+    "OpenAI-compatible: including /v1, as an OpenAI SDK base_url. Anthropic: without /v1, as "
+    "an Anthropic SDK base_url (https://api.anthropic.com). Empty for the demo upstream."
+)
 
 
 class Model(models.Model):
@@ -155,10 +159,12 @@ class UpstreamEndpoint(models.Model):
     next one when the chosen one fails before the client received a byte."""
 
     class Kind(models.TextChoices):
-        # Room for Anthropic-native upstreams (a later kind); the gateway speaks OpenAI's
-        # chat-completions protocol to every kind here.
+        """The protocol the gateway speaks to the endpoint: OpenAI chat completions (the demo
+        upstream too), or Anthropic Messages (``gateway.serving.exchange``)."""
+
         OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible server")
         DEMO = "demo", _("Demo (built in)")
+        ANTHROPIC = "anthropic", _("Anthropic Messages API")
 
     model = models.ForeignKey(
         Model, on_delete=models.CASCADE, related_name="endpoints", verbose_name=_("model")
@@ -171,7 +177,7 @@ class UpstreamEndpoint(models.Model):
         _("base URL"),
         max_length=500,
         blank=True,
-        help_text=_("Including /v1, as an OpenAI SDK base_url. Empty for the demo upstream."),
+        help_text=ENDPOINT_BASE_URL_HELP,
     )
     upstream_model = models.CharField(
         _("upstream model name"),
@@ -240,6 +246,18 @@ class UpstreamEndpoint(models.Model):
     @property
     def is_demo(self) -> bool:
         return self.kind == self.Kind.DEMO
+
+    def clean(self):
+        # Anthropic's API has no embeddings: such an endpoint could never answer.
+        model = getattr(self, "model", None)
+        if (
+            self.kind == self.Kind.ANTHROPIC
+            and model is not None
+            and model.kind == Model.Kind.EMBEDDING
+        ):
+            raise ValidationError(
+                {"kind": _("An embedding model cannot be served by an Anthropic endpoint.")}
+            )
 
 
 class ModelAlias(models.Model):

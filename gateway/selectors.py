@@ -30,6 +30,10 @@ class CatalogEndpoint:
         return self.kind == UpstreamEndpoint.Kind.DEMO
 
     @property
+    def is_anthropic(self) -> bool:
+        return self.kind == UpstreamEndpoint.Kind.ANTHROPIC
+
+    @property
     def label(self) -> str:
         """For logs and metrics: the id and host, never a path or key."""
         host = urlsplit(self.base_url).netloc or self.kind

@@ -81,7 +81,11 @@ def _endpoints(model) -> tuple[CatalogEndpoint, ...]:
         )
     endpoints = []
     for row in sorted(rows, key=lambda row: (row.priority, row.id)):
-        if not row.enabled:
+        # An Anthropic endpoint cannot serve embeddings (the admin refuses the pair; this
+        # covers a model whose kind changed after its endpoints were set).
+        if not row.enabled or (
+            row.kind == row.Kind.ANTHROPIC and model.kind == model.Kind.EMBEDDING
+        ):
             continue
         base_url = row.base_url or (settings.DEMO_UPSTREAM_URL if row.is_demo else "")
         endpoints.append(

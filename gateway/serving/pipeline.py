@@ -13,7 +13,8 @@
     the recorder) → usage record (batched, on the reservation's day)
 
 A dialect (``gateway.serving.dialects.base.Dialect``) supplies parsing, the upstream body, rendering
-and the error envelope; nothing here knows which dialect it is serving.
+and the error envelope; nothing here knows which dialect it is serving. Nor which protocol an
+endpoint speaks: each attempt's ``gateway.serving.exchange.Exchange`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from gateway.serving.concurrency import ConcurrencyLimiter, Slot
 from gateway.serving.counting import TokenCounter
 from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget, Usage
 from gateway.serving.errors import GatewayError
+from gateway.serving.exchange import Exchange, exchange_for
 from gateway.serving.http import (
     ClientGone,
     Request,
@@ -52,14 +53,7 @@ from gateway.serving.http import (
 from gateway.serving.ratelimit import RateLimiter, RateState
 from gateway.serving.recorder import Recorder
 from gateway.serving.routing import Router
-from gateway.serving.tokens import completion_output_tokens, streamed_output_tokens
-from gateway.serving.upstream import (
-    SSEReader,
-    Upstream,
-    chunk_with_usage,
-    upstream_http_error,
-    usage_from,
-)
+from gateway.serving.upstream import Upstream, upstream_http_error
 from observability import metrics
 from usage.ledger import KeyRow, Ledger, RecordRow, Refused, Reserved, Settled
 from usage.quota import charged_input_tokens, quota_day, seconds_until_reset
@@ -620,6 +614,7 @@ class _Call:
         "chat",
         "dialect",
         "endpoint",
+        "exchange",
         "gateway",
         "key",
         "model",
@@ -651,8 +646,10 @@ class _Call:
         self.reserved: Reserved | None = None
         self.slot: Slot | None = None
         self.outcome: _Outcome | None = None
-        # The upstream endpoint that answered (the one charged for), once one did.
+        # The upstream endpoint that answered (the one charged for), once one did, and how
+        # the gateway spoke to it.
         self.served: CatalogEndpoint | None = None
+        self.exchange: Exchange | None = None
 
     def record(self, status: int, error_code: str, outcome=None, *, day=None) -> None:
         """The request's usage record (batched) and metrics; ``day`` is its reservation's."""
@@ -705,7 +702,7 @@ class _Call:
         """The upstream call, relayed in the client's dialect; fills in ``self.outcome`` (and
         settles it before the last bytes leave, when the upstream answered in full)."""
         gateway, dialect, request = self.gateway, self.dialect, self.request
-        chat, model, target = self.chat, self.model, self.target
+        chat, model = self.chat, self.model
         outcome, reserved = self.outcome, self.reserved
         started = time.perf_counter()
         rate_headers = [
@@ -729,9 +726,6 @@ class _Call:
         delivered: list[bytes] = []
         usage: Usage | None = None
         upstream_sent = False
-        # The upstream cannot have produced more than the budget it was given; the estimate
-        # (which errs high) must not charge more either, or it could spend past the quota.
-        cap = target.max_tokens
         # No request outlives this: its reservation must be settled long before the sweeper
         # could take it for an orphan, even when the client reads nothing (send() blocks).
         deadline = asyncio.timeout(settings.GATEWAY_STREAM_MAX_SECONDS)
@@ -741,14 +735,11 @@ class _Call:
                     raise upstream_http_error(upstream.status, await upstream.read())
                 # From here on the upstream is producing: a failure still costs what it made.
                 upstream_sent = True
+                exchange = self.exchange
                 if not chat.stream:
-                    obj = json.loads(await upstream.read())
-                    usage = usage_from(obj)
-                    if usage is None:
-                        usage = Usage(
-                            chat.input_tokens, min(completion_output_tokens(obj), cap), True
-                        )
-                    payload = dialect.render_completion(chat, obj, target)
+                    # The usage is the upstream's, else an estimate within the budget it was
+                    # given (the upstream cannot have produced more).
+                    payload, usage = exchange.completion(await upstream.read())
                     outcome.first_token_ms = int((time.perf_counter() - started) * 1000)
                     # Settled before the answer leaves: a client that got its answer sees it
                     # counted (the dashboard, its next request).
@@ -757,15 +748,15 @@ class _Call:
                     watcher.done = True
                     await response.send_whole(Response(200, payload, rate_headers))
                     return
-                renderer = dialect.stream_renderer(chat, target)
+                renderer = exchange.stream_renderer()
                 await response.start(200, [*SSE_HEADERS, *rate_headers])
                 opening = renderer.start()
                 if opening:
                     await response.chunk(opening)
                 keepalive = _keepalive(response, renderer)
-                reader = SSEReader(upstream)
+                reader = exchange.reader(upstream)
                 async for data in reader:
-                    parsed, chunk_usage = chunk_with_usage(data)
+                    parsed, chunk_usage = exchange.chunk_usage(data)
                     if chunk_usage is not None:
                         usage = chunk_usage
                     delivered.append(data)
@@ -777,9 +768,7 @@ class _Call:
                 if not reader.done:
                     raise errors.upstream_unavailable("the stream ended early")
                 if usage is None:
-                    usage = Usage(
-                        chat.input_tokens, min(streamed_output_tokens(delivered), cap), True
-                    )
+                    usage = exchange.estimate(delivered)
                 outcome.charge(usage)
                 await asyncio.shield(gateway._settle(reserved, outcome))
                 watcher.done = True
@@ -822,9 +811,7 @@ class _Call:
                     outcome.charge(usage)
                 elif upstream_sent:
                     # No report: charge the prompt and what was delivered, by estimate.
-                    outcome.input = chat.input_tokens
-                    outcome.output = min(streamed_output_tokens(delivered), cap)
-                    outcome.estimated = True
+                    outcome.charge(self.exchange.estimate(delivered))
 
     @contextlib.asynccontextmanager
     async def connect(self, extra: dict | None):
@@ -849,7 +836,11 @@ class _Call:
                 raise failure or errors.upstream_unavailable()
             tried.add(endpoint.id)
             target.upstream_model, target.base_url = endpoint.upstream_model, endpoint.base_url
-            body = self.dialect.upstream_body(self.chat, target)
+            # The endpoint's protocol: the same body, or a translation, or a pass-through.
+            exchange = self.exchange = exchange_for(
+                endpoint, self.dialect, self.chat, target, self.request
+            )
+            body = exchange.body()
             gateway.router.started(model, endpoint)
             try:
                 async with asyncio.timeout(
@@ -858,8 +849,8 @@ class _Call:
                     response = await gateway.upstream.post_chat(
                         endpoint,
                         body,
-                        extra if endpoint.is_demo else None,
-                        path=self.dialect.upstream_path,
+                        extra if endpoint.is_demo else exchange.headers(),
+                        path=exchange.path,
                     )
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 gateway.router.finished(model, endpoint, ok=False)

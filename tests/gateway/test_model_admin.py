@@ -108,3 +108,28 @@ def test_strangers_to_the_admin_cannot_see_the_catalog(client, alice):
     client.force_login(alice)
     response = client.get(reverse("admin:gateway_model_changelist"))
     assert response.status_code == 302
+
+
+def test_an_anthropic_endpoint_is_added_inline_but_not_to_an_embedding_model(client, superuser):
+    client.force_login(superuser)
+    model = Model.objects.create(name="claude")
+    endpoint = {
+        "kind": "anthropic",
+        "base_url": "https://api.anthropic.com",
+        "upstream_model": "claude-sonnet-4-5",
+        "priority": 0,
+        "weight": 1,
+        "enabled": "on",
+    }
+    url = reverse("admin:gateway_model_change", args=[model.pk])
+    embedding = {**MODEL_FIELDS, "name": "claude", "kind": "embedding"}
+    response = client.post(url, {**embedding, **_inline_forms(endpoints=[endpoint])})
+    assert response.status_code == 200
+    assert "An embedding model cannot be served by an Anthropic endpoint." in (
+        response.content.decode()
+    )
+    assert not model.endpoints.exists()
+    chat = {**MODEL_FIELDS, "name": "claude"}
+    response = client.post(url, {**chat, **_inline_forms(endpoints=[endpoint])})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert _build()["claude"].endpoints[0].is_anthropic

@@ -10,6 +10,7 @@ from gateway.services import endpoint_save
 KINDS = {
     "openai": UpstreamEndpoint.Kind.OPENAI_COMPATIBLE,
     "demo": UpstreamEndpoint.Kind.DEMO,
+    "anthropic": UpstreamEndpoint.Kind.ANTHROPIC,
 }
 
 
@@ -41,7 +42,12 @@ class Command(BaseCommand):
         listing.add_argument("--model", help="Only this model's endpoints.")
         add = commands.add_parser("add", help="Add an endpoint to MODEL.")
         add.add_argument("model")
-        add.add_argument("url", nargs="?", default="", help="Base URL with /v1 (none for demo).")
+        add.add_argument(
+            "url",
+            nargs="?",
+            default="",
+            help="Base URL: with /v1 for openai, without for anthropic, none for demo.",
+        )
         _options(add, new=True)
         change = commands.add_parser("set", help="Change endpoint ID.")
         change.add_argument("id", type=int)

@@ -1,30 +1,39 @@
 """The Anthropic Messages dialect (``/anthropic``), for the Anthropic SDKs and Claude Code.
 
 Requests are validated and translated to chat completions by ``anthropic_schema`` and
-``anthropic_translate``; the pipeline does auth, quota, rate limits and records exactly as for
-the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (the quota's own
-estimate, free of charge but rate-limited and recorded), a models list, and the
-``HEAD``/``GET /anthropic`` probe Claude Code sends before its first request.
+``anthropic_translate``, or passed through to an Anthropic-native endpoint (``native_body``,
+``gateway.serving.exchange``); the pipeline does auth, quota, rate limits and records exactly as
+for the OpenAI dialect. Besides ``POST /v1/messages`` this mounts ``count_tokens`` (a native
+upstream's count, else the quota's own estimate; free of charge but rate-limited and recorded),
+a models list, and the ``HEAD``/``GET /anthropic`` probe Claude Code sends before its first
+request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import aiohttp
 from django.conf import settings
 
+from gateway.serving.dialects.anthropic_native import count_tokens_body, passthrough_body
 from gateway.serving.dialects.anthropic_schema import (
     MessagesRequest,
     MessagesRequestError,
     ThinkingBlock,
     count_tokens_request_parse,
+    decode_body,
     messages_request_parse,
 )
 from gateway.serving.dialects.anthropic_signature import (
+    SIGNATURE_PREFIX,
     thinking_signature,
     thinking_signature_valid,
 )
@@ -57,6 +66,8 @@ from gateway.serving.tokens import (
     estimate_chat_tokens_min,
 )
 from observability.logging import current_request_id
+
+log = logging.getLogger(__name__)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -93,14 +104,23 @@ def _signer(target: UpstreamTarget):
     return lambda text: thinking_signature(text, model)
 
 
+def _forged(block: ThinkingBlock) -> bool:
+    # Unsigned, or signed as by this gateway but not for this text. Another signature is an
+    # Anthropic-native upstream's: only it can check it, and only it gets the block back
+    # (``anthropic_native``; an OpenAI-format upstream gets no thinking at all).
+    signature = block.signature or ""
+    return not signature or (
+        signature.startswith(SIGNATURE_PREFIX)
+        and not thinking_signature_valid(signature, block.thinking)
+    )
+
+
 def _refuse_forged_thinking(request: MessagesRequest) -> None:
-    """400 for a thinking block in the history that this gateway did not sign as it is (its
-    text altered, or made up). ``redacted_thinking`` blocks carry nothing and pass."""
+    """400 for a thinking block in the history that this gateway signed for another text, or
+    that nobody signed. ``redacted_thinking`` blocks carry nothing and pass."""
     for m, message in enumerate(request.messages):
         for b, block in enumerate(message.content):
-            if isinstance(block, ThinkingBlock) and not thinking_signature_valid(
-                block.signature, block.thinking
-            ):
+            if isinstance(block, ThinkingBlock) and _forged(block):
                 field = f"messages.{m}.content.{b}"
                 raise bad_request(f"{field}: Invalid `signature` in `thinking` block", param=field)
 
@@ -167,16 +187,19 @@ class AnthropicDialect(Dialect):
     prefix = "/anthropic"
     endpoint = "anthropic.messages"
     chat_paths = ("/v1/messages",)
+    native_protocol = "anthropic"
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
         # The query (Claude Code sends ``?beta=true``) changes nothing here.
         try:
-            parsed = messages_request_parse(body)
+            native = decode_body(body)
+            parsed = messages_request_parse(native)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
         refuse_unpaired_surrogates(body)
         _refuse_forged_thinking(parsed)
         translation = chat_request_from_messages(parsed)
+        translation.native = native
         return ChatRequest(
             model=parsed.model,
             stream=parsed.stream,
@@ -205,6 +228,12 @@ class AnthropicDialect(Dialect):
         )
         request_reasoning(body, target, wanted=translation.thinking, effort=effort)
         return body
+
+    def native_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        translation: ChatTranslation = request.body
+        return passthrough_body(
+            translation.native, model=target.upstream_model, max_tokens=target.max_tokens
+        )
 
     def render_completion(
         self, request: ChatRequest, upstream: dict, target: UpstreamTarget
@@ -276,20 +305,30 @@ class AnthropicDialect(Dialect):
 
 
 COUNT_TOKENS_ENDPOINT = "anthropic.count_tokens"
+# Below an Anthropic-native endpoint's base URL, as /v1/messages is.
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# Anthropic counts in well under a second; a count is not worth a slow answer (Claude Code
+# asks often), so an upstream this slow gets the local estimate instead.
+COUNT_TOKENS_TIMEOUT_SECONDS = 5.0
 
 
 async def count_tokens(gateway, request: Request) -> Response:
-    """``{"input_tokens": N}`` by the estimate the quota reserves. Charges nothing, but is
-    metered like a chat call: a fresh key check, the key's rate limit before the body is read,
+    """``{"input_tokens": N}``: an Anthropic-native upstream's own count when the model is
+    served by one, else the estimate the quota reserves. Charges nothing, but is metered like
+    a chat call: a fresh key check, the key's rate limit before the body is read,
     the process's body budget, and a usage record (0 tokens) — parsing a large body costs CPU.
     """
 
     async def work(body: bytes, key) -> tuple[str, Response]:
         try:
-            parsed = count_tokens_request_parse(body)
+            native = decode_body(body)
+            parsed = count_tokens_request_parse(native)
         except MessagesRequestError as error:
             raise _parse_failure(error) from None
-        await gateway.resolve_model(key, parsed.model)
+        model = await gateway.resolve_model(key, parsed.model)
+        counted = await _upstream_count(gateway, model, native, request)
+        if counted is not None:
+            return parsed.model, json_response(200, {"input_tokens": counted})
         chat_body = {"messages": chat_messages_from(parsed)}
         tools = chat_tools_from(parsed)
         if tools:
@@ -297,6 +336,48 @@ async def count_tokens(gateway, request: Request) -> Response:
         return parsed.model, json_response(200, {"input_tokens": _estimate(chat_body)})
 
     return await gateway.handle_metered(dialect, request, COUNT_TOKENS_ENDPOINT, work)
+
+
+async def _upstream_count(gateway, model, native: dict, request: Request) -> int | None:
+    """The count of the model's preferred endpoint (best priority, usable key) when it is
+    Anthropic-native; None to count locally: another kind of endpoint, or an upstream that
+    does not offer ``count_tokens`` (404/405), refuses it, fails or takes more than
+    ``COUNT_TOKENS_TIMEOUT_SECONDS``. It bypasses routing: no failover, and no effect on the
+    endpoint's health."""
+    endpoint = next((e for e in model.endpoints if e.upstream_key is not None), None)
+    if endpoint is None or not endpoint.is_anthropic:
+        return None
+    headers = {
+        name.decode(): value.decode("latin-1")
+        for name, value in request.headers.items()
+        if name == b"anthropic-beta"
+    }
+    body = count_tokens_body(native, model=endpoint.upstream_model)
+    try:
+        async with (
+            asyncio.timeout(COUNT_TOKENS_TIMEOUT_SECONDS),
+            gateway.upstream.post_chat(endpoint, body, headers, path=COUNT_TOKENS_PATH) as answer,
+        ):
+            status, payload = answer.status, await answer.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        log.warning(
+            "count_tokens: endpoint %s failed (%s); counted locally",
+            endpoint.label,
+            error.__class__.__name__,
+        )
+        return None
+    if status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            counted = json.loads(payload).get("input_tokens")
+            if isinstance(counted, int) and counted >= 0:
+                return counted
+    if status not in (404, 405):
+        log.warning(
+            "count_tokens: endpoint %s answered %d without a count; counted locally",
+            endpoint.label,
+            status,
+        )
+    return None
 
 
 def model_object(model) -> dict:

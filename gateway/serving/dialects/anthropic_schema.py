@@ -278,7 +278,8 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _decode(body: bytes | str | dict) -> dict:
+def decode_body(body: bytes | str | dict) -> dict:
+    """The request's JSON object (``MessagesRequestError`` for anything else)."""
     if isinstance(body, dict):
         return body
     try:
@@ -364,7 +365,7 @@ def _describe(error: dict) -> str:
 
 
 def _parse(model: type[BaseModel], body: bytes | str | dict):
-    data = _decode(body)
+    data = decode_body(body)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

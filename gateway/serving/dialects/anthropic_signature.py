@@ -19,6 +19,8 @@ from django.utils.crypto import salted_hmac
 
 _SALT = "gateway.serving.anthropic.thinking-signature"
 _VERSION = "gw1"
+# What every signature this gateway makes starts with (an upstream's own never does).
+SIGNATURE_PREFIX = _VERSION + "."
 
 
 def _b64(raw: bytes) -> str:

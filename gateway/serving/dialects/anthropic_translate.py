@@ -111,6 +111,8 @@ class ChatTranslation:
     thinking: bool = False
     # … with this budget (None: no budget given, as with ``adaptive``).
     thinking_budget: int | None = None
+    # The client's JSON as it came (validated): what an Anthropic-native upstream is sent.
+    native: dict[str, Any] = field(default_factory=dict)
 
 
 def _image_part(block: ImageBlock) -> dict:

@@ -1,7 +1,9 @@
 """The interface between the pipeline and a dialect.
 
-Every upstream speaks OpenAI's chat-completions protocol (the demo upstream, vLLM, SGLang,
-OpenAI), so a dialect translates *client ⇄ OpenAI-compatible upstream*:
+A dialect translates *client ⇄ OpenAI-compatible upstream* (the demo upstream, vLLM, SGLang,
+OpenAI): an Anthropic-native endpoint gets the same chat-completions body translated once more
+by ``gateway.serving.exchange``, which also passes a dialect's requests through unchanged to an
+endpoint that speaks the dialect's own protocol (``native_protocol``, ``native_body``):
 
 1. ``parse_chat(body, query)`` validates the client's JSON (typed schemas; raise
    ``GatewayError`` 400 naming the field) into a ``ChatRequest``: the public model name, the
@@ -162,6 +164,9 @@ class Dialect:
     model_kind: str = "chat"
     upstream_path: str = "/chat/completions"
     error_content_type: bytes = b"application/json"
+    # The upstream protocol (gateway.models.UpstreamEndpoint.Kind) this dialect's own requests
+    # are written in, if any: an endpoint of that kind gets them passed through.
+    native_protocol: str = ""
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
         raise NotImplementedError
@@ -172,6 +177,11 @@ class Dialect:
     def render_completion(
         self, request: ChatRequest, upstream: dict, target: UpstreamTarget
     ) -> bytes:
+        raise NotImplementedError
+
+    def native_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        """The client's request for a ``native_protocol`` endpoint, for ``target``'s model and
+        output budget."""
         raise NotImplementedError
 
     def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0005_upstream_endpoints'),
+        ('gateway', '0006_endpoint_kind_anthropic'),
     ]
 
     operations = [

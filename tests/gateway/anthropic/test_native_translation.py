@@ -1,0 +1,389 @@
+"""Golden tests: chat completions → an Anthropic-native upstream and back (``anthropic_native``),
+and the pass-through body an Anthropic client's request becomes."""
+
+import json
+
+import pytest
+from anthropic.types.message_create_params import MessageCreateParamsStreaming as Streaming
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from gateway.serving.dialects.anthropic_native import (
+    ChatChunkTranslator,
+    chat_completion_from_message,
+    chat_usage,
+    messages_request_from_chat,
+    passthrough_body,
+    usage_of,
+)
+from gateway.serving.dialects.anthropic_signature import thinking_signature
+from gateway.serving.dialects.base import Usage
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+USAGE = {
+    "input_tokens": 10,
+    "cache_creation_input_tokens": 20,
+    "cache_read_input_tokens": 30,
+    "output_tokens": 7,
+}
+
+
+def test_a_whole_conversation_becomes_a_messages_request():
+    chat = {
+        "model": "ignored",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather here?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}},
+                ],
+            },
+            {"role": "assistant", "content": "Checking.", "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 °C"},
+            {"role": "user", "content": "Thanks. And tomorrow?"},
+            {"role": "assistant", "content": ""},
+        ],
+        "max_tokens": 99,
+        "stop": "END",
+        "tools": [TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "temperature": 0.4,
+        "top_p": 0.9,
+        "user": "u-1",
+        "n": 1,
+        "seed": 7,
+        "presence_penalty": 0.5,
+        "response_format": {"type": "json_object"},
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body = messages_request_from_chat(chat, model="claude-x", max_tokens=500)
+    assert body == {
+        "model": "claude-x",
+        "max_tokens": 500,
+        "system": "Be brief.\n\nUse metric units.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather here?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"},
+                    },
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.com/a.jpg"},
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Checking."},
+                    {
+                        "type": "tool_use",
+                        "id": "call_1",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    },
+                ],
+            },
+            {
+                # The tool result and the next user text: one user turn, the result first.
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18 °C"},
+                    {"type": "text", "text": "Thanks. And tomorrow?"},
+                ],
+            },
+        ],
+        "stop_sequences": ["END"],
+        "tools": [
+            {
+                "name": "get_weather",
+                "input_schema": TOOL["function"]["parameters"],
+                "description": "Current weather",
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        "metadata": {"user_id": "u-1"},
+        "stream": True,
+    }
+    # Only fields the Anthropic SDK's own request type has.
+    assert set(body) <= Streaming.__required_keys__ | Streaming.__optional_keys__
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "expected"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("required", None, {"type": "any"}),
+        ("none", None, {"type": "none"}),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+        (None, None, None),
+    ],
+)
+def test_tool_choice(choice, parallel, expected):
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "tools": [TOOL]}
+    if choice is not None:
+        chat["tool_choice"] = choice
+    if parallel is not None:
+        chat["parallel_tool_calls"] = parallel
+    body = messages_request_from_chat(chat, model="m", max_tokens=10)
+    assert body.get("tool_choice") == expected
+
+
+@pytest.mark.parametrize(
+    ("effort", "max_tokens", "thinking"),
+    [
+        ("low", 4096, {"type": "enabled", "budget_tokens": 2048}),
+        ("high", 4096, {"type": "enabled", "budget_tokens": 4095}),
+        ("medium", 1024, None),  # not even the minimum budget fits below max_tokens
+        ("none", 4096, None),
+        (None, 4096, None),
+    ],
+)
+def test_a_reasoning_effort_becomes_thinking(effort, max_tokens, thinking):
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "temperature": 1.7, "top_k": 40}
+    if effort is not None:
+        chat["reasoning_effort"] = effort
+    body = messages_request_from_chat(chat, model="m", max_tokens=max_tokens)
+    assert body.get("thinking") == thinking
+    assert not {"temperature", "top_k", "reasoning_effort"} & set(body)
+
+
+def test_answering_tool_calls_goes_without_thinking():
+    """Anthropic wants the turn's signed thinking back there, which OpenAI clients cannot keep."""
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 °C"},
+        ],
+        "reasoning_effort": "high",
+    }
+    assert "thinking" not in messages_request_from_chat(chat, model="m", max_tokens=4096)
+    chat["messages"].append({"role": "assistant", "content": "18 °C."})
+    chat["messages"].append({"role": "user", "content": "And tomorrow?"})
+    assert "thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)
+
+
+def test_a_message_becomes_a_chat_completion():
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [
+            {"type": "thinking", "thinking": "Hmm.", "signature": "sig"},
+            {"type": "text", "text": "Let me check."},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": USAGE,
+    }
+    completion = chat_completion_from_message(message)
+    ChatCompletion.model_validate(completion)  # the OpenAI SDK's own type
+    assert completion["id"] == "msg_1" and completion["model"] == "claude-x"
+    assert completion["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Let me check.",
+                "reasoning_content": "Hmm.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ]
+    assert completion["usage"] == {
+        "prompt_tokens": 60,
+        "completion_tokens": 7,
+        "total_tokens": 67,
+        "prompt_tokens_details": {"cached_tokens": 30},
+    }
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+        (None, "stop"),
+    ],
+)
+def test_stop_reasons(stop_reason, finish_reason):
+    message = {"content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason}
+    assert chat_completion_from_message(message)["choices"][0]["finish_reason"] == finish_reason
+
+
+STREAM = [
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-x",
+            "content": [],
+            "stop_reason": None,
+            "usage": {**USAGE, "output_tokens": 1},
+        },
+    },
+    {"type": "ping"},
+    {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "thinking_delta", "thinking": "Hm"},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "signature_delta", "signature": "s"},
+    },
+    {"type": "content_block_stop", "index": 0},
+    {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Hi"}},
+    {"type": "content_block_stop", "index": 1},
+    {
+        "type": "content_block_start",
+        "index": 2,
+        "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 2,
+        "delta": {"type": "input_json_delta", "partial_json": '{"city":'},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 2,
+        "delta": {"type": "input_json_delta", "partial_json": '"Paris"}'},
+    },
+    {"type": "content_block_stop", "index": 2},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 7},
+    },
+    {"type": "message_stop"},
+]
+
+
+def test_a_stream_becomes_chat_chunks():
+    translator = ChatChunkTranslator()
+    chunks = [chunk for event in STREAM for chunk in translator.feed(event)]
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)  # the OpenAI SDK's own type
+    assert {(c["id"], c["model"]) for c in chunks} == {("msg_1", "claude-x")}
+    assert [c["choices"][0]["delta"] if c["choices"] else c["usage"] for c in chunks] == [
+        {"role": "assistant", "content": ""},
+        {"reasoning_content": "Hm"},
+        {"content": "Hi"},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        {},
+        {
+            "prompt_tokens": 60,
+            "completion_tokens": 7,
+            "total_tokens": 67,
+            "prompt_tokens_details": {"cached_tokens": 30},
+        },
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert translator.done
+
+
+def test_usage_counts_the_cache_as_input_and_its_reads_as_cached():
+    assert usage_of(USAGE) == Usage(60, 7, cached_input_tokens=30)
+    assert usage_of({"input_tokens": 5, "output_tokens": 2}) == Usage(5, 2)
+    assert usage_of({"input_tokens": -3, "output_tokens": "x"}) == Usage(0, 0)
+    assert usage_of(None) is None
+    assert chat_usage(None)["prompt_tokens"] == 0
+
+
+def test_the_passthrough_body_keeps_everything_but_model_budget_and_our_thinking():
+    ours = {"type": "thinking", "thinking": "Old.", "signature": thinking_signature("Old.", "M")}
+    theirs = {"type": "thinking", "thinking": "Mine.", "signature": "EqQBupstream"}
+    native = {
+        "model": "M",
+        "max_tokens": 32_000,
+        "system": [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": [ours]},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": [theirs, {"type": "text", "text": "A2"}]},
+            {"role": "user", "content": [{"type": "server_tool_use_result", "x": 1}]},
+        ],
+        "thinking": {"type": "enabled", "budget_tokens": 16_000},
+        "service_tier": "auto",
+    }
+    original = json.dumps(native)
+    body = passthrough_body(native, model="claude-x", max_tokens=8192)
+    assert json.dumps(native) == original  # the client's request is not changed in place
+    assert body == {
+        "model": "claude-x",
+        "max_tokens": 8192,
+        "system": native["system"],
+        "messages": [native["messages"][0], *native["messages"][2:]],
+        "thinking": {"type": "enabled", "budget_tokens": 8191},
+        "service_tier": "auto",
+    }
+    assert "thinking" not in passthrough_body(native, model="m", max_tokens=1024)
+    with_system = {**native, "messages": [*native["messages"], {"role": "system", "content": "X"}]}
+    assert passthrough_body(with_system, model="m", max_tokens=8192)["system"] == [
+        *native["system"],
+        {"type": "text", "text": "X"},
+    ]
+    adaptive = {**native, "thinking": {"type": "adaptive"}}
+    assert passthrough_body(adaptive, model="m", max_tokens=500)["thinking"] == {"type": "adaptive"}
