@@ -76,6 +76,19 @@ def _tokenize_url(endpoint: CatalogEndpoint) -> str:
     return (base[: -len("/v1")] if base.endswith("/v1") else base) + "/tokenize"
 
 
+def _tokenizing_endpoint(model: CatalogModel) -> CatalogEndpoint | None:
+    """The best endpoint that may serve /tokenize: an OpenAI-format server (vLLM, SGLang, the
+    demo) whose key this process can read. Anthropic's API has its own count_tokens."""
+    return next(
+        (
+            endpoint
+            for endpoint in model.endpoints
+            if endpoint.upstream_key is not None and endpoint.base_url and not endpoint.is_anthropic
+        ),
+        None,
+    )
+
+
 def _joined_text(messages: list, tools) -> tuple[str, int]:
     """The prompt form for servers without the chat form: every text, and the overhead the
     estimate adds for what the chat template wraps around them."""
@@ -116,23 +129,28 @@ class TokenCounter:
         """The prompt's tokens by the model's tokenizer, or None for the estimate to stand."""
         if model.token_counter == HEURISTIC or model.kind != "chat":
             return None
-        endpoint = next((e for e in model.endpoints if e.upstream_key is not None), None)
-        if endpoint is None:
-            return None
-        # The body the upstream will get: every dialect's messages in chat-completions form.
+        # The body an OpenAI-format upstream would get: every dialect's messages in
+        # chat-completions form.
+        endpoint = _tokenizing_endpoint(model)
         target = UpstreamTarget(
             model.name,
-            endpoint.upstream_model,
+            endpoint.upstream_model if endpoint else model.name,
             1,
-            base_url=endpoint.base_url,
+            base_url=endpoint.base_url if endpoint else "",
             reasoning=model.reasoning,
         )
         body = dialect.upstream_body(chat, target)
-        messages, tools = body.get("messages") or [], body.get("tools")
+        return await self.count_messages(model, body.get("messages") or [], body.get("tools"))
+
+    async def count_messages(self, model: CatalogModel, messages: list, tools) -> int | None:
+        """The tokens of chat-completions ``messages`` and ``tools`` by the model's tokenizer,
+        or None for the estimate to stand."""
         if model.token_counter == FILE:
             return self._count_with_file(model.tokenizer_file, messages, tools)
-        if model.token_counter == UPSTREAM and endpoint.base_url:
-            return await self._count_upstream(endpoint, messages, tools)
+        if model.token_counter == UPSTREAM:
+            endpoint = _tokenizing_endpoint(model)
+            if endpoint is not None:
+                return await self._count_upstream(endpoint, messages, tools)
         return None
 
     def _count_with_file(self, path: str, messages: list, tools) -> int | None:

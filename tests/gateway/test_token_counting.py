@@ -201,3 +201,17 @@ def test_a_tokenizer_file_counts_an_image_at_the_estimates_fixed_cost(tokenizer_
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi word"}, image]}]
     counted = TokenCounter(upstream=None)._count_with_file(tokenizer_file, messages, None)
     assert counted == 2 + IMAGE_TOKENS + 4 + 3
+
+
+def test_count_tokens_answers_the_models_own_count(gw, alice_key, server, small_model):
+    _user, key = alice_key
+    server.count = 42
+    result = gw.chat(
+        key,
+        {"model": "LongCat-Flash-Chat", "messages": [{"role": "user", "content": "Hi"}]},
+        path="/anthropic/v1/messages/count_tokens",
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    assert result.status == 200, result.body
+    assert json.loads(result.body) == {"input_tokens": 42}
+    assert server.asked[-1]["messages"] == [{"role": "user", "content": "Hi"}]

@@ -314,7 +314,8 @@ COUNT_TOKENS_TIMEOUT_SECONDS = 5.0
 
 async def count_tokens(gateway, request: Request) -> Response:
     """``{"input_tokens": N}``: an Anthropic-native upstream's own count when the model is
-    served by one, else the estimate the quota reserves. Charges nothing, but is metered like
+    served by one, else the model's tokenizer (``gateway.serving.counting``) or the estimate,
+    as the quota reserves. Charges nothing, but is metered like
     a chat call: a fresh key check, the key's rate limit before the body is read,
     the process's body budget, and a usage record (0 tokens) — parsing a large body costs CPU.
     """
@@ -333,7 +334,11 @@ async def count_tokens(gateway, request: Request) -> Response:
         tools = chat_tools_from(parsed)
         if tools:
             chat_body["tools"] = tools
-        return parsed.model, json_response(200, {"input_tokens": _estimate(chat_body)})
+        # The model's own tokenizer where its catalog entry names one, else the estimate.
+        counted = await gateway.counter.count_messages(model, chat_body["messages"], tools)
+        if counted is None:
+            counted = _estimate(chat_body)
+        return parsed.model, json_response(200, {"input_tokens": counted})
 
     return await gateway.handle_metered(dialect, request, COUNT_TOKENS_ENDPOINT, work)
 
