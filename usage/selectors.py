@@ -5,6 +5,7 @@ requests list (keyset-paginated on its (user, -created_at) index) and the per-re
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -232,19 +233,72 @@ def usage_records_of_days(*, user, start: dt.date, end: dt.date):
 PAGE_WINDOWS = (dt.timedelta(days=1), dt.timedelta(days=8))
 
 
-def _newest(rows, *, before: dt.datetime | None, count: int) -> list:
+def usage_activity(*, user, key_name: str = "", model: str = "", status: str = ""):
+    """The account's requests matching the filters, per quota day, newest first: (day,
+    requests) from the rollups. None when the rollups cannot tell (a filter on an exact
+    status code, or on a name no stored row can hold)."""
+    if status not in ("", *STATUS_FILTERS) or "\x00" in key_name or "\x00" in model:
+        return None
+    counted = {
+        "": F("requests"),
+        "ok": F("requests") - F("errors"),
+        "error": F("errors"),
+    }[status]
+    rollups = DailyRollup.objects.filter(user=user)
+    if key_name:
+        rollups = rollups.filter(key_name=key_name)
+    if model:
+        rollups = rollups.filter(model=model)
+    return list(
+        rollups.values("day").annotate(n=Sum(counted)).order_by("-day").values_list("day", "n")
+    )
+
+
+def record_window_starts(*, until: dt.datetime, count: int, activity=None) -> Iterator[dt.datetime]:
+    """Where the newest ``count`` records before ``until`` are looked for, in turn, before the
+    whole history: the last day, the last 8 days, then back to the newest quota day by which
+    the rollups count ``count`` matching requests (``activity()``, ``usage_activity``'s
+    answer, asked only when the first two fall short). A quiet account's page then reads the
+    partitions of its last few dozen requests' days, not all of them. Each window is exact
+    when it holds ``count`` rows: every row outside it is older than every row in it."""
+    starts = [until - window for window in PAGE_WINDOWS]
+
+    def from_rollups():
+        seen = 0
+        last_day = quota_day(until)
+        for day, requests in (activity() if activity else None) or ():
+            if day >= last_day:
+                # Some of that day's requests may come after ``until``: counted as none (the
+                # window still reads those before it).
+                continue
+            seen += requests
+            if seen >= count:
+                # A request of quota day ``day`` ended after that day began.
+                start = dt.datetime.combine(day, dt.time(0), tzinfo=quota_zone())
+                if start < starts[-1]:
+                    yield start
+                return
+
+    yield from starts
+    yield from from_rollups()
+
+
+def _newest(rows, *, before: dt.datetime | None, count: int, activity=None) -> list:
     """The first ``count`` of ``rows`` (newest first), from the shortest window that holds
-    them: exact, because every row outside a window is older than every row in it."""
-    until = before or timezone.now()
-    for window in PAGE_WINDOWS:
-        page = list(rows.filter(created_at__gte=until - window)[:count])
+    them (``record_window_starts``), else from the whole history."""
+    for start in record_window_starts(
+        until=before or timezone.now(), count=count, activity=activity
+    ):
+        page = list(rows.filter(created_at__gte=start)[:count])
         if len(page) == count:
             return page
     return list(rows[:count])
 
 
-def usage_records_page(rows, *, cursor: str = "", size: int = 25):
+def usage_records_page(rows, *, cursor: str = "", size: int = 25, activity=None):
     """A keyset page of ``rows`` (ordered newest first): (records, cursor of the next page).
+    ``activity``: a callable returning ``usage_activity`` for the same filters, to bound a
+    quiet account's page (asked only when needed).
 
     Keyset instead of page numbers: no COUNT over a busy account's records, and a page stays
     stable while new requests arrive. The cursor is signed, so it exposes no row ids.
@@ -258,7 +312,7 @@ def usage_records_page(rows, *, cursor: str = "", size: int = 25):
             after = None
         if after is not None:
             rows = rows.filter(Q(created_at__lt=after) | Q(created_at=after, id__lt=last_id))
-    page = _newest(rows, before=after, count=size + 1)
+    page = _newest(rows, before=after, count=size + 1, activity=activity)
     next_cursor = ""
     if len(page) > size:
         page = page[:size]

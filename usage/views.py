@@ -82,15 +82,12 @@ def _dashboard_context(request, *, application_form) -> dict:
         "model": request.GET.get("model", "")[:128],
         "status": request.GET.get("status", "")[:8],
     }
+    matching = {"key_name": filters["key"], "model": filters["model"], "status": filters["status"]}
     records, next_cursor = selectors.usage_records_page(
-        selectors.usage_records(
-            user=user,
-            key_name=filters["key"],
-            model=filters["model"],
-            status=filters["status"],
-        ),
+        selectors.usage_records(user=user, **matching),
         cursor=request.GET.get("cursor", ""),
         size=RECENT_PAGE_SIZE,
+        activity=lambda: selectors.usage_activity(user=user, **matching),
     )
     token_chart = charts.stacked_bars(
         series,

@@ -137,6 +137,28 @@ def test_requests_pages_are_looked_for_in_recent_days_first_and_stay_exact(
     assert [r["input_tokens"] for r in back["results"]] == list(range(30, 35))
 
 
+def test_a_quiet_accounts_pages_are_read_back_only_as_far_as_its_rollups_say(
+    alice_client, alice, frozen
+):
+    # One record a day: eight days never hold a page of ten, and the rollups say how far back
+    # the next ten go; only the last page (fewer than ten left) reads the whole history.
+    for n in range(30):
+        record_request(alice, input_tokens=n, when=NOON_BEIJING - dt.timedelta(days=n, minutes=7))
+    page = {"next": f"{REQUESTS}?page_size=10"}
+    seen = []
+    with CaptureQueriesContext(connection) as queries:
+        while page["next"]:
+            page = alice_client.get(page["next"]).json()
+            seen += [r["input_tokens"] for r in page["results"]]
+    assert seen == list(range(30))
+    unbounded = [
+        q["sql"]
+        for q in queries
+        if "usage_usagerecord" in q["sql"] and '"created_at" >=' not in q["sql"]
+    ]
+    assert len(unbounded) == 1, unbounded
+
+
 def test_it_reports_cached_input_tokens_per_day_and_per_request(alice_client, alice, frozen):
     record_request(alice, input_tokens=100, cached_input_tokens=64)
     record_request(alice, input_tokens=10)

@@ -219,3 +219,57 @@ def test_a_busy_accounts_page_is_read_from_the_newest_day_alone(alice, django_as
         page, _ = selectors.usage_records_page(selectors.usage_records(user=alice), size=5)
     assert len(page) == 5
     assert "created_at" in captured.captured_queries[0]["sql"].split("WHERE", 1)[1]
+
+
+def test_a_quiet_accounts_page_reads_back_only_to_its_last_pages_worth_of_days(
+    alice, django_assert_num_queries
+):
+    """Records a day apart: neither the newest day nor 8 days hold a page, so the rollups say
+    how far back a page's worth of requests goes, and no query reads the whole history."""
+    from usage import selectors
+
+    now = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    for days in range(20):
+        record_request(alice, when=now - dt.timedelta(days=days, minutes=5))
+    everything = list(selectors.usage_records(user=alice).values_list("id", flat=True))
+    with time_machine.travel(now, tick=False), django_assert_num_queries(4) as captured:
+        page, cursor = selectors.usage_records_page(
+            selectors.usage_records(user=alice),
+            size=11,
+            activity=lambda: selectors.usage_activity(user=alice),
+        )
+    assert [r.id for r in page] == everything[:11]
+    record_queries = [
+        q["sql"] for q in captured.captured_queries if "usage_usagerecord" in q["sql"]
+    ]
+    assert len(record_queries) == 3
+    assert all("created_at" in sql.split("WHERE", 1)[1] for sql in record_queries)
+    with time_machine.travel(now, tick=False):
+        rest, _ = selectors.usage_records_page(
+            selectors.usage_records(user=alice),
+            size=11,
+            cursor=cursor,
+            activity=lambda: selectors.usage_activity(user=alice),
+        )
+    assert [r.id for r in page + rest] == everything
+
+
+@pytest.mark.parametrize("status", ["", "ok", "error"])
+def test_the_rollup_window_is_exact_for_each_status_filter(alice, status):
+    from usage import selectors
+
+    now = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    for days in range(30):
+        record_request(
+            alice,
+            when=now - dt.timedelta(days=days, minutes=5),
+            status_code=500 if days % 3 == 0 else 200,
+        )
+    expected = list(selectors.usage_records(user=alice, status=status).values_list("id", flat=True))
+    with time_machine.travel(now, tick=False):
+        page, _ = selectors.usage_records_page(
+            selectors.usage_records(user=alice, status=status),
+            size=7,
+            activity=lambda: selectors.usage_activity(user=alice, status=status),
+        )
+    assert [r.id for r in page] == expected[:7]

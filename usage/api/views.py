@@ -101,9 +101,10 @@ class RecordCursorPagination(CursorPagination):
             return None
 
     def paginate_queryset(self, queryset, request, view=None):
-        """The page looked for in the newest day, then 8 days, before the whole history (as
-        the Usage page does, ``selectors.PAGE_WINDOWS``): bounded in time, a query reads only
-        those days' partitions on PostgreSQL. Exact: a window that holds more rows than the
+        """The page looked for in the newest day, then 8 days, then back to where the rollups
+        count a page of matching requests, before the whole history (as the Usage page does,
+        ``selectors.record_window_starts``): bounded in time, a query reads only those days'
+        partitions on PostgreSQL. Exact: a window that holds more rows than the
         page holds the same page and the same next cursor as the whole history would."""
         cursor = self.decode_cursor(request)
         if cursor is not None and cursor.reverse:
@@ -114,10 +115,13 @@ class RecordCursorPagination(CursorPagination):
                 until = dt.datetime.fromisoformat(cursor.position)
             except ValueError:
                 return super().paginate_queryset(queryset, request, view)
-        for window in selectors.PAGE_WINDOWS:
-            page = super().paginate_queryset(
-                queryset.filter(created_at__gte=until - window), request, view
-            )
+        activity = getattr(view, "activity", None)
+        for start in selectors.record_window_starts(
+            until=until,
+            count=(self.get_page_size(request) or self.page_size) + 1,
+            activity=activity,
+        ):
+            page = super().paginate_queryset(queryset.filter(created_at__gte=start), request, view)
             if self.has_next:
                 return page
         return super().paginate_queryset(queryset, request, view)
@@ -129,12 +133,15 @@ class RequestsView(generics.ListAPIView):
 
     def get_queryset(self):
         params = self.request.query_params
-        return selectors.usage_records(
-            user=self.request.user,
-            key_name=params.get("key", "")[:64],
-            model=params.get("model", "")[:128],
-            status=params.get("status", "")[:8],
-        )
+        matching = {
+            "key_name": params.get("key", "")[:64],
+            "model": params.get("model", "")[:128],
+            "status": params.get("status", "")[:8],
+        }
+        user = self.request.user
+        # For the paginator: the rollups' count of these requests per day, if it needs them.
+        self.activity = lambda: selectors.usage_activity(user=user, **matching)
+        return selectors.usage_records(user=user, **matching)
 
     @extend_schema(
         operation_id="usage_requests",
