@@ -16,6 +16,7 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import logging
 import uuid
 
 import asyncpg
@@ -35,6 +36,8 @@ from usage.ledger import (
     rollup_rows,
 )
 from usage.models import DailyRollup, DailyUsage, KeyDailyUsage, Reservation, UsageRecord
+
+log = logging.getLogger(__name__)
 
 
 def _t(model) -> str:
@@ -142,6 +145,76 @@ SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
 FROM auth
 """
 
+# Several reservations of keys without a cap in one statement (natural batching: the calls
+# that arrived while the previous statement was in flight; ``_Batcher``). Each row gets what
+# ``_RESERVE_SQL`` would have given it had the rows run one after the other in arrival order:
+# the counters are locked in id order (as every batch locks them, so batches cannot deadlock
+# one another), then ``walk`` goes through each counter's rows in order, each seeing the total
+# the earlier ones left, so a batch never grants more than what remains. A row the lean
+# statement would grant nothing (a key with a cap, stale controls, no counter yet) gets a NULL
+# total, as there. The reservation ids are drawn first so that each row gets its own back.
+# $1 default quota, $2 key ids, $3 digests, $4 days, $5 input estimates, $6 max outputs,
+# $7 lease (s), $8 the cached controls versions (NULL: no check); one array element per call.
+_RESERVE_MANY_SQL = f"""
+WITH RECURSIVE req AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::date[], $5::bigint[], $6::bigint[],
+                         $8::bigint[])
+        WITH ORDINALITY AS r(key_id, digest, day, input, max_out, version, n)
+), auth AS (
+    SELECT req.n, req.day, req.input, req.max_out, k.user_id,
+           COALESCE(u.daily_quota, $1::bigint) AS quota, k.daily_token_cap AS cap,
+           k.controls_version AS version,
+           k.daily_token_cap IS NULL
+               AND (req.version IS NULL OR k.controls_version = req.version) AS eligible
+    FROM req
+    JOIN {_t(ApiKey)} k ON k.id = req.key_id AND k.digest = req.digest AND k.is_active
+    JOIN {_t(User)} u ON u.id = k.user_id AND u.is_active
+), cur AS (
+    SELECT du.id, du.user_id, du.day,
+           du.input_tokens + du.output_tokens + du.reserved_tokens AS total
+    FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM auth WHERE eligible)
+    ORDER BY du.id
+    FOR UPDATE OF du
+), queue AS (
+    SELECT auth.n, auth.user_id, auth.day, auth.input, auth.max_out, auth.quota,
+           cur.id AS counter, cur.total AS start,
+           row_number() OVER (PARTITION BY cur.id ORDER BY auth.n) AS place
+    FROM auth JOIN cur ON cur.user_id = auth.user_id AND cur.day = auth.day
+    WHERE auth.eligible
+), walk AS (
+    SELECT q.n, q.counter, q.place, q.start AS total,
+           CASE WHEN q.quota - q.start - q.input >= 1
+                THEN q.input + LEAST(q.max_out, q.quota - q.start - q.input) ELSE 0 END AS tokens
+    FROM queue q WHERE q.place = 1
+    UNION ALL
+    SELECT q.n, q.counter, q.place, w.total + w.tokens,
+           CASE WHEN q.quota - w.total - w.tokens - q.input >= 1
+                THEN q.input + LEAST(q.max_out, q.quota - w.total - w.tokens - q.input)
+                ELSE 0 END
+    FROM walk w JOIN queue q ON q.counter = w.counter AND q.place = w.place + 1
+), granted AS (
+    SELECT w.n, w.counter, w.tokens,
+           nextval(pg_get_serial_sequence('{_t(Reservation)}', 'id')) AS id
+    FROM walk w WHERE w.tokens > 0
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT counter, SUM(tokens)::bigint AS tokens FROM granted GROUP BY counter) s
+    WHERE du.id = s.counter
+), res AS (
+    INSERT INTO {_t(Reservation)} (id, user_id, day, tokens, created_at, lease_until)
+    SELECT g.id, q.user_id, q.day, g.tokens, now(), now() + make_interval(secs => $7::float8)
+    FROM granted g JOIN queue q ON q.n = g.n
+)
+SELECT auth.user_id, auth.quota, w.total, g.id, g.tokens, auth.cap, NULL::bigint, auth.version
+FROM req
+LEFT JOIN auth ON auth.n = req.n
+LEFT JOIN walk w ON w.n = req.n
+LEFT JOIN granted g ON g.n = req.n
+ORDER BY req.n
+"""
+
 # The day's counters, created by its first reservation: the account's and, for a capped key
 # ($3 not NULL), the key's, seeded with what the key already spent that day (its rollups),
 # so that a cap set in the afternoon counts the morning.
@@ -230,6 +303,59 @@ SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
 WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
   AND (SELECT count(*) FROM kupd) >= 0
 RETURNING input_tokens + output_tokens, (SELECT used_tokens FROM kupd)
+"""
+
+# Several settlements of reservations without a key cap in one statement (``_Batcher``), each
+# as ``_SETTLE_SQL`` would have done it: the reservations are deleted first (the one-time
+# filter), as there, then the counters are locked in id order and moved once each by the sum
+# of their rows. Each row gets back the account's total as it stood right after its own
+# charge in arrival order (the final total less what later rows of the batch added), so quota
+# alerts see every crossing. A NULL total: no counter for that row (as ``_SETTLE_SQL``).
+# $1 reservation ids, $2 inputs, $3 outputs, $4 user ids, $5 days; one element per call.
+_SETTLE_MANY_SQL = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[])
+        WITH ORDINALITY AS r(id, input, output, user_id, day, n)
+), del AS (
+    DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
+), cur AS (
+    SELECT du.id, du.user_id, du.day FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM req)
+      AND (SELECT count(*) FROM del) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), per AS (
+    SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
+           count(*) AS requests
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.user_id, req.day
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens - per.released,
+        input_tokens = du.input_tokens + per.input,
+        output_tokens = du.output_tokens + per.output,
+        requests = du.requests + per.requests,
+        updated_at = now()
+    FROM per JOIN cur ON cur.user_id = per.user_id AND cur.day = per.day
+    WHERE du.id = cur.id
+    RETURNING du.user_id, du.day, du.input_tokens + du.output_tokens AS used
+)
+SELECT (upd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.user_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint
+FROM req LEFT JOIN upd ON upd.user_id = req.user_id AND upd.day = req.day
+ORDER BY req.n
+"""
+
+# A reservation whose caller left while its batch was in flight (``_Batcher``): deleted and
+# given back at once, without a charge or a request (nobody was served), rather than waiting
+# for the sweeper. $1 reservation id, $2 user id, $3 day.
+_RELEASE_SQL = f"""
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens)
+UPDATE {_t(DailyUsage)}
+SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del), updated_at = now()
+WHERE user_id = $2 AND day = $3 AND EXISTS (SELECT 1 FROM del)
 """
 
 _RENEW_LEASES_SQL = f"""
@@ -357,6 +483,114 @@ class _Connections:
         self._size -= len(free)
 
 
+# The most calls one batched statement carries; more wait for the next.
+_BATCH_MAX = 256
+
+
+class _Batcher:
+    """Natural batching (group commit) of one kind of statement.
+
+    While a statement of this kind is in flight, new calls wait; the next statement carries
+    all of them (``many``, arrays in, one row out per call) and each caller gets its own row.
+    A call that finds nothing in flight goes at once through the one-call statement (``one``):
+    alone, a call costs what it did before batching, and no call ever waits for a timer. Under
+    load, what a request pays for its statement (round trip, parsing, commit and its fsync, the
+    wait for one account's counter lock) is shared by the batch: n calls of one account cost
+    one commit, not n.
+
+    A batch fails as a whole when its statement does. On a database error (a row's numbers out
+    of range, a deadlock with another process...) nothing of it was committed, and each of its
+    calls goes again alone, so that only a bad call fails. On a lost connection the outcome is
+    unknown, as for a lone statement, and every caller of the batch gets the error. A caller
+    that gives up while waiting leaves the queue; one that gives up while its batch is in
+    flight gets nothing, and the result it would have had goes to ``abandoned`` (a reservation
+    is released at once); when every caller of a batch is gone, its statement is cancelled, as
+    a lone caller's is.
+    """
+
+    def __init__(self, one, many, *, abandoned=None):
+        self._one = one
+        self._many = many
+        self._abandoned = abandoned
+        self._queue: list[tuple[tuple, asyncio.Future]] = []
+        self._batch: list[tuple[tuple, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._chores: set[asyncio.Task] = set()
+
+    async def call(self, *args):
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future))
+        if self._task is None:
+            self._start()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._leave(args, future)
+            raise
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
+        self._batch = batch
+        self._task = asyncio.get_running_loop().create_task(self._run(batch))
+
+    def _leave(self, args: tuple, future: asyncio.Future) -> None:
+        for n, (_args, queued) in enumerate(self._queue):
+            if queued is future:
+                del self._queue[n]
+                return
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # The answer came, but its caller was cancelled before it could take it.
+            self._abandon(args, future.result())
+        elif self._task is not None and all(f.done() for _args, f in self._batch):
+            self._task.cancel()
+
+    async def _run(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._alone(batch[0][0])]
+            else:
+                try:
+                    rows = await self._many([args for args, _future in batch])
+                    outcomes = [(True, row) for row in rows]
+                except asyncpg.PostgresError:
+                    outcomes = [await self._alone(args) for args, _future in batch]
+            for (args, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    if ok:
+                        self._abandon(args, value)
+                elif ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except BaseException as failure:
+            for _args, future in batch:
+                if future.done():
+                    continue
+                if isinstance(failure, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(failure)
+            raise
+        finally:
+            self._task = None
+            self._batch = []
+            if self._queue:
+                self._start()
+
+    async def _alone(self, args: tuple) -> tuple[bool, object]:
+        try:
+            return True, await self._one(*args)
+        except Exception as failure:  # handed to its own caller
+            return False, failure
+
+    def _abandon(self, args: tuple, row) -> None:
+        if self._abandoned is None:
+            return
+        chore = asyncio.get_running_loop().create_task(self._abandoned(args, row))
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
+
+
 class PgLedger(Ledger):
     def __init__(self, *, max_size: int = 10):
         self.max_size = max_size
@@ -364,6 +598,12 @@ class PgLedger(Ledger):
         self.round_trips = 0
         # Keys seen with a daily cap: they reserve with _RESERVE_CAPPED_SQL from the start.
         self._capped_keys: set[int] = set()
+        # Keys without a cap reserve, and their reservations settle, in natural batches; a
+        # capped key's and retried settlements are rare enough to go alone.
+        self._reserving = _Batcher(
+            self._reserve_one, self._reserve_many, abandoned=self._release_abandoned
+        )
+        self._settling = _Batcher(self._settle_one, self._settle_many)
 
     async def open(self) -> None:
         self.connections = _Connections(max_size=self.max_size)
@@ -376,10 +616,16 @@ class PgLedger(Ledger):
             self.connections = None
 
     async def _fetchrow(self, sql: str, *args):
+        return await self._query(sql, args, many=False)
+
+    async def _fetch(self, sql: str, *args) -> list:
+        return await self._query(sql, args, many=True)
+
+    async def _query(self, sql: str, args: tuple, *, many: bool):
         self.round_trips += 1
         conn = await self.connections.acquire()
         try:
-            row = await conn.fetchrow(sql, *args)
+            row = await (conn.fetch if many else conn.fetchrow)(sql, *args)
         except asyncpg.PostgresError:
             self.connections.release(conn)  # the statement failed; the connection is fine
             raise
@@ -430,7 +676,10 @@ class PgLedger(Ledger):
         )
         capped = key_id in self._capped_keys
         for _attempt in range(3):
-            row = await self._fetchrow(_RESERVE_CAPPED_SQL if capped else _RESERVE_SQL, *args)
+            if capped:
+                row = await self._fetchrow(_RESERVE_CAPPED_SQL, *args)
+            else:
+                row = await self._reserving.call(*args)
             if row is None:
                 return Refused("auth")
             user_id, quota, total, reservation_id, tokens, cap, key_total, version = row
@@ -471,6 +720,28 @@ class PgLedger(Ledger):
             )
         raise RuntimeError("the daily counter rows could not be created")
 
+    async def _reserve_one(self, *args):
+        return await self._fetchrow(_RESERVE_SQL, *args)
+
+    async def _reserve_many(self, calls: list[tuple]) -> list:
+        quota, keys, digests, days, inputs, outputs, leases, versions = zip(*calls, strict=True)
+        rows = await self._fetch(
+            _RESERVE_MANY_SQL, quota[0], keys, digests, days, inputs, outputs, leases[0], versions
+        )
+        # A key or account that failed the check: no row, as from _RESERVE_SQL.
+        return [None if row[0] is None else row for row in rows]
+
+    async def _release_abandoned(self, args: tuple, row) -> None:
+        if row is None or row[3] is None:
+            return
+        try:
+            await self._fetchrow(_RELEASE_SQL, row[3], row[0], args[3])
+        except Exception as failure:  # the sweeper releases it later
+            log.warning(
+                "releasing an abandoned reservation failed (%s); the sweeper will",
+                failure.__class__.__name__,
+            )
+
     def _remember_capped(self, key_id: int, capped: bool) -> None:
         if not capped:
             self._capped_keys.discard(key_id)
@@ -489,8 +760,11 @@ class PgLedger(Ledger):
             reserved.user_id,
             reserved.day,
         ]
+        if reserved.capped_key_id is None and not retry:
+            used = await self._settling.call(*args)
+            return None if used is None else Settled(used)
         if reserved.capped_key_id is None:
-            sql = _SETTLE_RETRY_SQL if retry else _SETTLE_SQL
+            sql = _SETTLE_RETRY_SQL
         else:
             sql = _SETTLE_CAPPED_RETRY_SQL if retry else _SETTLE_CAPPED_SQL
             args.append(reserved.capped_key_id)
@@ -498,6 +772,15 @@ class PgLedger(Ledger):
         if row is None:
             return None
         return Settled(row[0], row[1] if len(row) > 1 else None)
+
+    async def _settle_one(self, *args) -> int | None:
+        row = await self._fetchrow(_SETTLE_SQL, *args)
+        return None if row is None else row[0]
+
+    async def _settle_many(self, calls: list[tuple]) -> list[int | None]:
+        ids, inputs, outputs, users, days = zip(*calls, strict=True)
+        rows = await self._fetch(_SETTLE_MANY_SQL, ids, inputs, outputs, users, days)
+        return [row[0] for row in rows]
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         if reservation_ids:
