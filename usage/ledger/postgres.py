@@ -6,7 +6,10 @@ A connection is borrowed for one statement and given back, never held across an 
 call. Reserving is one statement (a CTE) that re-checks the key's digest and the key and
 account flags, reads the account's effective quota, locks today's counter row (and, for a
 key with a daily cap, the key's counter first), caps the output budget to what remains of
-both and inserts the ``Reservation`` row. Settling is one statement.
+both and inserts the ``Reservation`` row. Settling is one statement. Under load, reservations
+of keys without a cap and their settlements go in natural batches (``_Batcher``): one statement
+for all the calls that arrived while the previous one was in flight, with the same outcome for
+each as had they run one after the other.
 See ``usage.ledger`` for the invariant these statements keep.
 """
 
