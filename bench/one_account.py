@@ -76,7 +76,7 @@ async def _measure(clients: int, requests: int, rounds: int) -> None:
     ledger = pg.PgLedger(max_size=settings.GATEWAY_DB_POOL_SIZE)
     await ledger.open()
     batched = (ledger._reserving.call, ledger._settling.call)
-    alone = (ledger._reserve_one, ledger._settle_one)
+    alone = (ledger._reserving._one, ledger._settling._one)
     # Warm up: the day's counter, prepared statements, every connection open.
     await _run(ledger, key_id, digest, clients=clients, requests=500)
     figures = {"one statement per call": [], "natural batching": []}

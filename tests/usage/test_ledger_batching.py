@@ -14,7 +14,7 @@ from keys import services as key_services
 from keys.crypto import key_digest
 from keys.models import ApiKey
 from usage.ledger import Refused, Reserved, Settled, refusal_for, reservation_grant
-from usage.models import DailyUsage, Reservation
+from usage.models import DailyUsage, KeyDailyUsage, Reservation
 from usage.quota import quota_day
 
 pytestmark = pytest.mark.skipif(
@@ -243,3 +243,69 @@ def test_a_caller_that_leaves_keeps_no_reservation(ledger):
     counter = DailyUsage.objects.get(user=user, day=quota_day())
     assert counter.reserved_tokens == alone.tokens + kept.tokens == 2 + 8
     assert counter.requests == 1
+
+
+def test_a_batch_on_capped_keys_grants_what_one_after_the_other_would(ledger):
+    user, first_key, first_secret = _account("caps@example.com", quota=7_000)
+    second_key, second_secret = key_services.api_key_create(
+        user=user, name="second", key_controls={"daily_token_cap": 5_000}
+    )
+    key_services.api_key_set_controls(api_key=first_key, daily_token_cap=3_000)
+    first_key.refresh_from_db()
+    keys = {
+        first_key.pk: (first_key, first_secret, 3_000),
+        second_key.pk: (second_key, second_secret, 5_000),
+    }
+    _open_the_day(ledger, first_key, first_secret)
+    _open_the_day(ledger, second_key, second_secret)
+    # The first key's cap runs out (a row cut to it, then a refusal by the key while the
+    # account still has room), then the account's quota (a row cut to it, then refusals).
+    one, two = first_key.pk, second_key.pk
+    asks = [(one, 500, 1_000), (one, 500, 1_000), (two, 100, 2_000), (one, 500, 1_000)]
+    asks += [(two, 100, 2_000), (two, 100, 2_000), (one, 10, 10), (two, 10, 5)]
+    trips = ledger.round_trips
+    outcomes = ledger.run(
+        _together(*(_call(ledger, keys[k][0], keys[k][1], i, o) for k, i, o in asks))
+    )
+    assert ledger.round_trips - trips == 2
+
+    total, key_totals = 4, {first_key.pk: 2, second_key.pk: 2}
+    for (key_id, input_tokens, max_output), outcome in zip(asks, outcomes, strict=True):
+        rules = {
+            "quota": 7_000,
+            "total": total,
+            "input_tokens": input_tokens,
+            "cap": keys[key_id][2],
+            "key_total": key_totals[key_id],
+        }
+        grant = reservation_grant(**rules, max_output_tokens=max_output)
+        if grant is None:
+            assert outcome == refusal_for(**rules)
+            continue
+        assert (outcome.tokens, outcome.capped_key_id, outcome.key_cap) == (
+            grant,
+            key_id,
+            keys[key_id][2],
+        )
+        total += grant
+        key_totals[key_id] += grant
+    assert [o.reason for o in outcomes if isinstance(o, Refused)] == ["key_quota"] + ["quota"] * 3
+    for key_id, (_key, _secret, cap) in keys.items():
+        counter = KeyDailyUsage.objects.get(api_key_id=key_id, day=quota_day())
+        assert counter.used_tokens + counter.reserved_tokens == key_totals[key_id] <= cap
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert counter.used_tokens + counter.reserved_tokens == total == 7_000
+
+    held = [o for o in outcomes if isinstance(o, Reserved)]
+    settled = ledger.run(
+        _together(*(ledger.settle(reserved=r, input_tokens=1, output_tokens=1) for r in held))
+    )
+    used, key_used = 4, dict.fromkeys(keys, 2)
+    for reserved, outcome in zip(held, settled, strict=True):
+        used += 2
+        key_used[reserved.capped_key_id] += 2
+        assert outcome == Settled(used, key_used[reserved.capped_key_id])
+    assert not Reservation.objects.exists()
+    for key_id, spent in key_used.items():
+        counter = KeyDailyUsage.objects.get(api_key_id=key_id, day=quota_day())
+        assert (counter.used_tokens, counter.reserved_tokens) == (spent, 0)

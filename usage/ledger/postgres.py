@@ -7,7 +7,7 @@ call. Reserving is one statement (a CTE) that re-checks the key's digest and the
 account flags, reads the account's effective quota, locks today's counter row (and, for a
 key with a daily cap, the key's counter first), caps the output budget to what remains of
 both and inserts the ``Reservation`` row. Settling is one statement. Under load, reservations
-of keys without a cap and their settlements go in natural batches (``_Batcher``): one statement
+and settlements go in natural batches (``_Batcher``): one statement
 for all the calls that arrived while the previous one was in flight, with the same outcome for
 each as had they run one after the other.
 See ``usage.ledger`` for the invariant these statements keep.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import json
 import logging
 import uuid
@@ -218,6 +219,109 @@ LEFT JOIN granted g ON g.n = req.n
 ORDER BY req.n
 """
 
+# The same for keys with a daily cap (as ``_RESERVE_CAPPED_SQL``): the key counters are locked
+# first, in id order, then the accounts', and ``walk`` goes through each account's rows in
+# arrival order carrying, beside the account's total, the grants so far and the key counter
+# each went to, so that every row's grant fits both what is left of its account's quota and
+# what the earlier rows left of its key's cap. A row whose key has no cap (any more) or no
+# counter yet gets a NULL total. Same parameters as ``_RESERVE_MANY_SQL``.
+_RESERVE_CAPPED_MANY_SQL = f"""
+WITH RECURSIVE req AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::date[], $5::bigint[], $6::bigint[],
+                         $8::bigint[])
+        WITH ORDINALITY AS r(key_id, digest, day, input, max_out, version, n)
+), auth AS (
+    SELECT req.n, req.key_id, req.day, req.input, req.max_out, k.user_id,
+           COALESCE(u.daily_quota, $1::bigint) AS quota, k.daily_token_cap AS cap,
+           k.controls_version AS version,
+           k.daily_token_cap IS NOT NULL
+               AND (req.version IS NULL OR k.controls_version = req.version) AS eligible
+    FROM req
+    JOIN {_t(ApiKey)} k ON k.id = req.key_id AND k.digest = req.digest AND k.is_active
+    JOIN {_t(User)} u ON u.id = k.user_id AND u.is_active
+), kcur AS (
+    SELECT kd.id, kd.api_key_id, kd.day, kd.used_tokens + kd.reserved_tokens AS total
+    FROM {_t(KeyDailyUsage)} kd
+    WHERE (kd.api_key_id, kd.day) IN (SELECT key_id, day FROM auth WHERE eligible)
+    ORDER BY kd.id
+    FOR UPDATE OF kd
+), cur AS (
+    SELECT du.id, du.user_id, du.day,
+           du.input_tokens + du.output_tokens + du.reserved_tokens AS total
+    FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM auth WHERE eligible)
+      AND (SELECT count(*) FROM kcur) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), queue AS (
+    SELECT auth.n, auth.key_id, auth.user_id, auth.day, auth.input, auth.max_out, auth.quota,
+           auth.cap, cur.id AS counter, cur.total AS start, kcur.id AS key_counter,
+           kcur.total AS key_start,
+           row_number() OVER (PARTITION BY cur.id ORDER BY auth.n) AS place
+    FROM auth
+    JOIN cur ON cur.user_id = auth.user_id AND cur.day = auth.day
+    JOIN kcur ON kcur.api_key_id = auth.key_id AND kcur.day = auth.day
+    WHERE auth.eligible
+), walk AS (
+    SELECT q.n, q.counter, q.place, q.start AS total, q.key_start AS key_total, g.tokens,
+           ARRAY[q.key_counter] AS key_counters, ARRAY[g.tokens] AS grants
+    FROM queue q
+    CROSS JOIN LATERAL (
+        SELECT LEAST(q.quota - q.start, q.cap - q.key_start) - q.input AS room
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN r.room >= 1 THEN q.input + LEAST(q.max_out, r.room) ELSE 0 END
+            AS tokens
+    ) g
+    WHERE q.place = 1
+    UNION ALL
+    SELECT q.n, q.counter, q.place, w.total + w.tokens, k.total, g.tokens,
+           w.key_counters || q.key_counter, w.grants || g.tokens
+    FROM walk w
+    JOIN queue q ON q.counter = w.counter AND q.place = w.place + 1
+    CROSS JOIN LATERAL (
+        SELECT q.key_start + COALESCE((
+            SELECT SUM(x.tokens) FROM unnest(w.key_counters, w.grants) AS x(id, tokens)
+            WHERE x.id = q.key_counter
+        ), 0)::bigint AS total
+    ) k
+    CROSS JOIN LATERAL (
+        SELECT LEAST(q.quota - w.total - w.tokens, q.cap - k.total) - q.input AS room
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN r.room >= 1 THEN q.input + LEAST(q.max_out, r.room) ELSE 0 END
+            AS tokens
+    ) g
+), granted AS (
+    SELECT w.n, w.tokens, nextval(pg_get_serial_sequence('{_t(Reservation)}', 'id')) AS id
+    FROM walk w WHERE w.tokens > 0
+), kupd AS (
+    UPDATE {_t(KeyDailyUsage)} kd
+    SET reserved_tokens = kd.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT q.key_counter, SUM(g.tokens)::bigint AS tokens
+          FROM granted g JOIN queue q ON q.n = g.n GROUP BY q.key_counter) s
+    WHERE kd.id = s.key_counter
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT q.counter, SUM(g.tokens)::bigint AS tokens
+          FROM granted g JOIN queue q ON q.n = g.n GROUP BY q.counter) s
+    WHERE du.id = s.counter
+), res AS (
+    INSERT INTO {_t(Reservation)}
+        (id, user_id, day, tokens, created_at, lease_until, capped_key_id)
+    SELECT g.id, q.user_id, q.day, g.tokens, now(), now() + make_interval(secs => $7::float8),
+           q.key_id
+    FROM granted g JOIN queue q ON q.n = g.n
+)
+SELECT auth.user_id, auth.quota, w.total, g.id, g.tokens, auth.cap, w.key_total, auth.version
+FROM req
+LEFT JOIN auth ON auth.n = req.n
+LEFT JOIN walk w ON w.n = req.n
+LEFT JOIN granted g ON g.n = req.n
+ORDER BY req.n
+"""
+
 # The day's counters, created by its first reservation: the account's and, for a capped key
 # ($3 not NULL), the key's, seeded with what the key already spent that day (its rollups),
 # so that a cap set in the afternoon counts the morning.
@@ -351,14 +455,87 @@ FROM req LEFT JOIN upd ON upd.user_id = req.user_id AND upd.day = req.day
 ORDER BY req.n
 """
 
+# The same for reservations held by a key's cap too (as ``_SETTLE_CAPPED_SQL``): reservations
+# deleted first, then the key counters locked in id order, then the accounts'; each row gets
+# back both totals as they stood right after its own charge. A NULL key total: no counter for
+# that key (as there). $6 the capped key ids.
+_SETTLE_CAPPED_MANY_SQL = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[],
+                         $6::bigint[])
+        WITH ORDINALITY AS r(id, input, output, user_id, day, key_id, n)
+), del AS (
+    DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
+), kcur AS (
+    SELECT kd.id, kd.api_key_id, kd.day FROM {_t(KeyDailyUsage)} kd
+    WHERE (kd.api_key_id, kd.day) IN (SELECT key_id, day FROM req)
+      AND (SELECT count(*) FROM del) >= 0
+    ORDER BY kd.id
+    FOR UPDATE OF kd
+), cur AS (
+    SELECT du.id, du.user_id, du.day FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM req)
+      AND (SELECT count(*) FROM kcur) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), kper AS (
+    SELECT req.key_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input + req.output)::bigint AS used
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.key_id, req.day
+), kupd AS (
+    UPDATE {_t(KeyDailyUsage)} kd
+    SET reserved_tokens = kd.reserved_tokens - kper.released,
+        used_tokens = kd.used_tokens + kper.used,
+        updated_at = now()
+    FROM kper JOIN kcur ON kcur.api_key_id = kper.key_id AND kcur.day = kper.day
+    WHERE kd.id = kcur.id
+    RETURNING kd.api_key_id, kd.day, kd.used_tokens AS used
+), per AS (
+    SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
+           count(*) AS requests
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.user_id, req.day
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens - per.released,
+        input_tokens = du.input_tokens + per.input,
+        output_tokens = du.output_tokens + per.output,
+        requests = du.requests + per.requests,
+        updated_at = now()
+    FROM per JOIN cur ON cur.user_id = per.user_id AND cur.day = per.day
+    WHERE du.id = cur.id AND (SELECT count(*) FROM kupd) >= 0
+    RETURNING du.user_id, du.day, du.input_tokens + du.output_tokens AS used
+)
+SELECT (upd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.user_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint,
+       (kupd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.key_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint
+FROM req
+LEFT JOIN upd ON upd.user_id = req.user_id AND upd.day = req.day
+LEFT JOIN kupd ON kupd.api_key_id = req.key_id AND kupd.day = req.day
+ORDER BY req.n
+"""
+
 # A reservation whose caller left while its batch was in flight (``_Batcher``): deleted and
 # given back at once, without a charge or a request (nobody was served), rather than waiting
-# for the sweeper. $1 reservation id, $2 user id, $3 day.
+# for the sweeper; its key's counter first when it is held by a cap too, as settling does.
+# $1 reservation id, $2 user id, $3 day.
 _RELEASE_SQL = f"""
-WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens)
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens, capped_key_id),
+kupd AS (
+    UPDATE {_t(KeyDailyUsage)}
+    SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del), updated_at = now()
+    WHERE api_key_id = (SELECT capped_key_id FROM del) AND day = $3
+    RETURNING 1
+)
 UPDATE {_t(DailyUsage)}
 SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del), updated_at = now()
 WHERE user_id = $2 AND day = $3 AND EXISTS (SELECT 1 FROM del)
+  AND (SELECT count(*) FROM kupd) >= 0
 """
 
 _RENEW_LEASES_SQL = f"""
@@ -594,6 +771,10 @@ class _Batcher:
         chore.add_done_callback(self._chores.discard)
 
 
+def _settled(row) -> Settled:
+    return Settled(row[0], row[1] if len(row) > 1 else None)
+
+
 class PgLedger(Ledger):
     def __init__(self, *, max_size: int = 10):
         self.max_size = max_size
@@ -601,12 +782,27 @@ class PgLedger(Ledger):
         self.round_trips = 0
         # Keys seen with a daily cap: they reserve with _RESERVE_CAPPED_SQL from the start.
         self._capped_keys: set[int] = set()
-        # Keys without a cap reserve, and their reservations settle, in natural batches; a
-        # capped key's and retried settlements are rare enough to go alone.
+        # Reservations and settlements go in natural batches, one batcher per statement (keys
+        # without a cap and with one); a retried settlement is rare and goes alone.
+        release = self._release_abandoned
         self._reserving = _Batcher(
-            self._reserve_one, self._reserve_many, abandoned=self._release_abandoned
+            functools.partial(self._fetchrow, _RESERVE_SQL),
+            functools.partial(self._reserve_many, _RESERVE_MANY_SQL),
+            abandoned=release,
         )
-        self._settling = _Batcher(self._settle_one, self._settle_many)
+        self._reserving_capped = _Batcher(
+            functools.partial(self._fetchrow, _RESERVE_CAPPED_SQL),
+            functools.partial(self._reserve_many, _RESERVE_CAPPED_MANY_SQL),
+            abandoned=release,
+        )
+        self._settling = _Batcher(
+            functools.partial(self._settle_one, _SETTLE_SQL),
+            functools.partial(self._settle_many, _SETTLE_MANY_SQL),
+        )
+        self._settling_capped = _Batcher(
+            functools.partial(self._settle_one, _SETTLE_CAPPED_SQL),
+            functools.partial(self._settle_many, _SETTLE_CAPPED_MANY_SQL),
+        )
 
     async def open(self) -> None:
         self.connections = _Connections(max_size=self.max_size)
@@ -679,21 +875,19 @@ class PgLedger(Ledger):
         )
         capped = key_id in self._capped_keys
         for _attempt in range(3):
-            if capped:
-                row = await self._fetchrow(_RESERVE_CAPPED_SQL, *args)
-            else:
-                row = await self._reserving.call(*args)
+            row = await (self._reserving_capped if capped else self._reserving).call(*args)
             if row is None:
                 return Refused("auth")
             user_id, quota, total, reservation_id, tokens, cap, key_total, version = row
             if controls_version is not None and version != controls_version:
                 return Refused("controls")
             if (cap is not None) != capped:
-                # The key gained or lost its cap: remember which statement it needs. Only a
-                # lean statement on a capped key must go round again (it granted nothing).
+                # The key gained or lost its cap: remember which statement it needs. One for
+                # the other kind that granted nothing goes round again (the lean statement never
+                # grants a capped key, the batched capped one never a key without a cap).
                 self._remember_capped(key_id, cap is not None)
-                if not capped:
-                    capped = True
+                if reservation_id is None and total is None:
+                    capped = not capped
                     continue
             if total is None or (cap is not None and key_total is None):
                 # First request of the day for this account (or capped key): create the
@@ -723,13 +917,10 @@ class PgLedger(Ledger):
             )
         raise RuntimeError("the daily counter rows could not be created")
 
-    async def _reserve_one(self, *args):
-        return await self._fetchrow(_RESERVE_SQL, *args)
-
-    async def _reserve_many(self, calls: list[tuple]) -> list:
+    async def _reserve_many(self, sql: str, calls: list[tuple]) -> list:
         quota, keys, digests, days, inputs, outputs, leases, versions = zip(*calls, strict=True)
         rows = await self._fetch(
-            _RESERVE_MANY_SQL, quota[0], keys, digests, days, inputs, outputs, leases[0], versions
+            sql, quota[0], keys, digests, days, inputs, outputs, leases[0], versions
         )
         # A key or account that failed the check: no row, as from _RESERVE_SQL.
         return [None if row[0] is None else row for row in rows]
@@ -763,27 +954,22 @@ class PgLedger(Ledger):
             reserved.user_id,
             reserved.day,
         ]
-        if reserved.capped_key_id is None and not retry:
-            used = await self._settling.call(*args)
-            return None if used is None else Settled(used)
-        if reserved.capped_key_id is None:
-            sql = _SETTLE_RETRY_SQL
-        else:
-            sql = _SETTLE_CAPPED_RETRY_SQL if retry else _SETTLE_CAPPED_SQL
+        if reserved.capped_key_id is not None:
             args.append(reserved.capped_key_id)
+        if retry:
+            sql = _SETTLE_RETRY_SQL if reserved.capped_key_id is None else _SETTLE_CAPPED_RETRY_SQL
+            return await self._settle_one(sql, *args)
+        settling = self._settling if reserved.capped_key_id is None else self._settling_capped
+        return await settling.call(*args)
+
+    async def _settle_one(self, sql: str, *args) -> Settled | None:
         row = await self._fetchrow(sql, *args)
-        if row is None:
-            return None
-        return Settled(row[0], row[1] if len(row) > 1 else None)
+        return None if row is None else _settled(row)
 
-    async def _settle_one(self, *args) -> int | None:
-        row = await self._fetchrow(_SETTLE_SQL, *args)
-        return None if row is None else row[0]
-
-    async def _settle_many(self, calls: list[tuple]) -> list[int | None]:
-        ids, inputs, outputs, users, days = zip(*calls, strict=True)
-        rows = await self._fetch(_SETTLE_MANY_SQL, ids, inputs, outputs, users, days)
-        return [row[0] for row in rows]
+    async def _settle_many(self, sql: str, calls: list[tuple]) -> list[Settled | None]:
+        rows = await self._fetch(sql, *zip(*calls, strict=True))
+        # No account counter for that row: nothing was charged (as from _SETTLE_SQL).
+        return [None if row[0] is None else _settled(row) for row in rows]
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         if reservation_ids:
