@@ -7,9 +7,9 @@ call. Reserving is one statement (a CTE) that re-checks the key's digest and the
 account flags, reads the account's effective quota, locks today's counter row (and, for a
 key with a daily cap, the key's counter first), caps the output budget to what remains of
 both and inserts the ``Reservation`` row. Settling is one statement. Under load, reservations
-and settlements go in natural batches (``_Batcher``): one statement
-for all the calls that arrived while the previous one was in flight, with the same outcome for
-each as had they run one after the other.
+and settlements go in natural batches (``_Batcher``): one statement for all the calls that
+arrived while the previous one was in flight, with the same outcome for each as had they run
+one after the other.
 See ``usage.ledger`` for the invariant these statements keep.
 """
 
@@ -742,15 +742,17 @@ class _Batcher:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
-        except BaseException as failure:
+        except asyncio.CancelledError:
+            # Every caller had left (or the loop is closing): nobody is left to answer.
             for _args, future in batch:
-                if future.done():
-                    continue
-                if isinstance(failure, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(failure)
+                future.cancel()
             raise
+        except Exception as failure:
+            # Lost connection, timeout: the callers get it, as from a lone statement (and
+            # the task itself ends quietly: nobody awaits it).
+            for _args, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
         finally:
             self._task = None
             self._batch = []
