@@ -672,11 +672,12 @@ class _Batcher:
 
     While a statement of this kind is in flight, new calls wait; the next statement carries
     all of them (``many``, arrays in, one row out per call) and each caller gets its own row.
-    A call that finds nothing in flight goes at once through the one-call statement (``one``):
-    alone, a call costs what it did before batching, and no call ever waits for a timer. Under
-    load, what a request pays for its statement (round trip, parsing, commit and its fsync, the
-    wait for one account's counter lock) is shared by the batch: n calls of one account cost
-    one commit, not n.
+    A call that finds nothing in flight goes at once through the one-call statement (``one``),
+    in the caller's task: alone, a call costs what it did before batching (a task per statement
+    cost it 20-30 µs more CPU), and no call ever waits for a timer. Under load, what a request
+    pays for its statement (round trip, parsing, commit and its fsync, the wait for one
+    account's counter lock) is shared by the batch: n calls of one account cost one commit,
+    not n.
 
     A batch fails as a whole when its statement does. On a database error (a row's numbers out
     of range, a deadlock with another process...) nothing of it was committed, and each of its
@@ -695,20 +696,30 @@ class _Batcher:
         self._queue: list[tuple[tuple, asyncio.Future]] = []
         self._batch: list[tuple[tuple, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        # A statement of this kind is in flight (a lone call's or a batch's).
+        self._busy = False
         self._chores: set[asyncio.Task] = set()
 
     async def call(self, *args):
+        if not self._busy:
+            self._busy = True
+            try:
+                return await self._one(*args)
+            finally:
+                self._next()
         future = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
-        if self._task is None:
-            self._start()
         try:
             return await future
         except asyncio.CancelledError:
             self._leave(args, future)
             raise
 
-    def _start(self) -> None:
+    def _next(self) -> None:
+        """The statement in flight is done: the calls that came meanwhile go together."""
+        if not self._queue:
+            self._busy = False
+            return
         batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
         self._batch = batch
         self._task = asyncio.get_running_loop().create_task(self._run(batch))
@@ -756,8 +767,7 @@ class _Batcher:
         finally:
             self._task = None
             self._batch = []
-            if self._queue:
-                self._start()
+            self._next()
 
     async def _alone(self, args: tuple) -> tuple[bool, object]:
         try:
