@@ -103,9 +103,9 @@ def uvicorn(app: str) -> list[str]:
 def bench_account(accounts: int = 32) -> list[str]:
     """Benchmark accounts with room for any load, and their keys (rate limits out of the way).
 
-    One account per concurrent client, as real traffic spreads over many accounts: requests of
-    one account queue on its counter row, whose lock lasts one commit (an fsync), which bounds
-    a single account at about 1 / (2 x commit time): ~150 requests/s on this machine's disk.
+    One account per concurrent client, as real traffic spreads over many accounts; ``main``
+    also sends every client's requests on the first account, where they meet on its counter
+    row (natural batching shares a commit among them: ``bench/one_account.py``).
     """
     from accounts.models import User
     from accounts.services import account_create_with_key
