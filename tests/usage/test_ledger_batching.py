@@ -309,3 +309,23 @@ def test_a_batch_on_capped_keys_grants_what_one_after_the_other_would(ledger):
     for key_id, spent in key_used.items():
         counter = KeyDailyUsage.objects.get(api_key_id=key_id, day=quota_day())
         assert (counter.used_tokens, counter.reserved_tokens) == (spent, 0)
+
+
+def test_a_key_that_lost_its_cap_is_granted_from_a_capped_batch(ledger):
+    user, key, secret = _account("uncapped@example.com", quota=10**9)
+    key_services.api_key_set_controls(api_key=key, daily_token_cap=10_000)
+    _open_the_day(ledger, key, secret)  # this process now reserves the key as a capped one
+    key_services.api_key_set_controls(api_key=key, daily_token_cap=None)
+    outcomes = ledger.run(_together(*(_call(ledger, key, secret, 10, n) for n in (1, 2, 3))))
+    # The first went alone; the two queued behind it went as a capped batch, which grants a
+    # key without a cap nothing, and then again as a lean one.
+    assert [(r.tokens, r.capped_key_id, r.key_cap) for r in outcomes] == [
+        (11, None, None),
+        (12, None, None),
+        (13, None, None),
+    ]
+    assert dict(Reservation.objects.values_list("pk", "capped_key_id")) == {
+        r.reservation_id: None for r in outcomes
+    }
+    assert DailyUsage.objects.get(user=user, day=quota_day()).reserved_tokens == 36
+    assert KeyDailyUsage.objects.get(api_key=key, day=quota_day()).reserved_tokens == 0
