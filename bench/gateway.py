@@ -10,6 +10,7 @@ Uses whatever DATABASE_URL / REDIS_URL say (PostgreSQL + Redis is what the targe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,28 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the PostgreSQL server processes working for this benchmark: the backends
+    connected to its database (the gateway's own connections), read from /proc like the
+    servers' (the database runs on this machine). Backends that left during a run are not
+    counted; the gateway keeps its connections, so none do. 0 when not on PostgreSQL."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        pids = [pid for (pid,) in cursor.fetchall()]
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(pid)
+    return total
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -80,9 +103,9 @@ def uvicorn(app: str) -> list[str]:
 def bench_account(accounts: int = 32) -> list[str]:
     """Benchmark accounts with room for any load, and their keys (rate limits out of the way).
 
-    One account per concurrent client, as real traffic spreads over many accounts: requests of
-    one account queue on its counter row, whose lock lasts one commit (an fsync), which bounds
-    a single account at about 1 / (2 x commit time): ~150 requests/s on this machine's disk.
+    One account per concurrent client, as real traffic spreads over many accounts; ``main``
+    also sends every client's requests on the first account, where they meet on its counter
+    row (natural batching shares a commit among them: ``bench/one_account.py``).
     """
     from accounts.models import User
     from accounts.services import account_create_with_key
@@ -162,13 +185,20 @@ def measure(
     concurrency: int,
     dialect: str = "openai",
     cpu_of=cpu_seconds,
+    database: bool = False,
 ):
+    """Requests per second and server CPU per request; with ``database``, also the CPU of the
+    PostgreSQL backends per request (``db_ms``)."""
     kwargs = {"stream": stream, "concurrency": concurrency, "dialect": dialect}
     asyncio.run(load(url, key, requests=min(300, requests), **kwargs))
     before = cpu_of(pid)
+    db_before = postgres_cpu_seconds() if database else 0.0
     elapsed = asyncio.run(load(url, key, requests=requests, **kwargs))
     cpu = cpu_of(pid) - before
-    return {"rps": requests / elapsed, "cpu_ms": cpu * 1000 / requests}
+    figures = {"rps": requests / elapsed, "cpu_ms": cpu * 1000 / requests}
+    if database:
+        figures["db_ms"] = (postgres_cpu_seconds() - db_before) * 1000 / requests
+    return figures
 
 
 def compare_dialects(
@@ -279,7 +309,22 @@ def anthropic_summary(best: dict) -> str:
     return "\n".join(lines)
 
 
-def main(requests: int = 3000, concurrency: int = 32) -> dict:
+def print_row(row: dict, *, bare: dict | None = None) -> None:
+    """One case's servers: throughput, CPU per request and its ratio to the bare proxy's, and
+    for the gateway the PostgreSQL backends' CPU per request."""
+    bare = bare or row["bare"]
+    for server, figures in row.items():
+        ratio = figures["cpu_ms"] / max(bare["cpu_ms"], 1e-9)
+        database = f"  + PostgreSQL {figures['db_ms']:6.3f} ms" if "db_ms" in figures else ""
+        print(
+            f"    {server:<8} {figures['rps']:7.0f} req/s "
+            f"{figures['cpu_ms']:6.3f} ms CPU/req  {ratio:5.2f}x bare{database}"
+        )
+
+
+def main(requests: int = 3000, concurrency: int = 32, *, dialects: bool = True) -> dict:
+    """Every case; ``dialects=False`` leaves out the Anthropic-vs-OpenAI rounds (the longest
+    part), for quick repeated runs of the other cases."""
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -340,15 +385,29 @@ def main(requests: int = 3000, concurrency: int = 32) -> dict:
                     requests=requests,
                     concurrency=concurrency,
                     cpu_of=cpu_of,
+                    database=server == "gateway",
                 )
             results[name] = row
             print(f"  {name}:")
-            for server in row:
-                ratio = row[server]["cpu_ms"] / max(row["bare"]["cpu_ms"], 1e-9)
-                print(
-                    f"    {server:<8} {row[server]['rps']:7.0f} req/s "
-                    f"{row[server]['cpu_ms']:6.3f} ms CPU/req  {ratio:5.2f}x bare"
-                )
+            print_row(row)
+        # Every client on one account: its requests meet on the account's counter row.
+        one = {
+            "gateway": measure(
+                gateway.pid,
+                f"http://127.0.0.1:{gateway_port}{PATHS['openai']}",
+                key[0],
+                stream=False,
+                requests=requests,
+                concurrency=concurrency,
+                database=True,
+            )
+        }
+        one["bare"] = results["non-streamed"]["bare"]
+        results["one account"] = one
+        print(f"  non-streamed, all {concurrency} clients on one account:")
+        print_row({"gateway": one["gateway"]}, bare=one["bare"])
+        if not dialects:
+            return results
         print("Anthropic vs OpenAI path, same gateway process (best of 3 interleaved rounds):")
         results["anthropic"] = compare_dialects(
             gateway.pid, gateway_port, key, requests=requests // 2, concurrency=concurrency

@@ -2,7 +2,8 @@
 
 Two implementations behind one small interface (``Ledger``), chosen by the database engine
 (``ledger_for_database``): ``usage.ledger.postgres.PgLedger`` speaks to PostgreSQL directly
-through asyncpg, one statement per operation; ``usage.ledger.orm.OrmLedger`` does the same
+through asyncpg, one statement per operation (or per batch of them, under load: natural
+batching, see ``usage.ledger.postgres._Batcher``); ``usage.ledger.orm.OrmLedger`` does the same
 through the ORM in a thread (SQLite, the embedded default). The rules both follow are written
 once, here and in ``usage.quota``: ``reservation_grant`` (how much a request may reserve) and
 ``effective_quota``; the PostgreSQL statement mirrors them in SQL and a test holds the two to

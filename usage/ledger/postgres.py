@@ -6,7 +6,10 @@ A connection is borrowed for one statement and given back, never held across an 
 call. Reserving is one statement (a CTE) that re-checks the key's digest and the key and
 account flags, reads the account's effective quota, locks today's counter row (and, for a
 key with a daily cap, the key's counter first), caps the output budget to what remains of
-both and inserts the ``Reservation`` row. Settling is one statement.
+both and inserts the ``Reservation`` row. Settling is one statement. Under load, reservations
+and settlements go in natural batches (``_Batcher``): one statement for all the calls that
+arrived while the previous one was in flight, with the same outcome for each as had they run
+one after the other.
 See ``usage.ledger`` for the invariant these statements keep.
 """
 
@@ -15,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import json
+import logging
 import uuid
 
 import asyncpg
@@ -35,6 +40,8 @@ from usage.ledger import (
     rollup_rows,
 )
 from usage.models import DailyRollup, DailyUsage, KeyDailyUsage, Reservation, UsageRecord
+
+log = logging.getLogger(__name__)
 
 
 def _t(model) -> str:
@@ -142,6 +149,179 @@ SELECT auth.user_id, auth.quota, (SELECT total FROM cur), (SELECT id FROM res),
 FROM auth
 """
 
+# Several reservations of keys without a cap in one statement (natural batching: the calls
+# that arrived while the previous statement was in flight; ``_Batcher``). Each row gets what
+# ``_RESERVE_SQL`` would have given it had the rows run one after the other in arrival order:
+# the counters are locked in id order (as every batch locks them, so batches cannot deadlock
+# one another), then ``walk`` goes through each counter's rows in order, each seeing the total
+# the earlier ones left, so a batch never grants more than what remains. A row the lean
+# statement would grant nothing (a key with a cap, stale controls, no counter yet) gets a NULL
+# total, as there. The reservation ids are drawn first so that each row gets its own back.
+# $1 default quota, $2 key ids, $3 digests, $4 days, $5 input estimates, $6 max outputs,
+# $7 lease (s), $8 the cached controls versions (NULL: no check); one array element per call.
+_RESERVE_MANY_SQL = f"""
+WITH RECURSIVE req AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::date[], $5::bigint[], $6::bigint[],
+                         $8::bigint[])
+        WITH ORDINALITY AS r(key_id, digest, day, input, max_out, version, n)
+), auth AS (
+    SELECT req.n, req.day, req.input, req.max_out, k.user_id,
+           COALESCE(u.daily_quota, $1::bigint) AS quota, k.daily_token_cap AS cap,
+           k.controls_version AS version,
+           k.daily_token_cap IS NULL
+               AND (req.version IS NULL OR k.controls_version = req.version) AS eligible
+    FROM req
+    JOIN {_t(ApiKey)} k ON k.id = req.key_id AND k.digest = req.digest AND k.is_active
+    JOIN {_t(User)} u ON u.id = k.user_id AND u.is_active
+), cur AS (
+    SELECT du.id, du.user_id, du.day,
+           du.input_tokens + du.output_tokens + du.reserved_tokens AS total
+    FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM auth WHERE eligible)
+    ORDER BY du.id
+    FOR UPDATE OF du
+), queue AS (
+    SELECT auth.n, auth.user_id, auth.day, auth.input, auth.max_out, auth.quota,
+           cur.id AS counter, cur.total AS start,
+           row_number() OVER (PARTITION BY cur.id ORDER BY auth.n) AS place
+    FROM auth JOIN cur ON cur.user_id = auth.user_id AND cur.day = auth.day
+    WHERE auth.eligible
+), walk AS (
+    SELECT q.n, q.counter, q.place, q.start AS total,
+           CASE WHEN q.quota - q.start - q.input >= 1
+                THEN q.input + LEAST(q.max_out, q.quota - q.start - q.input) ELSE 0 END AS tokens
+    FROM queue q WHERE q.place = 1
+    UNION ALL
+    SELECT q.n, q.counter, q.place, w.total + w.tokens,
+           CASE WHEN q.quota - w.total - w.tokens - q.input >= 1
+                THEN q.input + LEAST(q.max_out, q.quota - w.total - w.tokens - q.input)
+                ELSE 0 END
+    FROM walk w JOIN queue q ON q.counter = w.counter AND q.place = w.place + 1
+), granted AS (
+    SELECT w.n, w.counter, w.tokens,
+           nextval(pg_get_serial_sequence('{_t(Reservation)}', 'id')) AS id
+    FROM walk w WHERE w.tokens > 0
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT counter, SUM(tokens)::bigint AS tokens FROM granted GROUP BY counter) s
+    WHERE du.id = s.counter
+), res AS (
+    INSERT INTO {_t(Reservation)} (id, user_id, day, tokens, created_at, lease_until)
+    SELECT g.id, q.user_id, q.day, g.tokens, now(), now() + make_interval(secs => $7::float8)
+    FROM granted g JOIN queue q ON q.n = g.n
+)
+SELECT auth.user_id, auth.quota, w.total, g.id, g.tokens, auth.cap, NULL::bigint, auth.version
+FROM req
+LEFT JOIN auth ON auth.n = req.n
+LEFT JOIN walk w ON w.n = req.n
+LEFT JOIN granted g ON g.n = req.n
+ORDER BY req.n
+"""
+
+# The same for keys with a daily cap (as ``_RESERVE_CAPPED_SQL``): the key counters are locked
+# first, in id order, then the accounts', and ``walk`` goes through each account's rows in
+# arrival order carrying, beside the account's total, the grants so far and the key counter
+# each went to, so that every row's grant fits both what is left of its account's quota and
+# what the earlier rows left of its key's cap. A row whose key has no cap (any more) or no
+# counter yet gets a NULL total. Same parameters as ``_RESERVE_MANY_SQL``.
+_RESERVE_CAPPED_MANY_SQL = f"""
+WITH RECURSIVE req AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::date[], $5::bigint[], $6::bigint[],
+                         $8::bigint[])
+        WITH ORDINALITY AS r(key_id, digest, day, input, max_out, version, n)
+), auth AS (
+    SELECT req.n, req.key_id, req.day, req.input, req.max_out, k.user_id,
+           COALESCE(u.daily_quota, $1::bigint) AS quota, k.daily_token_cap AS cap,
+           k.controls_version AS version,
+           k.daily_token_cap IS NOT NULL
+               AND (req.version IS NULL OR k.controls_version = req.version) AS eligible
+    FROM req
+    JOIN {_t(ApiKey)} k ON k.id = req.key_id AND k.digest = req.digest AND k.is_active
+    JOIN {_t(User)} u ON u.id = k.user_id AND u.is_active
+), kcur AS (
+    SELECT kd.id, kd.api_key_id, kd.day, kd.used_tokens + kd.reserved_tokens AS total
+    FROM {_t(KeyDailyUsage)} kd
+    WHERE (kd.api_key_id, kd.day) IN (SELECT key_id, day FROM auth WHERE eligible)
+    ORDER BY kd.id
+    FOR UPDATE OF kd
+), cur AS (
+    SELECT du.id, du.user_id, du.day,
+           du.input_tokens + du.output_tokens + du.reserved_tokens AS total
+    FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM auth WHERE eligible)
+      AND (SELECT count(*) FROM kcur) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), queue AS (
+    SELECT auth.n, auth.key_id, auth.user_id, auth.day, auth.input, auth.max_out, auth.quota,
+           auth.cap, cur.id AS counter, cur.total AS start, kcur.id AS key_counter,
+           kcur.total AS key_start,
+           row_number() OVER (PARTITION BY cur.id ORDER BY auth.n) AS place
+    FROM auth
+    JOIN cur ON cur.user_id = auth.user_id AND cur.day = auth.day
+    JOIN kcur ON kcur.api_key_id = auth.key_id AND kcur.day = auth.day
+    WHERE auth.eligible
+), walk AS (
+    SELECT q.n, q.counter, q.place, q.start AS total, q.key_start AS key_total, g.tokens,
+           ARRAY[q.key_counter] AS key_counters, ARRAY[g.tokens] AS grants
+    FROM queue q
+    CROSS JOIN LATERAL (
+        SELECT LEAST(q.quota - q.start, q.cap - q.key_start) - q.input AS room
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN r.room >= 1 THEN q.input + LEAST(q.max_out, r.room) ELSE 0 END
+            AS tokens
+    ) g
+    WHERE q.place = 1
+    UNION ALL
+    SELECT q.n, q.counter, q.place, w.total + w.tokens, k.total, g.tokens,
+           w.key_counters || q.key_counter, w.grants || g.tokens
+    FROM walk w
+    JOIN queue q ON q.counter = w.counter AND q.place = w.place + 1
+    CROSS JOIN LATERAL (
+        SELECT q.key_start + COALESCE((
+            SELECT SUM(x.tokens) FROM unnest(w.key_counters, w.grants) AS x(id, tokens)
+            WHERE x.id = q.key_counter
+        ), 0)::bigint AS total
+    ) k
+    CROSS JOIN LATERAL (
+        SELECT LEAST(q.quota - w.total - w.tokens, q.cap - k.total) - q.input AS room
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN r.room >= 1 THEN q.input + LEAST(q.max_out, r.room) ELSE 0 END
+            AS tokens
+    ) g
+), granted AS (
+    SELECT w.n, w.tokens, nextval(pg_get_serial_sequence('{_t(Reservation)}', 'id')) AS id
+    FROM walk w WHERE w.tokens > 0
+), kupd AS (
+    UPDATE {_t(KeyDailyUsage)} kd
+    SET reserved_tokens = kd.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT q.key_counter, SUM(g.tokens)::bigint AS tokens
+          FROM granted g JOIN queue q ON q.n = g.n GROUP BY q.key_counter) s
+    WHERE kd.id = s.key_counter
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens + s.tokens, updated_at = now()
+    FROM (SELECT q.counter, SUM(g.tokens)::bigint AS tokens
+          FROM granted g JOIN queue q ON q.n = g.n GROUP BY q.counter) s
+    WHERE du.id = s.counter
+), res AS (
+    INSERT INTO {_t(Reservation)}
+        (id, user_id, day, tokens, created_at, lease_until, capped_key_id)
+    SELECT g.id, q.user_id, q.day, g.tokens, now(), now() + make_interval(secs => $7::float8),
+           q.key_id
+    FROM granted g JOIN queue q ON q.n = g.n
+)
+SELECT auth.user_id, auth.quota, w.total, g.id, g.tokens, auth.cap, w.key_total, auth.version
+FROM req
+LEFT JOIN auth ON auth.n = req.n
+LEFT JOIN walk w ON w.n = req.n
+LEFT JOIN granted g ON g.n = req.n
+ORDER BY req.n
+"""
+
 # The day's counters, created by its first reservation: the account's and, for a capped key
 # ($3 not NULL), the key's, seeded with what the key already spent that day (its rollups),
 # so that a cap set in the afternoon counts the morning.
@@ -230,6 +410,132 @@ SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del),
 WHERE user_id = $4 AND day = $5 AND EXISTS (SELECT 1 FROM del)
   AND (SELECT count(*) FROM kupd) >= 0
 RETURNING input_tokens + output_tokens, (SELECT used_tokens FROM kupd)
+"""
+
+# Several settlements of reservations without a key cap in one statement (``_Batcher``), each
+# as ``_SETTLE_SQL`` would have done it: the reservations are deleted first (the one-time
+# filter), as there, then the counters are locked in id order and moved once each by the sum
+# of their rows. Each row gets back the account's total as it stood right after its own
+# charge in arrival order (the final total less what later rows of the batch added), so quota
+# alerts see every crossing. A NULL total: no counter for that row (as ``_SETTLE_SQL``).
+# $1 reservation ids, $2 inputs, $3 outputs, $4 user ids, $5 days; one element per call.
+_SETTLE_MANY_SQL = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[])
+        WITH ORDINALITY AS r(id, input, output, user_id, day, n)
+), del AS (
+    DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
+), cur AS (
+    SELECT du.id, du.user_id, du.day FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM req)
+      AND (SELECT count(*) FROM del) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), per AS (
+    SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
+           count(*) AS requests
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.user_id, req.day
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens - per.released,
+        input_tokens = du.input_tokens + per.input,
+        output_tokens = du.output_tokens + per.output,
+        requests = du.requests + per.requests,
+        updated_at = now()
+    FROM per JOIN cur ON cur.user_id = per.user_id AND cur.day = per.day
+    WHERE du.id = cur.id
+    RETURNING du.user_id, du.day, du.input_tokens + du.output_tokens AS used
+)
+SELECT (upd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.user_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint
+FROM req LEFT JOIN upd ON upd.user_id = req.user_id AND upd.day = req.day
+ORDER BY req.n
+"""
+
+# The same for reservations held by a key's cap too (as ``_SETTLE_CAPPED_SQL``): reservations
+# deleted first, then the key counters locked in id order, then the accounts'; each row gets
+# back both totals as they stood right after its own charge. A NULL key total: no counter for
+# that key (as there). $6 the capped key ids.
+_SETTLE_CAPPED_MANY_SQL = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[],
+                         $6::bigint[])
+        WITH ORDINALITY AS r(id, input, output, user_id, day, key_id, n)
+), del AS (
+    DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
+), kcur AS (
+    SELECT kd.id, kd.api_key_id, kd.day FROM {_t(KeyDailyUsage)} kd
+    WHERE (kd.api_key_id, kd.day) IN (SELECT key_id, day FROM req)
+      AND (SELECT count(*) FROM del) >= 0
+    ORDER BY kd.id
+    FOR UPDATE OF kd
+), cur AS (
+    SELECT du.id, du.user_id, du.day FROM {_t(DailyUsage)} du
+    WHERE (du.user_id, du.day) IN (SELECT user_id, day FROM req)
+      AND (SELECT count(*) FROM kcur) >= 0
+    ORDER BY du.id
+    FOR UPDATE OF du
+), kper AS (
+    SELECT req.key_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input + req.output)::bigint AS used
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.key_id, req.day
+), kupd AS (
+    UPDATE {_t(KeyDailyUsage)} kd
+    SET reserved_tokens = kd.reserved_tokens - kper.released,
+        used_tokens = kd.used_tokens + kper.used,
+        updated_at = now()
+    FROM kper JOIN kcur ON kcur.api_key_id = kper.key_id AND kcur.day = kper.day
+    WHERE kd.id = kcur.id
+    RETURNING kd.api_key_id, kd.day, kd.used_tokens AS used
+), per AS (
+    SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
+           SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
+           count(*) AS requests
+    FROM req LEFT JOIN del ON del.id = req.id
+    GROUP BY req.user_id, req.day
+), upd AS (
+    UPDATE {_t(DailyUsage)} du
+    SET reserved_tokens = du.reserved_tokens - per.released,
+        input_tokens = du.input_tokens + per.input,
+        output_tokens = du.output_tokens + per.output,
+        requests = du.requests + per.requests,
+        updated_at = now()
+    FROM per JOIN cur ON cur.user_id = per.user_id AND cur.day = per.day
+    WHERE du.id = cur.id AND (SELECT count(*) FROM kupd) >= 0
+    RETURNING du.user_id, du.day, du.input_tokens + du.output_tokens AS used
+)
+SELECT (upd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.user_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint,
+       (kupd.used - COALESCE(SUM(req.input + req.output) OVER (
+            PARTITION BY req.key_id, req.day ORDER BY req.n
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0))::bigint
+FROM req
+LEFT JOIN upd ON upd.user_id = req.user_id AND upd.day = req.day
+LEFT JOIN kupd ON kupd.api_key_id = req.key_id AND kupd.day = req.day
+ORDER BY req.n
+"""
+
+# A reservation whose caller left while its batch was in flight (``_Batcher``): deleted and
+# given back at once, without a charge or a request (nobody was served), rather than waiting
+# for the sweeper; its key's counter first when it is held by a cap too, as settling does.
+# $1 reservation id, $2 user id, $3 day.
+_RELEASE_SQL = f"""
+WITH del AS (DELETE FROM {_t(Reservation)} WHERE id = $1 RETURNING tokens, capped_key_id),
+kupd AS (
+    UPDATE {_t(KeyDailyUsage)}
+    SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del), updated_at = now()
+    WHERE api_key_id = (SELECT capped_key_id FROM del) AND day = $3
+    RETURNING 1
+)
+UPDATE {_t(DailyUsage)}
+SET reserved_tokens = reserved_tokens - (SELECT tokens FROM del), updated_at = now()
+WHERE user_id = $2 AND day = $3 AND EXISTS (SELECT 1 FROM del)
+  AND (SELECT count(*) FROM kupd) >= 0
 """
 
 _RENEW_LEASES_SQL = f"""
@@ -357,6 +663,130 @@ class _Connections:
         self._size -= len(free)
 
 
+# The most calls one batched statement carries; more wait for the next.
+_BATCH_MAX = 256
+
+
+class _Batcher:
+    """Natural batching (group commit) of one kind of statement.
+
+    While a statement of this kind is in flight, new calls wait; the next statement carries
+    all of them (``many``, arrays in, one row out per call) and each caller gets its own row.
+    A call that finds nothing in flight goes at once through the one-call statement (``one``),
+    in the caller's task: alone, a call costs what it did before batching (a task per statement
+    cost it 20-30 µs more CPU), and no call ever waits for a timer. Under load, what a request
+    pays for its statement (round trip, parsing, commit and its fsync, the wait for one
+    account's counter lock) is shared by the batch: n calls of one account cost one commit,
+    not n.
+
+    A batch fails as a whole when its statement does. On a database error (a row's numbers out
+    of range, a deadlock with another process...) nothing of it was committed, and each of its
+    calls goes again alone, so that only a bad call fails. On a lost connection the outcome is
+    unknown, as for a lone statement, and every caller of the batch gets the error. A caller
+    that gives up while waiting leaves the queue; one that gives up while its batch is in
+    flight gets nothing, and the result it would have had goes to ``abandoned`` (a reservation
+    is released at once); when every caller of a batch is gone, its statement is cancelled, as
+    a lone caller's is.
+    """
+
+    def __init__(self, one, many, *, abandoned=None):
+        self._one = one
+        self._many = many
+        self._abandoned = abandoned
+        self._queue: list[tuple[tuple, asyncio.Future]] = []
+        self._batch: list[tuple[tuple, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        # A statement of this kind is in flight (a lone call's or a batch's).
+        self._busy = False
+        self._chores: set[asyncio.Task] = set()
+
+    async def call(self, *args):
+        if not self._busy:
+            self._busy = True
+            try:
+                return await self._one(*args)
+            finally:
+                self._next()
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._leave(args, future)
+            raise
+
+    def _next(self) -> None:
+        """The statement in flight is done: the calls that came meanwhile go together."""
+        if not self._queue:
+            self._busy = False
+            return
+        batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
+        self._batch = batch
+        self._task = asyncio.get_running_loop().create_task(self._run(batch))
+
+    def _leave(self, args: tuple, future: asyncio.Future) -> None:
+        for n, (_args, queued) in enumerate(self._queue):
+            if queued is future:
+                del self._queue[n]
+                return
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # The answer came, but its caller was cancelled before it could take it.
+            self._abandon(args, future.result())
+        elif self._task is not None and all(f.done() for _args, f in self._batch):
+            self._task.cancel()
+
+    async def _run(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._alone(batch[0][0])]
+            else:
+                try:
+                    rows = await self._many([args for args, _future in batch])
+                    outcomes = [(True, row) for row in rows]
+                except asyncpg.PostgresError:
+                    outcomes = [await self._alone(args) for args, _future in batch]
+            for (args, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    if ok:
+                        self._abandon(args, value)
+                elif ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except asyncio.CancelledError:
+            # Every caller had left (or the loop is closing): nobody is left to answer.
+            for _args, future in batch:
+                future.cancel()
+            raise
+        except Exception as failure:
+            # Lost connection, timeout: the callers get it, as from a lone statement (and
+            # the task itself ends quietly: nobody awaits it).
+            for _args, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+        finally:
+            self._task = None
+            self._batch = []
+            self._next()
+
+    async def _alone(self, args: tuple) -> tuple[bool, object]:
+        try:
+            return True, await self._one(*args)
+        except Exception as failure:  # handed to its own caller
+            return False, failure
+
+    def _abandon(self, args: tuple, row) -> None:
+        if self._abandoned is None:
+            return
+        chore = asyncio.get_running_loop().create_task(self._abandoned(args, row))
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
+
+
+def _settled(row) -> Settled:
+    return Settled(row[0], row[1] if len(row) > 1 else None)
+
+
 class PgLedger(Ledger):
     def __init__(self, *, max_size: int = 10):
         self.max_size = max_size
@@ -364,6 +794,27 @@ class PgLedger(Ledger):
         self.round_trips = 0
         # Keys seen with a daily cap: they reserve with _RESERVE_CAPPED_SQL from the start.
         self._capped_keys: set[int] = set()
+        # Reservations and settlements go in natural batches, one batcher per statement (keys
+        # without a cap and with one); a retried settlement is rare and goes alone.
+        release = self._release_abandoned
+        self._reserving = _Batcher(
+            functools.partial(self._fetchrow, _RESERVE_SQL),
+            functools.partial(self._reserve_many, _RESERVE_MANY_SQL),
+            abandoned=release,
+        )
+        self._reserving_capped = _Batcher(
+            functools.partial(self._fetchrow, _RESERVE_CAPPED_SQL),
+            functools.partial(self._reserve_many, _RESERVE_CAPPED_MANY_SQL),
+            abandoned=release,
+        )
+        self._settling = _Batcher(
+            functools.partial(self._settle_one, _SETTLE_SQL),
+            functools.partial(self._settle_many, _SETTLE_MANY_SQL),
+        )
+        self._settling_capped = _Batcher(
+            functools.partial(self._settle_one, _SETTLE_CAPPED_SQL),
+            functools.partial(self._settle_many, _SETTLE_CAPPED_MANY_SQL),
+        )
 
     async def open(self) -> None:
         self.connections = _Connections(max_size=self.max_size)
@@ -376,10 +827,16 @@ class PgLedger(Ledger):
             self.connections = None
 
     async def _fetchrow(self, sql: str, *args):
+        return await self._query(sql, args, many=False)
+
+    async def _fetch(self, sql: str, *args) -> list:
+        return await self._query(sql, args, many=True)
+
+    async def _query(self, sql: str, args: tuple, *, many: bool):
         self.round_trips += 1
         conn = await self.connections.acquire()
         try:
-            row = await conn.fetchrow(sql, *args)
+            row = await (conn.fetch if many else conn.fetchrow)(sql, *args)
         except asyncpg.PostgresError:
             self.connections.release(conn)  # the statement failed; the connection is fine
             raise
@@ -430,18 +887,19 @@ class PgLedger(Ledger):
         )
         capped = key_id in self._capped_keys
         for _attempt in range(3):
-            row = await self._fetchrow(_RESERVE_CAPPED_SQL if capped else _RESERVE_SQL, *args)
+            row = await (self._reserving_capped if capped else self._reserving).call(*args)
             if row is None:
                 return Refused("auth")
             user_id, quota, total, reservation_id, tokens, cap, key_total, version = row
             if controls_version is not None and version != controls_version:
                 return Refused("controls")
             if (cap is not None) != capped:
-                # The key gained or lost its cap: remember which statement it needs. Only a
-                # lean statement on a capped key must go round again (it granted nothing).
+                # The key gained or lost its cap: remember which statement it needs. One for
+                # the other kind that granted nothing goes round again (the lean statement never
+                # grants a capped key, the batched capped one never a key without a cap).
                 self._remember_capped(key_id, cap is not None)
-                if not capped:
-                    capped = True
+                if reservation_id is None and total is None:
+                    capped = not capped
                     continue
             if total is None or (cap is not None and key_total is None):
                 # First request of the day for this account (or capped key): create the
@@ -471,6 +929,25 @@ class PgLedger(Ledger):
             )
         raise RuntimeError("the daily counter rows could not be created")
 
+    async def _reserve_many(self, sql: str, calls: list[tuple]) -> list:
+        quota, keys, digests, days, inputs, outputs, leases, versions = zip(*calls, strict=True)
+        rows = await self._fetch(
+            sql, quota[0], keys, digests, days, inputs, outputs, leases[0], versions
+        )
+        # A key or account that failed the check: no row, as from _RESERVE_SQL.
+        return [None if row[0] is None else row for row in rows]
+
+    async def _release_abandoned(self, args: tuple, row) -> None:
+        if row is None or row[3] is None:
+            return
+        try:
+            await self._fetchrow(_RELEASE_SQL, row[3], row[0], args[3])
+        except Exception as failure:  # the sweeper releases it later
+            log.warning(
+                "releasing an abandoned reservation failed (%s); the sweeper will",
+                failure.__class__.__name__,
+            )
+
     def _remember_capped(self, key_id: int, capped: bool) -> None:
         if not capped:
             self._capped_keys.discard(key_id)
@@ -489,15 +966,22 @@ class PgLedger(Ledger):
             reserved.user_id,
             reserved.day,
         ]
-        if reserved.capped_key_id is None:
-            sql = _SETTLE_RETRY_SQL if retry else _SETTLE_SQL
-        else:
-            sql = _SETTLE_CAPPED_RETRY_SQL if retry else _SETTLE_CAPPED_SQL
+        if reserved.capped_key_id is not None:
             args.append(reserved.capped_key_id)
+        if retry:
+            sql = _SETTLE_RETRY_SQL if reserved.capped_key_id is None else _SETTLE_CAPPED_RETRY_SQL
+            return await self._settle_one(sql, *args)
+        settling = self._settling if reserved.capped_key_id is None else self._settling_capped
+        return await settling.call(*args)
+
+    async def _settle_one(self, sql: str, *args) -> Settled | None:
         row = await self._fetchrow(sql, *args)
-        if row is None:
-            return None
-        return Settled(row[0], row[1] if len(row) > 1 else None)
+        return None if row is None else _settled(row)
+
+    async def _settle_many(self, sql: str, calls: list[tuple]) -> list[Settled | None]:
+        rows = await self._fetch(sql, *zip(*calls, strict=True))
+        # No account counter for that row: nothing was charged (as from _SETTLE_SQL).
+        return [None if row[0] is None else _settled(row) for row in rows]
 
     async def renew_leases(self, reservation_ids: list[int], seconds: float) -> None:
         if reservation_ids:
