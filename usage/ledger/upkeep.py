@@ -138,24 +138,36 @@ def _release_batch_pg(cutoff: dt.datetime, now: dt.datetime, batch_size: int) ->
         ), key_sums AS (
             SELECT capped_key_id, day, SUM(tokens) AS tokens
             FROM gone WHERE capped_key_id IS NOT NULL GROUP BY capped_key_id, day
+        ), key_locks AS (
+            -- Counters are locked as the gateway's batches lock them: key counters, then
+            -- account counters, each in id order (in another order, a batch and the sweep
+            -- could each hold what the other waits for).
+            SELECT kd.id FROM {key_counter} kd JOIN key_sums
+              ON kd.api_key_id = key_sums.capped_key_id AND kd.day = key_sums.day
+            ORDER BY kd.id FOR UPDATE OF kd
         ), key_counters AS (
+            -- Each one-time filter below runs its lock list to the end before its update.
             UPDATE {key_counter} kd
             SET reserved_tokens = GREATEST(kd.reserved_tokens - key_sums.tokens, 0),
                 updated_at = now()
             FROM key_sums
             WHERE kd.api_key_id = key_sums.capped_key_id AND kd.day = key_sums.day
+              AND (SELECT count(*) FROM key_locks) >= 0
             RETURNING 1
         ), sums AS (
             SELECT user_id, day, SUM(tokens) AS tokens, COUNT(*) AS n
             FROM gone GROUP BY user_id, day
+        ), account_locks AS (
+            SELECT du.id FROM {counter} du JOIN sums
+              ON du.user_id = sums.user_id AND du.day = sums.day
+            WHERE (SELECT count(*) FROM key_counters) >= 0
+            ORDER BY du.id FOR UPDATE OF du
         ), counters AS (
-            -- The one-time filter runs key_counters first: keys before accounts, the order
-            -- the gateway locks them in.
             UPDATE {counter} du
             SET reserved_tokens = GREATEST(du.reserved_tokens - sums.tokens, 0),
                 updated_at = now()
             FROM sums WHERE du.user_id = sums.user_id AND du.day = sums.day
-              AND (SELECT count(*) FROM key_counters) >= 0
+              AND (SELECT count(*) FROM account_locks) >= 0
             RETURNING 1
         )
         SELECT COALESCE(SUM(n), 0), COALESCE(SUM(tokens), 0) FROM sums
