@@ -101,8 +101,8 @@ GATEWAY_RATE_LIMIT_REJECTIONS = Counter(
     ["dialect"],
 )
 # Upstream endpoints (gateway.serving.routing), labelled by model and "id:host" (bounded by the
-# operator's configuration). Gauges sum (in flight) or take the maximum (ejected) over the
-# live worker processes; each process ejects on its own.
+# operator's configuration). Gauges sum (in flight, queue depth) or take the maximum (ejected,
+# error ratio) over the live worker processes; each process ejects and queues on its own.
 UPSTREAM_ENDPOINT_REQUESTS = Counter(
     "portal_gateway_upstream_endpoint_requests_total",
     "Attempts sent to an upstream endpoint (a failed-over request counts once per endpoint).",
@@ -129,6 +129,30 @@ UPSTREAM_ENDPOINT_EJECTED = Gauge(
     "1 while a gateway process has the endpoint ejected (or awaiting its trial request).",
     ["model", "endpoint"],
     multiprocess_mode="livemax",
+)
+UPSTREAM_ENDPOINT_ERROR_RATIO = Gauge(
+    "portal_gateway_upstream_endpoint_error_ratio",
+    "Failed attempts / attempts over the last one to two minutes (the worst process).",
+    ["model", "endpoint"],
+    multiprocess_mode="livemax",
+)
+UPSTREAM_ENDPOINT_FIRST_BYTE = Histogram(
+    "portal_gateway_upstream_endpoint_first_byte_seconds",
+    "Time from sending an attempt to the upstream endpoint's response headers.",
+    ["model", "endpoint"],
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+UPSTREAM_QUEUE_DEPTH = Gauge(
+    "portal_gateway_upstream_queue_depth",
+    "Requests waiting for a slot on a model's capped endpoints.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_QUEUE_REFUSALS = Counter(
+    "portal_gateway_upstream_queue_refusals_total",
+    "Requests refused with 503 because the model's endpoints stayed at their caps, by reason "
+    "(full: no place in the queue; timeout: waited the longest allowed).",
+    ["model", "reason"],
 )
 QUOTA_CODE = "insufficient_quota"
 RATE_LIMIT_CODE = "rate_limit_exceeded"
@@ -199,7 +223,13 @@ def record_upstream_attempt(*, model: str, endpoint: str, in_flight: int) -> Non
 
 
 def record_upstream_outcome(
-    *, model: str, endpoint: str, in_flight: int, failed: bool, ejected: bool
+    *,
+    model: str,
+    endpoint: str,
+    in_flight: int,
+    failed: bool,
+    ejected: bool,
+    error_ratio: float,
 ) -> None:
     if not _enabled():
         return
@@ -207,6 +237,25 @@ def record_upstream_outcome(
     if failed:
         UPSTREAM_ENDPOINT_ERRORS.labels(model, endpoint).inc()
     UPSTREAM_ENDPOINT_EJECTED.labels(model, endpoint).set(1 if ejected else 0)
+    UPSTREAM_ENDPOINT_ERROR_RATIO.labels(model, endpoint).set(error_ratio)
+
+
+def record_upstream_latency(*, model: str, endpoint: str, seconds: float) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_ENDPOINT_FIRST_BYTE.labels(model, endpoint).observe(seconds)
+
+
+def record_upstream_queue(*, model: str, depth: int) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_QUEUE_DEPTH.labels(model).set(depth)
+
+
+def record_upstream_queue_refusal(*, model: str, reason: str) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_QUEUE_REFUSALS.labels(model, reason).inc()
 
 
 def record_upstream_ejection(*, model: str, endpoint: str) -> None:

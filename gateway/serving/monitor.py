@@ -1,0 +1,103 @@
+"""Per gateway process, beside the requests: the router's live state published for the staff
+overview every ``gateway.live_state.PUBLISH_SECONDS``, and the optional active probe.
+
+The probe (``GATEWAY_UPSTREAM_PROBE_SECONDS``, 0 = off) asks every endpoint of the catalog for
+its model list on the shared upstream session, all at once, each bounded by the probe interval
+(at most ``PROBE_TIMEOUT_SECONDS``). No answer or a 5xx counts towards ejection as a failed
+request would; any other answer brings an ejected endpoint back without waiting for a client's
+trial request (``Router.probed``). What is asked depends on the endpoint's kind
+(``PROBE_PATHS``); a kind without an entry is not probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from gateway.live_state import PUBLISH_SECONDS, Publisher
+from gateway.models import UpstreamEndpoint
+from gateway.selectors import CatalogEndpoint
+from gateway.serving.catalog import Catalog
+from gateway.serving.routing import Router
+from gateway.serving.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_SECONDS = 10.0
+# Below the endpoint's base URL (which includes /v1 for OpenAI-compatible servers).
+PROBE_PATHS = {
+    UpstreamEndpoint.Kind.OPENAI_COMPATIBLE: "/models",
+    UpstreamEndpoint.Kind.DEMO: "/models",
+}
+
+
+class UpstreamMonitor:
+    def __init__(self, router: Router, catalog: Catalog, upstream: Upstream):
+        self.router = router
+        self.catalog = catalog
+        self.upstream = upstream
+        self.publisher = Publisher()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._every(PUBLISH_SECONDS, self.publish)))
+        probe = settings.GATEWAY_UPSTREAM_PROBE_SECONDS
+        if probe > 0:
+            self._tasks.append(loop.create_task(self._every(probe, self.probe)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        try:
+            await sync_to_async(self.publisher.withdraw, thread_sensitive=False)()
+        except Exception as failure:
+            log.warning("upstream state not withdrawn: %s", failure.__class__.__name__)
+
+    async def _every(self, seconds: float, step) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except Exception as failure:
+                # The next beat tries again; requests never depend on this.
+                log.warning("upstream %s failed: %s", step.__name__, failure.__class__.__name__)
+
+    async def publish(self) -> None:
+        report = self.router.snapshot()
+        await sync_to_async(self.publisher.publish, thread_sensitive=False)(report)
+
+    async def probe(self) -> None:
+        targets = [
+            (model.name, endpoint)
+            for model in await self.catalog.enabled()
+            for endpoint in model.endpoints
+            if endpoint.kind in PROBE_PATHS and endpoint.upstream_key is not None
+        ]
+        verdicts = await asyncio.gather(*(self._answers(endpoint) for _, endpoint in targets))
+        for (model, endpoint), ok in zip(targets, verdicts, strict=True):
+            self.router.probed(model, endpoint, ok=ok)
+
+    async def _answers(self, endpoint: CatalogEndpoint) -> bool:
+        headers = (
+            {"Authorization": f"Bearer {endpoint.upstream_key}"} if endpoint.upstream_key else {}
+        )
+        seconds = min(settings.GATEWAY_UPSTREAM_PROBE_SECONDS, PROBE_TIMEOUT_SECONDS)
+        try:
+            async with self.upstream.session.get(
+                endpoint.base_url + PROBE_PATHS[endpoint.kind],
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+            ) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
