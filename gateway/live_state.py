@@ -12,6 +12,7 @@ reports by model and endpoint.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -82,12 +83,26 @@ class LiveEndpoint:
     reported_at: float = 0.0  # the newest report
 
     @property
+    def ejected_until_at(self) -> dt.datetime | None:
+        if self.ejected_until is None:
+            return None
+        return dt.datetime.fromtimestamp(self.ejected_until, tz=dt.UTC)
+
+    @property
+    def reported(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.reported_at, tz=dt.UTC)
+
+    @property
     def state(self) -> str:
         """The worst state any process has it in."""
         for state in ("ejected", "trial"):
             if state in self.states:
                 return state
         return "healthy"
+
+    @property
+    def processes_not_healthy(self) -> int:
+        return self.processes - self.states.get("healthy", 0)
 
     @property
     def error_rate(self) -> float | None:
@@ -101,6 +116,12 @@ class LiveState:
     queued: dict  # model name -> requests waiting, all processes
     processes: int
     reported_at: float | None  # the newest report, wall-clock seconds
+
+    @property
+    def reported(self) -> dt.datetime | None:
+        if self.reported_at is None:
+            return None
+        return dt.datetime.fromtimestamp(self.reported_at, tz=dt.UTC)
 
 
 def live_state_read() -> LiveState:
