@@ -158,7 +158,11 @@ class UpstreamEndpoint(models.Model):
         _("maximum concurrent requests"),
         null=True,
         blank=True,
-        help_text=_("Recorded for the coming fair queue; not enforced yet."),
+        help_text=_(
+            "In each gateway process: past it, requests wait in the model's queue, accounts "
+            "taking turns. Divide the server's capacity by the number of gateway processes. "
+            "Empty: no cap."
+        ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     connect_timeout_seconds = models.FloatField(
