@@ -487,6 +487,7 @@ def test_the_staff_overview_shows_each_endpoint_s_live_state_merged_across_proce
 
     from accounts.services import account_create
     from gateway.live_state import Publisher
+    from tests.portal.test_translations import english_left_on, get_zh
 
     cache.clear()
     a, b = servers
@@ -534,6 +535,10 @@ def test_the_staff_overview_shows_each_endpoint_s_live_state_merged_across_proce
     assert _cell(alive_row, "errors") == "6.2 % (1 of 16)"
     assert _cell(alive_row, "latency").endswith(" ms")
     assert _cell(dead_row, "queued") == "3"
+    html = get_zh(client, "/staff/")
+    for text in ("已摘除", "健康", "个网关进程上报", "排队中", "近期错误", "毫秒"):
+        assert text in html
+    assert english_left_on(html) == []
     # A process that stops takes its report with it.
     gw.run(gw.gateway.monitor.stop())
     page = client.get("/staff/").content.decode()
