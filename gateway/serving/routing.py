@@ -133,7 +133,7 @@ class Router:
         return state
 
     def states(self) -> list[EndpointHealth]:
-        """Every endpoint this process has routed to (for /metrics and the staff page)."""
+        """Every endpoint this process has routed to or probed."""
         return list(self._health.values())
 
     def queued(self) -> dict[str, int]:

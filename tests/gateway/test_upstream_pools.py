@@ -312,6 +312,21 @@ def _ask(gw, key, text, *, path="/openai/v1/chat/completions"):
     return asgi_call(gw.app, "POST", path, headers=headers, body=json.dumps(body).encode())
 
 
+def _sample(name, **labels):
+    """A /metrics sample's value, summed over the series whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from observability import metrics
+
+    text = metrics.render_latest().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
 async def _until(condition, seconds=10.0):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -320,8 +335,9 @@ async def _until(condition, seconds=10.0):
 
 
 def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_another(
-    gw, alice_key, bob_key, servers, pool
+    gw, alice_key, bob_key, servers, pool, gateway_settings
 ):
+    gateway_settings.METRICS_ENABLED = True
     a, _b = servers
     a.delay = 0.15
     (endpoint,) = pool((a.url, 0, 1))
@@ -331,6 +347,7 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
     async def go():
         alice = [asyncio.create_task(_ask(gw, alice_key[1], f"alice {n}")) for n in range(6)]
         await _until(lambda: gw.gateway is not None and gw.gateway.router.queued() == {MODEL: 5})
+        assert _sample("portal_gateway_upstream_queue_depth", model=MODEL) == 5
         bob = asyncio.create_task(_ask(gw, bob_key[1], "bob"))
         return await asyncio.gather(*alice, bob)
 
@@ -340,6 +357,10 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
     assert a.seen.index("bob") <= 2
     assert a.seen[:1] == ["alice 0"] and len(a.seen) == 7
     assert gw.gateway.router.queued() == {}
+    assert _sample("portal_gateway_upstream_queue_depth", model=MODEL) == 0
+    label = f"{endpoint.pk}:{a.url.split('/')[2]}"
+    latency = _sample("portal_gateway_upstream_endpoint_first_byte_seconds_count", endpoint=label)
+    assert latency == 7
     gw.flush()
     _books_exact(alice_key[0], results[:6])
     _books_exact(bob_key[0], results[6:])
@@ -351,10 +372,6 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
 def test_past_the_wait_the_client_gets_503_or_529_with_retry_after_and_pays_nothing(
     gw, alice_key, servers, pool, gateway_settings, path, status
 ):
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from observability import metrics
-
     gateway_settings.METRICS_ENABLED = True
     gateway_settings.GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS = 0.2
     a, _b = servers
@@ -364,13 +381,8 @@ def test_past_the_wait_the_client_gets_503_or_529_with_retry_after_and_pays_noth
     endpoint.save()
 
     def refusals():
-        text = metrics.render_latest().decode()
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "portal_gateway_upstream_queue_refusals_total"
-            and s.labels == {"model": MODEL, "reason": "timeout"}
+        return _sample(
+            "portal_gateway_upstream_queue_refusals_total", model=MODEL, reason="timeout"
         )
 
     before = refusals()
