@@ -6,13 +6,18 @@ What is counted:
   duration (``RequestContextMiddleware`` in ``observability.logging`` calls
   ``observe_request``);
 - the model API's outcomes: tokens charged, upstream failures, quota and rate-limit rejections
-  (the gateway calls ``record_gateway_request`` once per authenticated request).
+  (the gateway calls ``record_gateway_request`` once per authenticated request);
+- each upstream endpoint's attempts, failures, ejections, state, requests in flight, recent
+  error ratio and time to headers, and each model's queue for capped endpoints
+  (``gateway.serving.routing`` records them).
 
 Several processes (``uvicorn --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
 folder, the same for all workers of one server and emptied before it starts
 (``scripts/serve-web.sh`` does both); each scrape then sums every worker's numbers. Without it
-each worker counts alone and a scrape sees whichever worker answered. Only counters and
-histograms are used, so a worker that dies leaves its counts behind, as Prometheus expects.
+each worker counts alone and a scrape sees whichever worker answered. A worker that dies
+leaves its counters and histograms behind, as Prometheus expects; the gauges (upstream
+endpoints' state) say how live workers' values combine (``livesum``, ``livemax``) and drop a
+dead worker's.
 
 Protection (choose one or both; see README "Deploying"): ``METRICS_TOKEN`` requires
 ``Authorization: Bearer <token>``; ``METRICS_ALLOWED_IPS`` (addresses or networks) limits the

@@ -226,11 +226,11 @@ class Router:
 
     async def _wait(self, model: CatalogModel, tried: set, account) -> CatalogEndpoint | None:
         queue = self._queues.get(model.name)
-        if queue is None:
-            queue = self._queues[model.name] = FairQueue()
-        if queue.size >= settings.GATEWAY_UPSTREAM_QUEUE_MAX:
+        if (queue.size if queue is not None else 0) >= settings.GATEWAY_UPSTREAM_QUEUE_MAX:
             metrics.record_upstream_queue_refusal(model=model.name, reason="full")
             raise errors.upstream_queue_refused(waited=None)
+        if queue is None:
+            queue = self._queues[model.name] = FairQueue()
         waiter = Waiter(model, tried, account, asyncio.get_running_loop().create_future())
         queue.push(waiter)
         metrics.record_upstream_queue(model=model.name, depth=queue.size)

@@ -450,6 +450,21 @@ def test_a_full_best_tier_spills_to_the_next_one(gw, alice_key, servers, pool):
     assert (a.seen, b.seen) == (["one"], ["two"])
 
 
+def test_a_failed_over_attempt_gives_its_slot_back(gw, alice_key, servers, pool):
+    a, b = servers
+    a.mode = "fail"
+    first, second = pool((a.url, 0, 1), (b.url, 1, 1))
+    for row in (first, second):
+        row.max_concurrency = 1
+        row.save()
+    for _ in range(2):  # under the ejection threshold: a is tried each time
+        assert gw.chat(alice_key[1]).status == 200
+    assert (a.requests, b.requests) == (2, 2)
+    router = gw.gateway.router
+    assert router.health(MODEL, _catalog_endpoint(first)).in_flight == 0
+    assert router.health(MODEL, _catalog_endpoint(second)).in_flight == 0
+
+
 def test_the_probe_ejects_a_dead_endpoint_and_readmits_it_without_a_client_s_trial(
     gw, alice_key, servers, pool, gateway_settings
 ):
@@ -471,6 +486,24 @@ def test_the_probe_ejects_a_dead_endpoint_and_readmits_it_without_a_client_s_tri
     for _ in range(4):
         assert gw.chat(alice_key[1]).status == 200
     assert a.requests - before == 2
+
+
+def test_the_probe_runs_on_its_own_when_set_and_not_by_default(
+    gw, alice_key, servers, pool, gateway_settings
+):
+    a, _b = servers
+    pool((a.url, 0, 1))
+    assert gateway_settings.GATEWAY_UPSTREAM_PROBE_SECONDS == 0
+    gateway_settings.GATEWAY_UPSTREAM_PROBE_SECONDS = 0.1
+    assert gw.chat(alice_key[1]).status == 200  # starts the gateway
+    gw.run(asyncio.sleep(0.5))
+    assert a.probes >= 2
+    gw.run(gw.app.shutdown())
+    gateway_settings.GATEWAY_UPSTREAM_PROBE_SECONDS = 0
+    assert gw.chat(alice_key[1]).status == 200  # a new gateway, without the probe
+    probes = a.probes
+    gw.run(asyncio.sleep(0.3))
+    assert a.probes == probes
 
 
 def _catalog_endpoint(row):
