@@ -171,7 +171,7 @@ class Router:
         now = self._clock()
         tier: list[CatalogEndpoint] = []
         priority = None
-        full = False
+        full = ejected_full = False
         back_first: CatalogEndpoint | None = None
         back_at = 0.0
         for endpoint in model.endpoints:  # best priority first (the snapshot's order)
@@ -180,11 +180,14 @@ class Router:
             if priority is not None and endpoint.priority != priority:
                 break
             state = self.health(model, endpoint)
+            status = state.state(now)
             cap = endpoint.max_concurrency
             if cap is not None and state.in_flight >= cap:
-                full = True
+                if status == EJECTED:
+                    ejected_full = True
+                else:
+                    full = True
                 continue
-            status = state.state(now)
             if status == EJECTED:
                 if back_first is None or state.ejected_until < back_at:
                     back_first, back_at = endpoint, state.ejected_until
@@ -197,8 +200,10 @@ class Router:
             tier.append(endpoint)
         if not tier:
             # A full endpoint frees up soon; with none, everything left is ejected: try the
-            # one that comes back first rather than nothing.
-            return FULL if full else back_first
+            # one that comes back first rather than nothing (or wait for one to have room).
+            if full or (back_first is None and ejected_full):
+                return FULL
+            return back_first
         if len(tier) == 1:
             return tier[0]
         total = 0

@@ -122,6 +122,19 @@ def test_a_capped_model_with_no_room_left_says_full_not_none(queue):
     assert router.choose(model, {1}) is None  # tried already: nothing is left, not full
 
 
+def test_with_everything_ejected_one_with_room_is_tried_else_the_request_waits(eject, queue):
+    clock = Clock()
+    router = Router(clock=clock)
+    a, b = _capped(1, 1), _capped(2, 1)
+    model = _model(a, b)
+    router.started(model, a)  # a request still under way on a when it is ejected
+    _fail(router, model, a, 2)
+    _fail(router, model, b, 2)
+    assert router.choose(model, set()) is b  # ejected, but it has room
+    router.started(model, b)
+    assert router.choose(model, set()) is FULL  # none has room: wait rather than fail
+
+
 def test_one_account_s_backlog_does_not_starve_another_account_s_single_request(queue):
     """200 requests of one account queued first, then one of another: it is served within
     the first two slots that free up, not after the backlog."""
