@@ -89,8 +89,8 @@ class LiveEndpoint:
         return dt.datetime.fromtimestamp(self.ejected_until, tz=dt.UTC)
 
     @property
-    def reported(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.reported_at, tz=dt.UTC)
+    def reported_seconds_ago(self) -> int:
+        return max(0, int(time.time() - self.reported_at))
 
     @property
     def state(self) -> str:
@@ -118,10 +118,10 @@ class LiveState:
     reported_at: float | None  # the newest report, wall-clock seconds
 
     @property
-    def reported(self) -> dt.datetime | None:
+    def reported_seconds_ago(self) -> int | None:
         if self.reported_at is None:
             return None
-        return dt.datetime.fromtimestamp(self.reported_at, tz=dt.UTC)
+        return max(0, int(time.time() - self.reported_at))
 
 
 def live_state_read() -> LiveState:
