@@ -6,7 +6,7 @@ its model list on the shared upstream session, all at once, each bounded by the 
 (at most ``PROBE_TIMEOUT_SECONDS``). No answer or a 5xx counts towards ejection as a failed
 request would; any other answer brings an ejected endpoint back without waiting for a client's
 trial request (``Router.probed``). What is asked depends on the endpoint's kind
-(``PROBE_PATHS``); a kind without an entry is not probed.
+(``PROBES``); a kind without an entry is not probed.
 """
 
 from __future__ import annotations
@@ -29,10 +29,18 @@ from gateway.serving.upstream import Upstream
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_SECONDS = 10.0
-# Below the endpoint's base URL (which includes /v1 for OpenAI-compatible servers).
-PROBE_PATHS = {
-    UpstreamEndpoint.Kind.OPENAI_COMPATIBLE: "/models",
-    UpstreamEndpoint.Kind.DEMO: "/models",
+
+
+def _openai_probe(endpoint: CatalogEndpoint) -> tuple[str, dict]:
+    # The base URL includes /v1, as an OpenAI SDK's base_url does.
+    key = endpoint.upstream_key
+    return "/models", {"Authorization": f"Bearer {key}"} if key else {}
+
+
+# What to ask an endpoint of each kind: (path below its base URL, headers).
+PROBES = {
+    UpstreamEndpoint.Kind.OPENAI_COMPATIBLE: _openai_probe,
+    UpstreamEndpoint.Kind.DEMO: _openai_probe,
 }
 
 
@@ -81,20 +89,18 @@ class UpstreamMonitor:
             (model.name, endpoint)
             for model in await self.catalog.enabled()
             for endpoint in model.endpoints
-            if endpoint.kind in PROBE_PATHS and endpoint.upstream_key is not None
+            if endpoint.kind in PROBES and endpoint.upstream_key is not None
         ]
         verdicts = await asyncio.gather(*(self._answers(endpoint) for _, endpoint in targets))
         for (model, endpoint), ok in zip(targets, verdicts, strict=True):
             self.router.probed(model, endpoint, ok=ok)
 
     async def _answers(self, endpoint: CatalogEndpoint) -> bool:
-        headers = (
-            {"Authorization": f"Bearer {endpoint.upstream_key}"} if endpoint.upstream_key else {}
-        )
+        path, headers = PROBES[endpoint.kind](endpoint)
         seconds = min(settings.GATEWAY_UPSTREAM_PROBE_SECONDS, PROBE_TIMEOUT_SECONDS)
         try:
             async with self.upstream.session.get(
-                endpoint.base_url + PROBE_PATHS[endpoint.kind],
+                endpoint.base_url + path,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=seconds),
             ) as response:
