@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 
 import pytest
@@ -24,15 +25,17 @@ STREAM = {
 class FakeServer:
     """An OpenAI-compatible upstream whose behaviour a test switches: ``ok`` (answers, usage
     3 + 5), ``fail`` (HTTP ``status`` before any byte, its model list too) or ``cut`` (a
-    stream that stops after two chunks without [DONE]), each after ``delay`` seconds. Counts
-    the requests it got and keeps their prompts in arrival order (``seen``), and counts the
-    model lists it was asked for (``probes``)."""
+    stream that stops after two chunks without [DONE]), each once ``gate`` is open (a test
+    closes it to hold requests in flight as long as it needs). Counts the requests it got
+    and keeps their prompts in arrival order (``seen``), and counts the model lists it was
+    asked for (``probes``)."""
 
     def __init__(self, name: str):
         self.name = name
         self.mode = "ok"
         self.status = 500
-        self.delay = 0.0
+        self.gate = threading.Event()
+        self.gate.set()
         self.requests = 0
         self.seen: list[str] = []
         self.probes = 0
@@ -46,7 +49,8 @@ class FakeServer:
             body = await request.json()
             self.requests += 1
             self.seen.append(body["messages"][-1]["content"])
-            await asyncio.sleep(self.delay)
+            if not self.gate.is_set():
+                await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
             if self.mode == "fail":
                 return web.json_response({"error": {"message": "busy"}}, status=self.status)
             usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
@@ -97,6 +101,7 @@ class FakeServer:
         return app
 
     def stop(self):
+        self.gate.set()
         self.thread.stop()
 
 
@@ -340,7 +345,7 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
 ):
     gateway_settings.METRICS_ENABLED = True
     a, _b = servers
-    a.delay = 0.15
+    a.gate.clear()
     (endpoint,) = pool((a.url, 0, 1))
     endpoint.max_concurrency = 1
     endpoint.save()
@@ -350,12 +355,14 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
         await _until(lambda: gw.gateway is not None and gw.gateway.router.queued() == {MODEL: 5})
         assert _sample("portal_gateway_upstream_queue_depth", model=MODEL) == 5
         bob = asyncio.create_task(_ask(gw, bob_key[1], "bob"))
+        await _until(lambda: gw.gateway.router.queued() == {MODEL: 6})
+        a.gate.set()
         return await asyncio.gather(*alice, bob)
 
     results = gw.run(go())
     assert [r.status for r in results] == [200] * 7
     # Alice's first is in flight and her next waits first; then it is Bob's turn.
-    assert a.seen.index("bob") <= 2
+    assert a.seen.index("bob") == 2
     assert a.seen[:1] == ["alice 0"] and len(a.seen) == 7
     assert gw.gateway.router.queued() == {}
     assert _sample("portal_gateway_upstream_queue_depth", model=MODEL) == 0
@@ -376,7 +383,7 @@ def test_past_the_wait_the_client_gets_503_or_529_with_retry_after_and_pays_noth
     gateway_settings.METRICS_ENABLED = True
     gateway_settings.GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS = 0.2
     a, _b = servers
-    a.delay = 0.8
+    a.gate.clear()
     (endpoint,) = pool((a.url, 0, 1))
     endpoint.max_concurrency = 1
     endpoint.save()
@@ -391,7 +398,9 @@ def test_past_the_wait_the_client_gets_503_or_529_with_retry_after_and_pays_noth
     async def go():
         first = asyncio.create_task(_ask(gw, alice_key[1], "first", path=path))
         await _until(lambda: a.requests == 1)
-        return await asyncio.gather(first, _ask(gw, alice_key[1], "second", path=path))
+        second = await _ask(gw, alice_key[1], "second", path=path)
+        a.gate.set()
+        return await first, second
 
     first, second = gw.run(go())
     assert first.status == 200
@@ -414,7 +423,7 @@ def test_past_the_wait_the_client_gets_503_or_529_with_retry_after_and_pays_noth
 
 def test_a_client_that_leaves_while_waiting_gives_up_its_place(gw, alice_key, servers, pool):
     a, _b = servers
-    a.delay = 0.3
+    a.gate.clear()
     (endpoint,) = pool((a.url, 0, 1))
     endpoint.max_concurrency = 1
     endpoint.save()
@@ -426,7 +435,10 @@ def test_a_client_that_leaves_while_waiting_gives_up_its_place(gw, alice_key, se
         await _until(lambda: gw.gateway.router.queued() == {MODEL: 1})
         leaving.cancel()
         await _until(lambda: gw.gateway.router.queued() == {})
-        return await asyncio.gather(first, _ask(gw, alice_key[1], "next"))
+        following = asyncio.create_task(_ask(gw, alice_key[1], "next"))
+        await _until(lambda: gw.gateway.router.queued() == {MODEL: 1})
+        a.gate.set()
+        return await asyncio.gather(first, following)
 
     first, following = gw.run(go())
     assert (first.status, following.status) == (200, 200)
@@ -436,7 +448,7 @@ def test_a_client_that_leaves_while_waiting_gives_up_its_place(gw, alice_key, se
 
 def test_a_full_best_tier_spills_to_the_next_one(gw, alice_key, servers, pool):
     a, b = servers
-    a.delay = 0.3
+    a.gate.clear()
     first, _second = pool((a.url, 0, 1), (b.url, 1, 1))
     first.max_concurrency = 1
     first.save()
@@ -444,7 +456,9 @@ def test_a_full_best_tier_spills_to_the_next_one(gw, alice_key, servers, pool):
     async def go():
         one = asyncio.create_task(_ask(gw, alice_key[1], "one"))
         await _until(lambda: a.requests == 1)
-        return await asyncio.gather(one, _ask(gw, alice_key[1], "two"))
+        two = await _ask(gw, alice_key[1], "two")
+        a.gate.set()
+        return await one, two
 
     results = gw.run(go())
     assert [r.status for r in results] == [200, 200]
