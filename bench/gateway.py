@@ -5,6 +5,8 @@ httptools, no access log) and ``bench/bare_proxy.py`` on the same stack, then se
 load to each: non-streamed requests and streamed ones of 20 content chunks. Server CPU is the
 server process's user + system time from /proc (not wall time), divided by the requests served.
 Uses whatever DATABASE_URL / REDIS_URL say (PostgreSQL + Redis is what the targets assume).
+Then, in this process and free of the load's noise, the CPU of a dialect's own work and of the
+routing step (one upstream endpoint against two).
 """
 
 from __future__ import annotations
@@ -287,6 +289,56 @@ def dialect_costs(iterations: int = 5000) -> dict:
     return costs
 
 
+def routing_costs(iterations: int = 20000) -> dict:
+    """CPU of the routing step alone, in this process, per request: ``Router.acquire`` (choose
+    and take a slot) and ``finished``, as ``_Call.connect`` calls them, with ``/metrics`` on
+    (its per-endpoint series are part of the step). Best of three rounds, each case in turn:
+    one endpoint, two in one tier, and two with a concurrency cap (the cap's bookkeeping; the
+    cap is never reached, as the queue is only for saturation)."""
+    from django.test import override_settings
+
+    from gateway.selectors import CatalogEndpoint, CatalogModel
+    from gateway.serving.routing import Router
+
+    def endpoint(pk, cap=None):
+        return CatalogEndpoint(
+            pk, "openai_compatible", f"http://h{pk}/v1", "m", "", max_concurrency=cap
+        )
+
+    cases = {
+        "one endpoint": (endpoint(1),),
+        "two endpoints": (endpoint(1), endpoint(2)),
+        "two capped endpoints": (endpoint(1, 64), endpoint(2, 64)),
+    }
+
+    async def run(model: CatalogModel) -> float:
+        router = Router()
+        started = time.process_time()
+        for _ in range(iterations):
+            chosen = await router.acquire(model, set(), 1)
+            router.finished(model, chosen, ok=True)
+        return (time.process_time() - started) / iterations
+
+    best = {}
+    with override_settings(METRICS_ENABLED=True):
+        for _round in range(3):
+            for case, endpoints in cases.items():
+                model = CatalogModel("m", "", False, 1000, 100, 0, "platform", endpoints=endpoints)
+                seconds = asyncio.run(run(model))
+                best[case] = min(best.get(case, seconds), seconds)
+    return {case: seconds * 1000 for case, seconds in best.items()}
+
+
+def routing_summary(costs: dict) -> str:
+    lines = [f"  {case:<21} {ms * 1000:6.1f} us CPU per request" for case, ms in costs.items()]
+    two, one = costs["two endpoints"], costs["one endpoint"]
+    lines.append(
+        f"  routing among two endpoints: {two:.4f} ms per request in all (target <= 0.05 ms), "
+        f"{two - one:+.4f} ms over one; with caps {costs['two capped endpoints'] - one:+.4f} ms"
+    )
+    return "\n".join(lines)
+
+
 def anthropic_summary(best: dict) -> str:
     """What the Anthropic translation costs over the OpenAI path: CPU per request (target: at
     most 0.3 ms more) and per streamed chunk (target: at most 1.5x the OpenAI path's)."""
@@ -426,6 +478,9 @@ def main(requests: int = 3000, concurrency: int = 32, *, dialects: bool = True) 
             f"{(openai_chunk + extra_per_chunk) / max(openai_chunk, 1e-9):.2f}x the OpenAI "
             f"path's {openai_chunk * 1000:.1f} us per chunk measured above (target <= 1.5x)"
         )
+        print("Routing step (Router.acquire + finished, in-process, /metrics on, best of 3):")
+        results["routing"] = routing_costs()
+        print(routing_summary(results["routing"]))
         return results
     finally:
         for process in reversed(processes):

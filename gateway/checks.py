@@ -48,6 +48,24 @@ def request_lifetime_check(app_configs, **kwargs) -> list:
                 id="gateway.E005",
             )
         )
+    queue_wait = settings.GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS
+    if settings.GATEWAY_UPSTREAM_QUEUE_MAX < 0 or not 0 < queue_wait < stream:
+        found.append(
+            checks.Error(
+                "GATEWAY_UPSTREAM_QUEUE_MAX must not be negative, and "
+                f"GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS ({queue_wait:g}) must be positive and "
+                f"below GATEWAY_STREAM_MAX_SECONDS ({stream:g}): the wait is part of the "
+                "request's time.",
+                id="gateway.E006",
+            )
+        )
+    if settings.GATEWAY_UPSTREAM_PROBE_SECONDS < 0:
+        found.append(
+            checks.Error(
+                "GATEWAY_UPSTREAM_PROBE_SECONDS must not be negative (0 turns the probe off).",
+                id="gateway.E007",
+            )
+        )
     if stream + retry >= stale:
         found.append(
             checks.Error(

@@ -1,4 +1,5 @@
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -199,7 +200,13 @@ class UpstreamEndpoint(models.Model):
         _("maximum concurrent requests"),
         null=True,
         blank=True,
-        help_text=_("Recorded for the coming fair queue; not enforced yet."),
+        # 0 would hold every request in the queue until it times out; disable it instead.
+        validators=[MinValueValidator(1)],
+        help_text=_(
+            "In each gateway process: past it, requests wait in the model's queue, accounts "
+            "taking turns. Divide the server's capacity by the number of gateway processes. "
+            "Empty: no cap."
+        ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     connect_timeout_seconds = models.FloatField(

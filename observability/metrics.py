@@ -6,13 +6,18 @@ What is counted:
   duration (``RequestContextMiddleware`` in ``observability.logging`` calls
   ``observe_request``);
 - the model API's outcomes: tokens charged, upstream failures, quota and rate-limit rejections
-  (the gateway calls ``record_gateway_request`` once per authenticated request).
+  (the gateway calls ``record_gateway_request`` once per authenticated request);
+- each upstream endpoint's attempts, failures, ejections, state, requests in flight, recent
+  error ratio and time to headers, and each model's queue for capped endpoints
+  (``gateway.serving.routing`` records them).
 
 Several processes (``uvicorn --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
 folder, the same for all workers of one server and emptied before it starts
 (``scripts/serve-web.sh`` does both); each scrape then sums every worker's numbers. Without it
-each worker counts alone and a scrape sees whichever worker answered. Only counters and
-histograms are used, so a worker that dies leaves its counts behind, as Prometheus expects.
+each worker counts alone and a scrape sees whichever worker answered. A worker that dies
+leaves its counters and histograms behind, as Prometheus expects; the gauges (upstream
+endpoints' state) say how live workers' values combine (``livesum``, ``livemax``) and drop a
+dead worker's.
 
 Protection (choose one or both; see README "Deploying"): ``METRICS_TOKEN`` requires
 ``Authorization: Bearer <token>``; ``METRICS_ALLOWED_IPS`` (addresses or networks) limits the
@@ -101,8 +106,8 @@ GATEWAY_RATE_LIMIT_REJECTIONS = Counter(
     ["dialect"],
 )
 # Upstream endpoints (gateway.serving.routing), labelled by model and "id:host" (bounded by the
-# operator's configuration). Gauges sum (in flight) or take the maximum (ejected) over the
-# live worker processes; each process ejects on its own.
+# operator's configuration). Gauges sum (in flight, queue depth) or take the maximum (ejected,
+# error ratio) over the live worker processes; each process ejects and queues on its own.
 UPSTREAM_ENDPOINT_REQUESTS = Counter(
     "portal_gateway_upstream_endpoint_requests_total",
     "Attempts sent to an upstream endpoint (a failed-over request counts once per endpoint).",
@@ -129,6 +134,30 @@ UPSTREAM_ENDPOINT_EJECTED = Gauge(
     "1 while a gateway process has the endpoint ejected (or awaiting its trial request).",
     ["model", "endpoint"],
     multiprocess_mode="livemax",
+)
+UPSTREAM_ENDPOINT_ERROR_RATIO = Gauge(
+    "portal_gateway_upstream_endpoint_error_ratio",
+    "Failed attempts / attempts over the last one to two minutes (the worst process).",
+    ["model", "endpoint"],
+    multiprocess_mode="livemax",
+)
+UPSTREAM_ENDPOINT_FIRST_BYTE = Histogram(
+    "portal_gateway_upstream_endpoint_first_byte_seconds",
+    "Time from sending an attempt to the upstream endpoint's response headers.",
+    ["model", "endpoint"],
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+UPSTREAM_QUEUE_DEPTH = Gauge(
+    "portal_gateway_upstream_queue_depth",
+    "Requests waiting for a slot on a model's capped endpoints.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_QUEUE_REFUSALS = Counter(
+    "portal_gateway_upstream_queue_refusals_total",
+    "Requests refused with 503 because the model's endpoints stayed at their caps, by reason "
+    "(full: no place in the queue; timeout: waited the longest allowed).",
+    ["model", "reason"],
 )
 QUOTA_CODE = "insufficient_quota"
 RATE_LIMIT_CODE = "rate_limit_exceeded"
@@ -199,7 +228,13 @@ def record_upstream_attempt(*, model: str, endpoint: str, in_flight: int) -> Non
 
 
 def record_upstream_outcome(
-    *, model: str, endpoint: str, in_flight: int, failed: bool, ejected: bool
+    *,
+    model: str,
+    endpoint: str,
+    in_flight: int,
+    failed: bool,
+    ejected: bool,
+    error_ratio: float,
 ) -> None:
     if not _enabled():
         return
@@ -207,6 +242,25 @@ def record_upstream_outcome(
     if failed:
         UPSTREAM_ENDPOINT_ERRORS.labels(model, endpoint).inc()
     UPSTREAM_ENDPOINT_EJECTED.labels(model, endpoint).set(1 if ejected else 0)
+    UPSTREAM_ENDPOINT_ERROR_RATIO.labels(model, endpoint).set(error_ratio)
+
+
+def record_upstream_latency(*, model: str, endpoint: str, seconds: float) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_ENDPOINT_FIRST_BYTE.labels(model, endpoint).observe(seconds)
+
+
+def record_upstream_queue(*, model: str, depth: int) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_QUEUE_DEPTH.labels(model).set(depth)
+
+
+def record_upstream_queue_refusal(*, model: str, reason: str) -> None:
+    if not _enabled():
+        return
+    UPSTREAM_QUEUE_REFUSALS.labels(model, reason).inc()
 
 
 def record_upstream_ejection(*, model: str, endpoint: str) -> None:

@@ -461,6 +461,14 @@ GATEWAY_UPSTREAM_EJECT_MAX_SECONDS = env.float("GATEWAY_UPSTREAM_EJECT_MAX_SECON
 # is bounded by this, and a server that failed is not asked again for the retry interval.
 GATEWAY_TOKENIZE_TIMEOUT_SECONDS = env.float("GATEWAY_TOKENIZE_TIMEOUT_SECONDS", default=1.0)
 GATEWAY_TOKENIZE_RETRY_SECONDS = env.int("GATEWAY_TOKENIZE_RETRY_SECONDS", default=60)
+# An endpoint's max_concurrency is per process. A request that finds every endpoint of its model
+# at its cap waits in the model's queue (this many places per process; 0: refused at once) for
+# at most this long, accounts taking turns, then gets 503 (Anthropic: 529).
+GATEWAY_UPSTREAM_QUEUE_MAX = env.int("GATEWAY_UPSTREAM_QUEUE_MAX", default=100)
+GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS = env.float("GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS", default=20.0)
+# Active health: every this many seconds each gateway process asks each endpoint of its catalog
+# for its model list (GET {base_url}/models); 0 turns it off.
+GATEWAY_UPSTREAM_PROBE_SECONDS = env.float("GATEWAY_UPSTREAM_PROBE_SECONDS", default=0.0)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # A gateway step that needs the database (key lookup, catalog, quota reservation) gives up after
 # this long and answers 503, so a stalled database cannot hang every client.

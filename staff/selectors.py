@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from accounts.identifiers import phone_normalize
 from audit.models import SecurityEvent
+from gateway.live_state import LiveEndpoint, LiveState, live_state_read
 from gateway.models import Model
 from keys.crypto import PREFIX_LENGTH
 from keys.models import ApiKey
@@ -201,9 +202,9 @@ def account_events(*, user, limit: int = 50) -> list:
 
 @dataclass(frozen=True)
 class EndpointHealth:
-    """One upstream endpoint of a model as the overview shows it: its configuration. Its live
-    state (healthy, ejected, on trial), requests in flight and errors are each gateway
-    process's own and are in ``/metrics`` (``portal_gateway_upstream_endpoint_*``)."""
+    """One upstream endpoint of a model as the overview shows it: its configuration and, when
+    gateway processes reported on it in the last seconds, their live state merged
+    (``gateway.live_state``: state, requests in flight, recent error rate, latency)."""
 
     pk: int
     host: str
@@ -211,15 +212,15 @@ class EndpointHealth:
     priority: int
     weight: int
     enabled: bool
+    max_concurrency: int | None = None
+    live: LiveEndpoint | None = None
 
 
 @dataclass(frozen=True)
 class ModelHealth:
-    """One catalog model as the overview shows it, with its upstream endpoints.
-
-    ``status`` stays None ("not monitored" here): passive health is per gateway process and
-    exported in ``/metrics``; a shared view of it is for later.
-    """
+    """One catalog model as the overview shows it, with its upstream endpoints, the requests
+    waiting for a slot on them (all gateway processes), and for a model without endpoint rows
+    the live state of the upstream it is served by."""
 
     pk: int
     name: str
@@ -227,10 +228,11 @@ class ModelHealth:
     kind: str
     host: str
     endpoints: tuple = ()
-    status: str | None = None
+    queued: int = 0
+    live: LiveEndpoint | None = None
 
 
-def model_health() -> list[ModelHealth]:
+def model_health(live: LiveState) -> list[ModelHealth]:
     rows = []
     for model in Model.objects.prefetch_related("endpoints").order_by("sort_order", "name"):
         endpoints = tuple(
@@ -244,6 +246,8 @@ def model_health() -> list[ModelHealth]:
                 priority=endpoint.priority,
                 weight=endpoint.weight,
                 enabled=endpoint.enabled,
+                max_concurrency=endpoint.max_concurrency,
+                live=live.endpoints.get((model.name, endpoint.pk)),
             )
             for endpoint in sorted(model.endpoints.all(), key=lambda e: (e.priority, e.pk))
         )
@@ -260,6 +264,8 @@ def model_health() -> list[ModelHealth]:
                 kind=kind,
                 host=host,
                 endpoints=endpoints,
+                queued=live.queued.get(model.name, 0),
+                live=None if endpoints else live.endpoints.get((model.name, None)),
             )
         )
     return rows
@@ -282,6 +288,7 @@ class Overview:
     by_model: list  # (day, [(model, tokens or None) per model seen]), newest first
     models_seen: list  # model names in the by-model table
     health: list
+    upstreams: LiveState  # the gateway processes' last reports, merged
 
     @property
     def total_tokens(self) -> int:
@@ -297,7 +304,8 @@ class Overview:
 
 
 def platform_overview(*, now: dt.datetime | None = None) -> Overview:
-    """The /staff/ figures: eight queries, each on an index (see the module docstring)."""
+    """The /staff/ figures: eight queries, each on an index (see the module docstring), and
+    one cache read for the gateway processes' live view of the upstreams."""
     now = now or timezone.now()
     today = quota_day(now)
     start, end = last_days(OVERVIEW_DAYS, now=now)
@@ -319,6 +327,7 @@ def platform_overview(*, now: dt.datetime | None = None) -> Overview:
         )
         .order_by("day", "model")
     )
+    live = live_state_read()
     # Partial index on (created_at) of quota refusals only: reads the refusals, not the day.
     refusals = UsageRecord.objects.filter(
         error_code=QUOTA_REFUSAL_CODE, created_at__gte=day_start(today)
@@ -354,5 +363,6 @@ def platform_overview(*, now: dt.datetime | None = None) -> Overview:
             (day, [(m, models_by_day[day].get(m)) for m in models_seen]) for day in reversed(span)
         ],
         models_seen=models_seen,
-        health=model_health(),
+        health=model_health(live),
+        upstreams=live,
     )

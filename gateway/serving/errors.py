@@ -207,6 +207,23 @@ def upstream_overloaded() -> GatewayError:
     )
 
 
+def upstream_queue_refused(*, waited: float | None) -> GatewayError:
+    """Every server of the model is at its concurrency cap (``gateway.serving.routing``) and
+    the request waited its longest in the queue (``waited`` seconds), or found it full (None).
+    The same code as ``upstream_overloaded``, so every dialect renders it the same way
+    (Anthropic: 529 ``overloaded_error``)."""
+    if waited is None:
+        reason = "and the queue of waiting requests is full"
+    else:
+        reason = f"and a place did not free up within {waited:g} s"
+    return GatewayError(
+        503,
+        "upstream_overloaded",
+        f"The model's servers are all busy {reason}. Retry in a few seconds.",
+        retry_after=2,
+    )
+
+
 def upstream_timeout() -> GatewayError:
     return GatewayError(504, "upstream_timeout", "The model server did not answer in time.")
 

@@ -50,6 +50,7 @@ from gateway.serving.http import (
     error_response,
     send_response,
 )
+from gateway.serving.monitor import UpstreamMonitor
 from gateway.serving.ratelimit import RateLimiter, RateState
 from gateway.serving.recorder import Recorder
 from gateway.serving.routing import Router
@@ -223,6 +224,7 @@ class Gateway:
         self.recorder = recorder or Recorder(ledger)
         self.concurrency = concurrency or ConcurrencyLimiter()
         self.router = router or Router()
+        self.monitor = UpstreamMonitor(self.router, catalog, upstream)
         self.keys = KeyCache(ledger)
         self.counter = TokenCounter(upstream)
         self._settling: set[asyncio.Task] = set()
@@ -237,6 +239,7 @@ class Gateway:
         await self.concurrency.open()
         await self.upstream.open()
         self.recorder.start()
+        self.monitor.start()
         self._leases = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
@@ -275,6 +278,7 @@ class Gateway:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self.recorder.stop()
+        await self.monitor.stop()
         await self.upstream.close()
         await self.limiter.close()
         await self.concurrency.close()
@@ -831,18 +835,20 @@ class _Call:
             if len(tried) < settings.GATEWAY_UPSTREAM_ATTEMPTS and (
                 not tried or loop.time() < give_up_at
             ):
-                endpoint = gateway.router.choose(model, tried)
+                # Holds a slot of the endpoint (after a wait in its queue when it is at its
+                # cap) until ``finished``.
+                endpoint = await gateway.router.acquire(model, tried, self.key.user_id)
             if endpoint is None:
                 raise failure or errors.upstream_unavailable()
             tried.add(endpoint.id)
-            target.upstream_model, target.base_url = endpoint.upstream_model, endpoint.base_url
-            # The endpoint's protocol: the same body, or a translation, or a pass-through.
-            exchange = self.exchange = exchange_for(
-                endpoint, self.dialect, self.chat, target, self.request
-            )
-            body = exchange.body()
-            gateway.router.started(model, endpoint)
+            sent_at = loop.time()
             try:
+                target.upstream_model, target.base_url = endpoint.upstream_model, endpoint.base_url
+                # The endpoint's protocol: the same body, or a translation, or a pass-through.
+                exchange = self.exchange = exchange_for(
+                    endpoint, self.dialect, self.chat, target, self.request
+                )
+                body = exchange.body()
                 async with asyncio.timeout(
                     endpoint.first_byte_timeout or settings.UPSTREAM_READ_TIMEOUT_SECONDS
                 ):
@@ -865,6 +871,7 @@ class _Call:
             except BaseException:
                 gateway.router.finished(model, endpoint, ok=True)
                 raise
+            gateway.router.answered(model, endpoint, loop.time() - sent_at)
             if response.status == 429 or response.status >= 500:
                 try:
                     answer = await response.read()

@@ -169,7 +169,14 @@ class FakeAnthropic:
                 return web.json_response(error, status=404)
             return web.json_response({"input_tokens": 1234})
 
+        async def models(request):
+            self.headers.append(dict(request.headers))
+            if self.mode == "fail":
+                return web.json_response({"type": "error"}, status=self.status)
+            return web.json_response({"data": [{"type": "model", "id": "claude-x"}]})
+
         app = web.Application()
         app.router.add_post("/v1/messages", messages)
         app.router.add_post("/v1/messages/count_tokens", count_tokens)
+        app.router.add_get("/v1/models", models)
         return app

@@ -551,3 +551,22 @@ def test_the_command_adds_an_anthropic_endpoint(db, capsys):
     call_command("upstream", "add", "claude", "https://api.anthropic.com/", "--kind", "anthropic")
     endpoint = model.endpoints.get()
     assert (endpoint.kind, endpoint.base_url) == ("anthropic", "https://api.anthropic.com")
+
+
+def test_the_probe_asks_a_native_endpoint_for_its_models_with_its_key(
+    gw, alice_key, native, gateway_settings
+):
+    first, _second = native
+    assert gw.chat(alice_key[1]).status == 200  # starts the gateway (its catalog, its monitor)
+    first.headers.clear()
+    first.mode, first.status = "fail", 503
+    for _ in range(gateway_settings.GATEWAY_UPSTREAM_EJECT_FAILURES):
+        gw.run(gw.gateway.monitor.probe())
+    probe = first.headers[-1]
+    assert probe["x-api-key"] == "sk-ant-A" and probe["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in probe
+    states = {s.label.split(":")[0]: s for s in gw.gateway.router.states()}
+    ejected = next(s for s in states.values() if s.model and s.ejections_in_a_row)
+    first.mode = "ok"
+    gw.run(gw.gateway.monitor.probe())
+    assert ejected.ejections_in_a_row == 0

@@ -15,6 +15,10 @@ from gateway.services import catalog_bootstrap
         ("GATEWAY_UPSTREAM_FAILOVER_SECONDS", 0, "gateway.E005"),
         ("GATEWAY_UPSTREAM_EJECT_SECONDS", -1, "gateway.E005"),
         ("GATEWAY_UPSTREAM_EJECT_MAX_SECONDS", 1, "gateway.E005"),
+        ("GATEWAY_UPSTREAM_QUEUE_MAX", -1, "gateway.E006"),
+        ("GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS", 0, "gateway.E006"),
+        ("GATEWAY_UPSTREAM_QUEUE_WAIT_SECONDS", 600, "gateway.E006"),  # = the stream limit
+        ("GATEWAY_UPSTREAM_PROBE_SECONDS", -1, "gateway.E007"),
     ],
 )
 def test_a_pool_setting_that_cannot_work_is_refused(settings, name, value, code):

@@ -58,6 +58,7 @@ def test_add_set_disable_and_list_reach_the_catalog(demo_model, monkeypatch):
         (("add", MODEL, "ftp://x.internal/v1"), "http:// or https://"),
         (("add", MODEL), "A base URL is required"),
         (("add", MODEL, "http://x.internal/v1", "--weight", "0"), "weight"),
+        (("add", MODEL, "http://x.internal/v1", "--max-concurrency", "0"), "max_concurrency"),
         (("add", MODEL, "http://x.internal/v1", "--key-env", "UNSET_VAR_FOR_TEST"), "not set"),
         (("set", "999999", "--weight", "2"), "No upstream endpoint with ID 999999"),
         (("disable", "999999"), "No upstream endpoint with ID 999999"),

@@ -22,7 +22,11 @@ def _options(parser, *, new: bool) -> None:
     )
     parser.add_argument("--priority", type=int, help="Lower is preferred (default 0).")
     parser.add_argument("--weight", type=int, help="Share within its priority tier (default 1).")
-    parser.add_argument("--max-concurrency", type=int, help="Recorded; not enforced yet.")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="Requests at once in each gateway process; past it they queue (empty: no cap).",
+    )
     parser.add_argument("--connect-timeout", type=float, help="Seconds.")
     parser.add_argument("--first-byte-timeout", type=float, help="Seconds.")
     if not new:
