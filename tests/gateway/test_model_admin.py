@@ -39,6 +39,7 @@ MODEL_FIELDS = {
     "max_output_tokens": 8192,
     "kind": "chat",
     "reasoning": "chat_template_kwargs",
+    "token_counter": "heuristic",
     "enabled": "on",
     "sort_order": 0,
 }
@@ -133,3 +134,16 @@ def test_an_anthropic_endpoint_is_added_inline_but_not_to_an_embedding_model(cli
     response = client.post(url, {**chat, **_inline_forms(endpoints=[endpoint])})
     assert response.status_code == 302, response.content.decode()[:2000]
     assert _build()["claude"].endpoints[0].is_anthropic
+
+
+def test_it_refuses_a_tokenizer_file_that_does_not_load(client, superuser, tmp_path):
+    client.force_login(superuser)
+    model = Model.objects.create(name="qwen3", upstream_base_url="https://llm.example.com/v1")
+    url = reverse("admin:gateway_model_change", args=[model.pk])
+    fields = {**MODEL_FIELDS, "token_counter": "file", **_inline_forms()}
+    missing = str(tmp_path / "tokenizer.json")
+    response = client.post(url, {**fields, "tokenizer_file": missing})
+    assert response.status_code == 200
+    assert "could not be loaded as a tokenizer" in response.content.decode()
+    model.refresh_from_db()
+    assert model.token_counter == "heuristic"
