@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 
@@ -218,23 +219,56 @@ def test_weights_hold_across_two_gateway_processes(live):
     assert shares[light] + shares[heavy] == len(outcomes)
 
 
-def test_an_operator_stops_one_of_three_servers_under_load_and_clients_see_no_failure(live):
+@pytest.fixture
+def staff_overview(settings, client):
+    """The staff overview as staff see it, reading the live state the gateway processes of
+    this test publish (under a cache prefix of this test's own: other tests' gateways may
+    publish to the same Redis meanwhile). Returns (server environment, state of endpoint)."""
+    from accounts.services import account_create
+
+    prefix = f"pool-{uuid.uuid4().hex[:12]}"
+    default = {**settings.CACHES["default"], "KEY_PREFIX": prefix}
+    settings.CACHES = {**settings.CACHES, "default": default}
+    client.force_login(account_create(email="ops@example.com", is_staff=True))
+
+    def state(endpoint_id: int) -> str:
+        page = client.get("/staff/").content.decode()
+        marker = f'data-endpoint="{endpoint_id}"'
+        if marker not in page:
+            return ""
+        row = page[page.index(marker) : page.index("</tr>", page.index(marker))]
+        if 'data-live="state"' not in row:
+            return ""
+        cell = row[row.index('data-live="state"') :]
+        return cell[cell.index(">") + 1 : cell.index("</td>")]
+
+    return {"CACHE_KEY_PREFIX": prefix}, state
+
+
+def test_an_operator_stops_one_of_three_servers_under_load_and_clients_see_no_failure(
+    live, staff_overview
+):
     """The issue's scenario: three endpoints added from the shell, one stopped during a load
-    run and started again; no client sees a failed request, and the stopped server serves
-    again once it is back."""
+    run and started again; no client sees a failed request, the staff page shows the stopped
+    one ejected and, once it is back, in service again, and it serves again."""
     user, key = live
+    cache_env, staff_state = staff_overview
     with upstream_servers(3) as servers:
         ids = pool_from_the_shell(servers)
-        with gateway_servers(2, **SERVER_ENV) as urls, Load(urls, key) as load:
+        with gateway_servers(2, **SERVER_ENV, **cache_env) as urls, Load(urls, key) as load:
             load.wait_requests(150)
+            wait_for(lambda: "healthy" in staff_state(ids[1]), timeout=15)
             servers[1].stop(signal.SIGTERM)
             stopped_at = len(load.outcomes)
             load.wait_requests(stopped_at + 300)
+            # The gateways publish their view every 5 s.
+            wait_for(lambda: "ejected" in staff_state(ids[1]), timeout=15)
             # While it is down, the two others serve everything.
             before_restart = served_by(user)[ids[1]]
             servers[1].start()
             restarted_at = len(load.outcomes)
             wait_for(lambda: served_by(user)[ids[1]] > before_restart + 20, timeout=30)
+            wait_for(lambda: "healthy" in staff_state(ids[1]), timeout=15)
             load.wait_requests(restarted_at + 100)
         outcomes = list(load.outcomes)
     assert set(outcomes) == {"ok"}, Counter(outcomes)
