@@ -66,6 +66,18 @@ def usage_of(usage: Any) -> Usage | None:
     return Usage(total, _count(usage, "output_tokens"), cached_input_tokens=cached)
 
 
+def merge_usage(usage: dict, update: dict) -> dict:
+    """``usage`` (a stream's so far) with ``update``'s counts merged in, each the larger of the
+    two: the counts are cumulative, and a ``message_delta`` may write the ones it does not
+    report as null (some Anthropic-compatible servers do), which must not erase what
+    ``message_start`` said."""
+    for name, value in update.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            known = usage.get(name)
+            usage[name] = max(value, known) if isinstance(known, int) else value
+    return usage
+
+
 def chat_usage(usage: Any) -> dict:
     """An Anthropic ``usage`` object in chat completions' shape."""
     found = usage_of(usage) or Usage(0, 0)
@@ -280,10 +292,10 @@ def _tools(tools: Any) -> list[dict]:
         if not isinstance(function, dict) or not function.get("name"):
             continue
         schema = function.get("parameters")
-        entry: dict[str, Any] = {
-            "name": function["name"],
-            "input_schema": schema if isinstance(schema, dict) else {"type": "object"},
-        }
+        # Anthropic wants an object schema with its ``type``; OpenAI takes ``{}`` or none.
+        schema = dict(schema) if isinstance(schema, dict) else {}
+        schema.setdefault("type", "object")
+        entry: dict[str, Any] = {"name": function["name"], "input_schema": schema}
         if function.get("description"):
             entry["description"] = function["description"]
         out.append(entry)
@@ -300,7 +312,9 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     ``reasoning_effort`` other than ``none`` becomes ``thinking`` with a budget for the effort
     (below ``max_tokens`` and at least 1,024 tokens, else no thinking), except when the request
     answers tool calls: Anthropic then wants the turn's signed thinking back, which an
-    OpenAI-format client has no way to keep, so that step goes without thinking.
+    OpenAI-format client has no way to keep, so that step goes without thinking; and when the
+    tool choice forces a tool (``required``, a named function), which Anthropic refuses with
+    thinking.
     """
     messages, system = _messages(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
@@ -324,6 +338,7 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
         budget is not None
         and min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET_TOKENS
         and not _continues_tool_use(messages)
+        and (body.get("tool_choice") or {}).get("type") not in ("any", "tool")
     ):
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
     if chat.get("stream"):
@@ -346,7 +361,9 @@ def _chat_tool_call(block: dict, index: int) -> dict:
 
 def chat_completion_from_message(message: dict) -> dict:
     """An Anthropic message as a chat completion (text, ``reasoning_content`` from thinking
-    blocks, tool calls, finish reason, usage with the cached part)."""
+    blocks, tool calls, finish reason, usage with the cached part). Without a usage in the
+    message there is none in the completion: zeros would be charged as the upstream's report,
+    where the gateway's estimate belongs."""
     texts, thinking, tool_calls = [], [], []
     for block in message.get("content") or ():
         kind = block.get("type")
@@ -366,7 +383,7 @@ def chat_completion_from_message(message: dict) -> dict:
     elif reply["content"] is None:
         reply["content"] = ""
     stop_reason = message.get("stop_reason")
-    return {
+    completion = {
         "id": message.get("id") or "msg_" + secrets.token_hex(12),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -378,14 +395,17 @@ def chat_completion_from_message(message: dict) -> dict:
                 "finish_reason": FINISH_REASONS.get(stop_reason, "stop"),
             }
         ],
-        "usage": chat_usage(message.get("usage")),
     }
+    if isinstance(message.get("usage"), dict):
+        completion["usage"] = chat_usage(message["usage"])
+    return completion
 
 
 class ChatChunkTranslator:
     """Anthropic stream events in, ``chat.completion.chunk`` objects out (``feed`` returns a
     list, often one, possibly none); ``done`` once ``message_stop`` came, whose chunk carries
-    the usage as an OpenAI upstream reports it (``choices: []``)."""
+    the usage as an OpenAI upstream reports it (``choices: []``), when the stream reported
+    any (else there is no such chunk, and the gateway estimates)."""
 
     __slots__ = ("_created", "_id", "_model", "_tools", "done", "usage")
 
@@ -412,7 +432,7 @@ class ChatChunkTranslator:
             message = event.get("message") or {}
             self._id = message.get("id") or ""
             self._model = message.get("model") or ""
-            self.usage = dict(message.get("usage") or {})
+            self.usage = merge_usage({}, message.get("usage") or {})
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -439,11 +459,13 @@ class ChatChunkTranslator:
             return []  # signatures, citations
         if kind == "message_delta":
             if isinstance(event.get("usage"), dict):
-                self.usage.update(event["usage"])
+                merge_usage(self.usage, event["usage"])
             stop_reason = (event.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, FINISH_REASONS.get(stop_reason, "stop"))]
         if kind == "message_stop":
             self.done = True
+            if not self.usage:
+                return []
             chunk = self._chunk({})
             chunk["choices"] = []
             chunk["usage"] = chat_usage(self.usage)

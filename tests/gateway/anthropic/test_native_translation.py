@@ -11,6 +11,7 @@ from gateway.serving.dialects.anthropic_native import (
     ChatChunkTranslator,
     chat_completion_from_message,
     chat_usage,
+    merge_usage,
     messages_request_from_chat,
     passthrough_body,
     usage_of,
@@ -185,6 +186,42 @@ def test_answering_tool_calls_goes_without_thinking():
     assert "thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)
 
 
+@pytest.mark.parametrize(
+    ("choice", "thinks"),
+    [
+        ("auto", True),
+        ("none", True),
+        ("required", False),
+        ({"type": "function", "function": {"name": "get_weather"}}, False),
+    ],
+)
+def test_a_tool_choice_that_forces_a_tool_goes_without_thinking(choice, thinks):
+    """Anthropic refuses thinking with tool_choice any or tool."""
+    chat = {
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [TOOL],
+        "tool_choice": choice,
+        "reasoning_effort": "high",
+    }
+    assert ("thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)) is thinks
+
+
+@pytest.mark.parametrize(
+    ("parameters", "schema"),
+    [
+        ({}, {"type": "object"}),
+        (None, {"type": "object"}),
+        ({"properties": {"a": {}}}, {"properties": {"a": {}}, "type": "object"}),
+        (TOOL["function"]["parameters"], TOOL["function"]["parameters"]),
+    ],
+)
+def test_a_tool_schema_is_an_object_schema(parameters, schema):
+    function = {"name": "f"} if parameters is None else {"name": "f", "parameters": parameters}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "tools": [{"function": function}]}
+    (tool,) = messages_request_from_chat(chat, model="m", max_tokens=10)["tools"]
+    assert tool == {"name": "f", "input_schema": schema}
+
+
 def test_a_message_becomes_a_chat_completion():
     message = {
         "id": "msg_1",
@@ -341,6 +378,30 @@ def test_a_stream_becomes_chat_chunks():
     ]
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert translator.done
+
+
+def test_without_usage_neither_completion_nor_stream_makes_one_up():
+    """Zeros would be charged as the upstream's report; none leaves the gateway's estimate."""
+    message = {"id": "msg_1", "content": [{"type": "text", "text": "Hi"}], "stop_reason": None}
+    assert "usage" not in chat_completion_from_message(message)
+    translator = ChatChunkTranslator()
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "model": "m"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+        {"type": "message_stop"},
+    ]
+    chunks = [chunk for event in events for chunk in translator.feed(event)]
+    assert not any("usage" in chunk for chunk in chunks) and translator.done
+
+
+def test_usage_counts_merge_and_null_ones_do_not_erase():
+    usage = {"input_tokens": 5_000, "cache_read_input_tokens": 2_000, "output_tokens": 1}
+    update = {"input_tokens": None, "cache_read_input_tokens": 1_000, "output_tokens": 40}
+    assert merge_usage(usage, {**update, "server_tool_use": {"web_search_requests": 1}}) == {
+        "input_tokens": 5_000,
+        "cache_read_input_tokens": 2_000,
+        "output_tokens": 40,
+    }
 
 
 def test_usage_counts_the_cache_as_input_and_its_reads_as_cached():
