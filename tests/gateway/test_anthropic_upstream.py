@@ -556,6 +556,32 @@ def test_the_event_reader_joins_an_events_data_lines_whatever_the_line_endings()
     assert _payloads([b'data: {"type": "ping"}\r\r']) == [b'{"type": "ping"}']
 
 
+def test_the_pass_through_leaves_out_what_anthropic_would_bill_beyond_the_reservation(
+    gw, alice_key, native
+):
+    """Server tools, MCP servers, a container and a document by URL are left out (the document
+    as the translation's note), as the translation for other upstreams leaves them out."""
+    user, key = alice_key
+    a, _b = native
+    document = {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}
+    payload = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Sum up"}]}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}, *TOOLS],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example.com", "name": "m"}],
+        "container": "container_1",
+    }
+    result = gw.chat(key, payload, path="/anthropic/v1/messages")
+    assert result.status == 200
+    (sent,) = a.requests
+    assert sent["tools"] == TOOLS and not {"mcp_servers", "container"} & set(sent)
+    note = sent["messages"][0]["content"][0]
+    assert note["type"] == "text" and "https://x/a.pdf: not fetched" in note["text"]
+    assert (_record(gw, user).input_tokens, _record(gw, user).output_tokens) == (INPUT, OUTPUT)
+    _books_exact(user)
+
+
 def test_every_native_endpoint_overloaded_is_a_529_for_anthropic_clients(gw, alice_key, native):
     _user, key = alice_key
     for server in native:
