@@ -25,6 +25,7 @@ from gateway.selectors import CatalogEndpoint
 from gateway.serving.dialects.anthropic_native import (
     ChatChunkTranslator,
     chat_completion_from_message,
+    merge_usage,
     messages_request_from_chat,
     usage_of,
     with_model,
@@ -271,7 +272,7 @@ class AnthropicPassThrough(Exchange):
             self.usage = dict((event.get("message") or {}).get("usage") or {})
             return event, None
         if event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
-            self.usage.update(event["usage"])
+            merge_usage(self.usage, event["usage"])
             return event, usage_of(self.usage)
         return event, None
 

@@ -65,6 +65,10 @@ def estimate_text_tokens_min(text: str) -> int:
 # Images cost a fixed amount upstream; 765 tokens is a high-detail 512px tile set (the lower
 # bound takes half: a small or low-detail image costs less).
 IMAGE_TOKENS = 765
+# Anthropic bills an image by its size, up to about 1,600 tokens (it scales larger ones down
+# to about 1.15 megapixels): an image it fetches by URL, which the gateway cannot measure,
+# is reserved at that.
+ANTHROPIC_IMAGE_TOKENS = 1_600
 _IMAGE = object()
 
 

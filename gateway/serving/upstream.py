@@ -3,7 +3,7 @@
 aiohttp measured about 1 ms CPU per request cheaper than httpx here. Upstreams speak OpenAI's
 chat-completions protocol or Anthropic's Messages API (``gateway.serving.exchange`` says which
 is spoken to an endpoint); ``SSEReader`` and ``AnthropicSSEReader`` yield the ``data:`` payloads
-of their streams as they arrive (no buffering beyond the current line).
+of their streams as they arrive (no buffering beyond the current line, or event for Anthropic's).
 """
 
 from __future__ import annotations
@@ -132,8 +132,54 @@ def event_type(data: bytes) -> str:
     return kind if isinstance(kind, str) else ""
 
 
+# A line ends at CRLF, LF or a lone CR (the SSE spec's three).
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _complete_lines(buffer: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
+    """The complete lines at the start of ``buffer``, and the rest."""
+    lines = []
+    start = 0
+    for end in _LINE_END.finditer(buffer):
+        if not final and end.end() == len(buffer) and end.group() == b"\r":
+            break  # the LF of a CRLF may come in the next piece
+        lines.append(buffer[start : end.start()])
+        start = end.end()
+    return lines, buffer[start:]
+
+
+async def _sse_lines(response: aiohttp.ClientResponse):
+    buffer = b""
+    async for piece in response.content.iter_any():
+        lines, buffer = _complete_lines(buffer + piece if buffer else piece, final=False)
+        for line in lines:
+            yield line
+    for line in _complete_lines(buffer, final=True)[0]:
+        yield line
+
+
+async def sse_events(response: aiohttp.ClientResponse):
+    """The data of each event of an SSE response, as the spec reads it: the ``data:`` lines of
+    one event (up to its blank line) joined with newlines, whatever the line endings. An event
+    the stream cut before its blank line is not dispatched."""
+    data: list[bytes] = []
+    async for line in _sse_lines(response):
+        if not line:
+            payload = b"\n".join(data)
+            data = []
+            if payload:
+                yield payload
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line == b"data":
+            data.append(b"")
+
+
 class AnthropicSSEReader:
-    """Async iterator over the event payloads of an Anthropic Messages stream, in order.
+    """Async iterator over the event payloads of an Anthropic Messages stream, in order
+    (``sse_events``: Anthropic writes one ``data:`` line per event, but the protocol allows
+    several, and other servers that speak it may).
 
     Stops at ``message_stop`` (not yielded: the stream's end, as ``[DONE]`` is for
     ``SSEReader``) and sets ``done``. An ``error`` event (the upstream failing mid-stream,
@@ -144,9 +190,9 @@ class AnthropicSSEReader:
 
     def __init__(self, response: aiohttp.ClientResponse):
         self.done = False
-        self._events = self._read(SSEReader(response))
+        self._events = self._read(sse_events(response))
 
-    async def _read(self, payloads: SSEReader):
+    async def _read(self, payloads):
         async for data in payloads:
             kind = event_type(data)
             if kind == "message_stop":

@@ -2,7 +2,9 @@
 
 ``mode``: ``ok`` (answers), ``fail`` (HTTP ``status`` before any byte), ``cut`` (a stream that
 stops after its text without ``message_stop``), ``error`` (a stream that sends an
-``overloaded_error`` event after its first text), ``nousage`` (answers without ``usage``). It
+``overloaded_error`` event after its first text), ``nousage`` (answers without ``usage``,
+``nullusage`` with a stream's ``message_delta`` writing the counts it does not report as null,
+as some Anthropic-compatible servers do). It
 answers with the thinking, text and tool
 use a request asks for, reports cache usage (10 input + 20 written to + 30 read from the
 cache, 7 output), and keeps what it was sent.
@@ -100,6 +102,8 @@ class FakeAnthropic:
                 "stop_sequence": None,
                 "usage": {**USAGE, "output_tokens": 1},
             }
+            if self.mode == "nousage":
+                del start["usage"]
             await response.write(sse({"type": "message_start", "message": start}))
             await response.write(sse({"type": "ping"}))
             for index, block in enumerate(blocks):
@@ -147,15 +151,16 @@ class FakeAnthropic:
                 await asyncio.sleep(0.05)
                 request.transport.close()  # the server dies mid-stream
                 return response
-            await response.write(
-                sse(
-                    {
-                        "type": "message_delta",
-                        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                        "usage": {"output_tokens": USAGE["output_tokens"]},
-                    }
-                )
-            )
+            final = {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": USAGE["output_tokens"]},
+            }
+            if self.mode == "nousage":
+                del final["usage"]
+            elif self.mode == "nullusage":
+                final["usage"].update(dict.fromkeys(USAGE.keys() - {"output_tokens"}))
+            await response.write(sse(final))
             await response.write(sse({"type": "message_stop"}))
             await response.write_eof()
             return response

@@ -2,6 +2,7 @@
 clients passed through (cache_control, thinking and its signatures, tool use, beta headers),
 OpenAI-format clients translated, cache usage charged, cut streams, failover, count_tokens."""
 
+import asyncio
 import json
 
 import anthropic
@@ -14,6 +15,7 @@ from django.core.management import CommandError, call_command
 from gateway.models import Model, UpstreamEndpoint
 from gateway.serving.catalog import _build
 from gateway.serving.dialects.anthropic_signature import thinking_signature
+from gateway.serving.upstream import AnthropicSSEReader
 from tests.gateway.fake_anthropic import THOUGHT, UPSTREAM_SIGNATURE, FakeAnthropic
 from usage.models import DailyUsage, Reservation, UsageRecord
 
@@ -468,16 +470,115 @@ def test_a_pool_may_mix_kinds_each_attempt_speaking_its_endpoints_protocol(
     _books_exact(user)
 
 
-def test_an_answer_without_usage_is_charged_by_estimate(gw, alice_key, native):
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_an_answer_without_usage_is_charged_by_estimate(gw, alice_key, native, dialect, stream):
+    """Either way: a translated answer carries no made-up zeros that would be charged as the
+    upstream's report (the request would be free)."""
     user, key = alice_key
     a, _b = native
     a.mode = "nousage"
-    payload = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
-    result = gw.chat(key, payload, path="/anthropic/v1/messages")
-    assert result.status == 200 and "usage" not in result.json()
+    payload = {
+        "model": MODEL,
+        "max_tokens": 10,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    path = "/anthropic/v1/messages" if dialect == "anthropic" else "/openai/v1/chat/completions"
+    result = gw.chat(key, payload, path=path)
+    assert result.status == 200
+    if stream:
+        assert streamed_text(result) == "Hello from A"
+    elif dialect == "anthropic":
+        assert "usage" not in result.json()
     record = _record(gw, user)
     assert record.estimated and record.input_tokens > 0
     assert 0 < record.output_tokens <= 10
+    _books_exact(user)
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_null_counts_in_the_final_usage_keep_the_input_message_start_reported(
+    gw, alice_key, native, dialect
+):
+    user, key = alice_key
+    a, _b = native
+    a.mode = "nullusage"
+    payload = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    path = "/anthropic/v1/messages" if dialect == "anthropic" else "/openai/v1/chat/completions"
+    assert gw.chat(key, payload, path=path).status == 200
+    record = _record(gw, user)
+    assert not record.estimated
+    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (
+        INPUT,
+        CACHED,
+        OUTPUT,
+    )
+    _books_exact(user)
+
+
+def _payloads(pieces: list[bytes]) -> list[bytes]:
+    """What ``AnthropicSSEReader`` yields for a response arriving in ``pieces``."""
+
+    class Content:
+        async def iter_any(self):
+            for piece in pieces:
+                yield piece
+
+    class Response:
+        content = Content()
+
+    async def read():
+        return [data async for data in AnthropicSSEReader(Response())]
+
+    return asyncio.run(read())
+
+
+def test_the_event_reader_joins_an_events_data_lines_whatever_the_line_endings():
+    delta = b'{"type": "content_block_delta",\n "index": 0}'
+    stream = (
+        b': a comment\r\nevent: message_start\r\ndata: {"type": "message_start"}\r\n\r\n'
+        b'event: content_block_delta\rdata: {"type": "content_block_delta",\r'
+        b'data:  "index": 0}\r\r'
+        b'data: {"type": "ping"}\n\n'
+        b'data: {"type": "ping"}\n'  # cut before its blank line: not an event
+    )
+    expected = [b'{"type": "message_start"}', delta, b'{"type": "ping"}']
+    assert _payloads([stream]) == expected
+    # Every split of the bytes (a CR and its LF in different pieces among them) reads the same.
+    for at in range(1, len(stream)):
+        assert _payloads([stream[:at], stream[at:]]) == expected, at
+    assert _payloads([b'data: {"type": "ping"}\r\r']) == [b'{"type": "ping"}']
+
+
+def test_the_pass_through_leaves_out_what_anthropic_would_bill_beyond_the_reservation(
+    gw, alice_key, native
+):
+    """Server tools, MCP servers, a container and a document by URL are left out (the document
+    as the translation's note), as the translation for other upstreams leaves them out."""
+    user, key = alice_key
+    a, _b = native
+    document = {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}
+    payload = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Sum up"}]}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}, *TOOLS],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example.com", "name": "m"}],
+        "container": "container_1",
+    }
+    result = gw.chat(key, payload, path="/anthropic/v1/messages")
+    assert result.status == 200
+    (sent,) = a.requests
+    assert sent["tools"] == TOOLS and not {"mcp_servers", "container"} & set(sent)
+    note = sent["messages"][0]["content"][0]
+    assert note["type"] == "text" and "https://x/a.pdf: not fetched" in note["text"]
+    assert (_record(gw, user).input_tokens, _record(gw, user).output_tokens) == (INPUT, OUTPUT)
     _books_exact(user)
 
 

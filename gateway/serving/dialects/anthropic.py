@@ -23,7 +23,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from django.conf import settings
 
-from gateway.serving.dialects.anthropic_native import count_tokens_body, passthrough_body
+from gateway.serving.dialects.anthropic_native import (
+    billed_beyond_translation,
+    count_tokens_body,
+    passthrough_body,
+)
 from gateway.serving.dialects.anthropic_schema import (
     MessagesRequest,
     MessagesRequestError,
@@ -205,7 +209,10 @@ class AnthropicDialect(Dialect):
             stream=parsed.stream,
             # Clamped to the model's limit by the pipeline (Claude Code asks for 32,000).
             max_tokens=parsed.max_tokens,
-            input_tokens=_estimate(translation.body),
+            # The reservation covers what a native upstream may bill beyond the translation
+            # (an image by URL, a block the translation shortens); the context check keeps
+            # the lower bound of what is surely there.
+            input_tokens=_estimate(translation.body) + billed_beyond_translation(native),
             input_tokens_min=estimate_chat_tokens_min(
                 translation.body["messages"], tools=translation.body.get("tools")
             ),

@@ -4,7 +4,12 @@ An Anthropic-native endpoint (``UpstreamEndpoint.Kind.ANTHROPIC``) serves two ki
 
 - Anthropic clients, passed through: ``passthrough_body`` is the client's own JSON with the
   upstream's model name and the granted output budget (``cache_control``, thinking, tool use
-  and fields this gateway does not know travel unchanged).
+  and fields this gateway does not know travel unchanged). What the translation for other
+  upstreams drops because it makes Anthropic fetch or run something and bill it beyond what
+  the gateway can reserve is dropped here too, by the same rule: server tools (no
+  ``input_schema``), ``mcp_servers``, ``container``, and a document by URL becomes the same
+  note. ``billed_beyond_translation`` adds to the reservation what the upstream may still bill
+  beyond the estimate of the translation (an image by URL, a block the translation shortens).
 - OpenAI-format clients (chat completions, Responses): their dialect still builds a
   chat-completions body, ``messages_request_from_chat`` turns it into a Messages request, and
   ``chat_completion_from_message`` / ``ChatChunkTranslator`` turn the answer back into chat
@@ -30,9 +35,16 @@ import secrets
 import time
 from typing import Any
 
-from gateway.serving.dialects.anthropic_schema import MIN_THINKING_BUDGET_TOKENS
+from gateway.serving.dialects.anthropic_schema import (
+    MESSAGE_BLOCKS,
+    MIN_THINKING_BUDGET_TOKENS,
+    TOOL_RESULT_BLOCKS,
+    block_as_text,
+)
 from gateway.serving.dialects.anthropic_signature import SIGNATURE_PREFIX
+from gateway.serving.dialects.anthropic_translate import url_document_note
 from gateway.serving.dialects.base import Usage
+from gateway.serving.tokens import ANTHROPIC_IMAGE_TOKENS, IMAGE_TOKENS, estimate_text_tokens
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -66,6 +78,18 @@ def usage_of(usage: Any) -> Usage | None:
     return Usage(total, _count(usage, "output_tokens"), cached_input_tokens=cached)
 
 
+def merge_usage(usage: dict, update: dict) -> dict:
+    """``usage`` (a stream's so far) with ``update``'s counts merged in, each the larger of the
+    two: the counts are cumulative, and a ``message_delta`` may write the ones it does not
+    report as null (some Anthropic-compatible servers do), which must not erase what
+    ``message_start`` said."""
+    for name, value in update.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            known = usage.get(name)
+            usage[name] = max(value, known) if isinstance(known, int) else value
+    return usage
+
+
 def chat_usage(usage: Any) -> dict:
     """An Anthropic ``usage`` object in chat completions' shape."""
     found = usage_of(usage) or Usage(0, 0)
@@ -78,13 +102,41 @@ def chat_usage(usage: Any) -> dict:
 
 
 # --- pass-through --------------------------------------------------------------------------
+# Request fields that have Anthropic run something on the client's behalf and bill it (MCP
+# servers, a code-execution container): dropped, as the translation drops them.
+_SERVER_FIELDS = ("mcp_servers", "container")
+
+
+def _is_url_source(block: dict) -> bool:
+    source = block.get("source")
+    return isinstance(source, dict) and source.get("type") == "url"
+
+
+def _upstream_block(block: Any) -> Any:
+    """A block as a native upstream gets it: a document by URL as the translation's note
+    (Anthropic would fetch it and bill whatever it holds), tool results' own blocks alike."""
+    if not isinstance(block, dict):
+        return block
+    if block.get("type") == "document" and _is_url_source(block):
+        text = url_document_note(str(block["source"].get("url") or ""))
+        if block.get("context"):
+            text = f"{block['context']}\n\n{text}"
+        note: dict[str, Any] = {"type": "text", "text": text}
+        if "cache_control" in block:
+            note["cache_control"] = block["cache_control"]
+        return note
+    if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+        return {**block, "content": [_upstream_block(part) for part in block["content"]]}
+    return block
+
+
 def _upstream_blocks(content: Any) -> Any:
     """A message's content without the gateway's own thinking blocks (no upstream can check
-    them); anything else untouched."""
+    them) and with documents by URL as notes; anything else untouched."""
     if not isinstance(content, list):
         return content
     return [
-        block
+        _upstream_block(block)
         for block in content
         if not (
             isinstance(block, dict)
@@ -94,16 +146,43 @@ def _upstream_blocks(content: Any) -> Any:
     ]
 
 
+def _without_server_tools(body: dict) -> None:
+    """``body`` without Anthropic's server tools (a tool without ``input_schema``: web search,
+    code execution, web fetch ...) and server fields, as the translation has it; a tool
+    choice left without its tool goes too."""
+    for name in _SERVER_FIELDS:
+        body.pop(name, None)
+    if not isinstance(body.get("tools"), list):
+        return
+    tools = [t for t in body["tools"] if isinstance(t, dict) and t.get("input_schema") is not None]
+    if len(tools) == len(body["tools"]):
+        return
+    choice = body.get("tool_choice")
+    if tools:
+        body["tools"] = tools
+        if (
+            isinstance(choice, dict)
+            and choice.get("type") == "tool"
+            and choice.get("name") not in {tool.get("name") for tool in tools}
+        ):
+            del body["tool_choice"]
+    else:
+        del body["tools"]
+        body.pop("tool_choice", None)
+
+
 def _blocks(content: Any) -> list:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
 def count_tokens_body(native: dict, *, model: str) -> dict:
     """An Anthropic client's request (``count_tokens`` or Messages) for a native upstream's
-    ``model``, without the gateway's own thinking blocks. A ``role: "system"`` message (some
-    clients send them; the gateway takes them) joins ``system``, where Anthropic wants it."""
+    ``model``, without the gateway's own thinking blocks, server tools and fields, and with
+    documents by URL as notes (module docstring). A ``role: "system"`` message (some clients
+    send them; the gateway takes them) joins ``system``, where Anthropic wants it."""
     body = dict(native)
     body["model"] = model
+    _without_server_tools(body)
     messages = []
     for message in body.get("messages") or ():
         if message.get("role") == "system":
@@ -132,6 +211,39 @@ def passthrough_body(native: dict, *, model: str, max_tokens: int) -> dict:
         else:
             body["thinking"] = {**thinking, "budget_tokens": budget}
     return body
+
+
+def _billed_beyond_note(blocks: Any, known: frozenset) -> int:
+    """``billed_beyond_translation`` for one content list whose known block types are
+    ``known`` (the others the translation shortens to ``block_as_text``)."""
+    if not isinstance(blocks, list):
+        return 0
+    extra = 0
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "image" and _is_url_source(block):
+            extra += ANTHROPIC_IMAGE_TOKENS - IMAGE_TOKENS
+        elif kind == "tool_result":
+            extra += _billed_beyond_note(block.get("content"), TOOL_RESULT_BLOCKS)
+        elif isinstance(kind, str) and kind not in known:
+            whole = estimate_text_tokens(_dumps(block))
+            extra += max(whole - estimate_text_tokens(block_as_text(block)), 0)
+    return extra
+
+
+def billed_beyond_translation(native: dict) -> int:
+    """The tokens an Anthropic-native upstream may bill for the client's request ``native``
+    beyond the estimate of its translation, for the reservation (not the context check): an
+    image by URL, which Anthropic fetches and the gateway cannot measure, at Anthropic's
+    largest image cost; a block the translation shortens to a note (server tool calls and
+    their results, block types newer than the gateway) at its full length."""
+    return sum(
+        _billed_beyond_note(message.get("content"), MESSAGE_BLOCKS)
+        for message in native.get("messages") or ()
+        if isinstance(message, dict)
+    )
 
 
 def with_model(obj: dict, model: str) -> dict:
@@ -280,10 +392,10 @@ def _tools(tools: Any) -> list[dict]:
         if not isinstance(function, dict) or not function.get("name"):
             continue
         schema = function.get("parameters")
-        entry: dict[str, Any] = {
-            "name": function["name"],
-            "input_schema": schema if isinstance(schema, dict) else {"type": "object"},
-        }
+        # Anthropic wants an object schema with its ``type``; OpenAI takes ``{}`` or none.
+        schema = dict(schema) if isinstance(schema, dict) else {}
+        schema.setdefault("type", "object")
+        entry: dict[str, Any] = {"name": function["name"], "input_schema": schema}
         if function.get("description"):
             entry["description"] = function["description"]
         out.append(entry)
@@ -300,7 +412,9 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
     ``reasoning_effort`` other than ``none`` becomes ``thinking`` with a budget for the effort
     (below ``max_tokens`` and at least 1,024 tokens, else no thinking), except when the request
     answers tool calls: Anthropic then wants the turn's signed thinking back, which an
-    OpenAI-format client has no way to keep, so that step goes without thinking.
+    OpenAI-format client has no way to keep, so that step goes without thinking; and when the
+    tool choice forces a tool (``required``, a named function), which Anthropic refuses with
+    thinking.
     """
     messages, system = _messages(chat.get("messages") or [])
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
@@ -324,6 +438,7 @@ def messages_request_from_chat(chat: dict, *, model: str, max_tokens: int) -> di
         budget is not None
         and min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET_TOKENS
         and not _continues_tool_use(messages)
+        and (body.get("tool_choice") or {}).get("type") not in ("any", "tool")
     ):
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
     if chat.get("stream"):
@@ -346,7 +461,9 @@ def _chat_tool_call(block: dict, index: int) -> dict:
 
 def chat_completion_from_message(message: dict) -> dict:
     """An Anthropic message as a chat completion (text, ``reasoning_content`` from thinking
-    blocks, tool calls, finish reason, usage with the cached part)."""
+    blocks, tool calls, finish reason, usage with the cached part). Without a usage in the
+    message there is none in the completion: zeros would be charged as the upstream's report,
+    where the gateway's estimate belongs."""
     texts, thinking, tool_calls = [], [], []
     for block in message.get("content") or ():
         kind = block.get("type")
@@ -366,7 +483,7 @@ def chat_completion_from_message(message: dict) -> dict:
     elif reply["content"] is None:
         reply["content"] = ""
     stop_reason = message.get("stop_reason")
-    return {
+    completion = {
         "id": message.get("id") or "msg_" + secrets.token_hex(12),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -378,14 +495,17 @@ def chat_completion_from_message(message: dict) -> dict:
                 "finish_reason": FINISH_REASONS.get(stop_reason, "stop"),
             }
         ],
-        "usage": chat_usage(message.get("usage")),
     }
+    if isinstance(message.get("usage"), dict):
+        completion["usage"] = chat_usage(message["usage"])
+    return completion
 
 
 class ChatChunkTranslator:
     """Anthropic stream events in, ``chat.completion.chunk`` objects out (``feed`` returns a
     list, often one, possibly none); ``done`` once ``message_stop`` came, whose chunk carries
-    the usage as an OpenAI upstream reports it (``choices: []``)."""
+    the usage as an OpenAI upstream reports it (``choices: []``), when the stream reported
+    any (else there is no such chunk, and the gateway estimates)."""
 
     __slots__ = ("_created", "_id", "_model", "_tools", "done", "usage")
 
@@ -412,7 +532,7 @@ class ChatChunkTranslator:
             message = event.get("message") or {}
             self._id = message.get("id") or ""
             self._model = message.get("model") or ""
-            self.usage = dict(message.get("usage") or {})
+            self.usage = merge_usage({}, message.get("usage") or {})
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -439,11 +559,13 @@ class ChatChunkTranslator:
             return []  # signatures, citations
         if kind == "message_delta":
             if isinstance(event.get("usage"), dict):
-                self.usage.update(event["usage"])
+                merge_usage(self.usage, event["usage"])
             stop_reason = (event.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, FINISH_REASONS.get(stop_reason, "stop"))]
         if kind == "message_stop":
             self.done = True
+            if not self.usage:
+                return []
             chunk = self._chunk({})
             chunk["choices"] = []
             chunk["usage"] = chat_usage(self.usage)

@@ -43,10 +43,10 @@ def _text_list(value: Any) -> Any:
 # Block types this schema models; any other block in a message (server tool calls and their
 # results, search results, types newer than this gateway) is turned into a text block that
 # says what it held, rather than refused: a conversation that used them still goes on.
-_MESSAGE_BLOCKS = frozenset(
+MESSAGE_BLOCKS = frozenset(
     {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
-_TOOL_RESULT_BLOCKS = frozenset({"text", "image", "document"})
+TOOL_RESULT_BLOCKS = frozenset({"text", "image", "document"})
 _BLOCK_NOTE_CHARS = 4000
 
 
@@ -167,7 +167,7 @@ class ToolResultBlock(_Lenient):
     type: Literal["tool_result"]
     tool_use_id: str
     content: Annotated[
-        list[ToolResultContentBlock], BeforeValidator(_known_blocks(_TOOL_RESULT_BLOCKS))
+        list[ToolResultContentBlock], BeforeValidator(_known_blocks(TOOL_RESULT_BLOCKS))
     ] = []
     is_error: bool = False
 
@@ -199,7 +199,7 @@ ContentBlock = Annotated[
 
 class Message(_Lenient):
     role: Literal["user", "assistant", "system"]
-    content: Annotated[list[ContentBlock], BeforeValidator(_known_blocks(_MESSAGE_BLOCKS))]
+    content: Annotated[list[ContentBlock], BeforeValidator(_known_blocks(MESSAGE_BLOCKS))]
 
 
 class Tool(_Lenient):

@@ -145,13 +145,20 @@ def _pdf_text(data: str, name: str) -> str:
     return f"[PDF document {name}, {count} page{'s' if count != 1 else ''}]\n\n{text}"
 
 
+def url_document_note(url: str) -> str:
+    """What a document by URL becomes, for every upstream: the gateway fetches nothing, and an
+    Anthropic-native upstream that would is not asked to (what it bills for the document could
+    not be reserved)."""
+    return f"[Document at {url}: not fetched; its content is not included.]"
+
+
 def _document_text(block: DocumentBlock) -> str:
     source = block.source
     name = f"'{block.title}'" if block.title else "(untitled)"
     if isinstance(source, TextSource):
         text = source.data
     elif isinstance(source, UrlSource):
-        text = f"[Document at {source.url}: not fetched; its content is not included.]"
+        text = url_document_note(source.url)
     elif source.media_type == "application/pdf":
         text = _pdf_text(source.data, name)
     elif source.media_type.startswith("text/"):

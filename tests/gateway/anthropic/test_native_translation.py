@@ -7,16 +7,26 @@ import pytest
 from anthropic.types.message_create_params import MessageCreateParamsStreaming as Streaming
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway.serving.dialects.anthropic import AnthropicDialect
 from gateway.serving.dialects.anthropic_native import (
     ChatChunkTranslator,
+    billed_beyond_translation,
     chat_completion_from_message,
     chat_usage,
+    merge_usage,
     messages_request_from_chat,
     passthrough_body,
     usage_of,
 )
 from gateway.serving.dialects.anthropic_signature import thinking_signature
+from gateway.serving.dialects.anthropic_translate import url_document_note
 from gateway.serving.dialects.base import Usage
+from gateway.serving.tokens import (
+    ANTHROPIC_IMAGE_TOKENS,
+    IMAGE_TOKENS,
+    estimate_chat_tokens,
+    estimate_chat_tokens_min,
+)
 
 TOOL = {
     "type": "function",
@@ -185,6 +195,42 @@ def test_answering_tool_calls_goes_without_thinking():
     assert "thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)
 
 
+@pytest.mark.parametrize(
+    ("choice", "thinks"),
+    [
+        ("auto", True),
+        ("none", True),
+        ("required", False),
+        ({"type": "function", "function": {"name": "get_weather"}}, False),
+    ],
+)
+def test_a_tool_choice_that_forces_a_tool_goes_without_thinking(choice, thinks):
+    """Anthropic refuses thinking with tool_choice any or tool."""
+    chat = {
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [TOOL],
+        "tool_choice": choice,
+        "reasoning_effort": "high",
+    }
+    assert ("thinking" in messages_request_from_chat(chat, model="m", max_tokens=4096)) is thinks
+
+
+@pytest.mark.parametrize(
+    ("parameters", "schema"),
+    [
+        ({}, {"type": "object"}),
+        (None, {"type": "object"}),
+        ({"properties": {"a": {}}}, {"properties": {"a": {}}, "type": "object"}),
+        (TOOL["function"]["parameters"], TOOL["function"]["parameters"]),
+    ],
+)
+def test_a_tool_schema_is_an_object_schema(parameters, schema):
+    function = {"name": "f"} if parameters is None else {"name": "f", "parameters": parameters}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "tools": [{"function": function}]}
+    (tool,) = messages_request_from_chat(chat, model="m", max_tokens=10)["tools"]
+    assert tool == {"name": "f", "input_schema": schema}
+
+
 def test_a_message_becomes_a_chat_completion():
     message = {
         "id": "msg_1",
@@ -343,6 +389,30 @@ def test_a_stream_becomes_chat_chunks():
     assert translator.done
 
 
+def test_without_usage_neither_completion_nor_stream_makes_one_up():
+    """Zeros would be charged as the upstream's report; none leaves the gateway's estimate."""
+    message = {"id": "msg_1", "content": [{"type": "text", "text": "Hi"}], "stop_reason": None}
+    assert "usage" not in chat_completion_from_message(message)
+    translator = ChatChunkTranslator()
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "model": "m"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+        {"type": "message_stop"},
+    ]
+    chunks = [chunk for event in events for chunk in translator.feed(event)]
+    assert not any("usage" in chunk for chunk in chunks) and translator.done
+
+
+def test_usage_counts_merge_and_null_ones_do_not_erase():
+    usage = {"input_tokens": 5_000, "cache_read_input_tokens": 2_000, "output_tokens": 1}
+    update = {"input_tokens": None, "cache_read_input_tokens": 1_000, "output_tokens": 40}
+    assert merge_usage(usage, {**update, "server_tool_use": {"web_search_requests": 1}}) == {
+        "input_tokens": 5_000,
+        "cache_read_input_tokens": 2_000,
+        "output_tokens": 40,
+    }
+
+
 def test_usage_counts_the_cache_as_input_and_its_reads_as_cached():
     assert usage_of(USAGE) == Usage(60, 7, cached_input_tokens=30)
     assert usage_of({"input_tokens": 5, "output_tokens": 2}) == Usage(5, 2)
@@ -387,3 +457,110 @@ def test_the_passthrough_body_keeps_everything_but_model_budget_and_our_thinking
     ]
     adaptive = {**native, "thinking": {"type": "adaptive"}}
     assert passthrough_body(adaptive, model="m", max_tokens=500)["thinking"] == {"type": "adaptive"}
+
+
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+CLIENT_TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+URL_DOCUMENT = {
+    "type": "document",
+    "source": {"type": "url", "url": "https://example.com/a.pdf"},
+    "context": "The annual report.",
+    "cache_control": {"type": "ephemeral"},
+}
+URL_NOTE = {
+    "type": "text",
+    "text": "The annual report.\n\n" + url_document_note("https://example.com/a.pdf"),
+    "cache_control": {"type": "ephemeral"},
+}
+
+
+def test_the_passthrough_drops_what_the_translation_drops_and_cannot_be_reserved():
+    """Server tools, MCP servers, a container, a document by URL: Anthropic would run or fetch
+    them and bill what the gateway could not reserve; the translation leaves them out too."""
+    native = {
+        "model": "M",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": [URL_DOCUMENT, {"type": "text", "text": "Sum it up."}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [URL_DOCUMENT]}
+                ],
+            },
+        ],
+        "tools": [WEB_SEARCH, CLIENT_TOOL],
+        "tool_choice": {"type": "tool", "name": "web_search"},
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example.com", "name": "x"}],
+        "container": "container_1",
+    }
+    body = passthrough_body(native, model="m", max_tokens=100)
+    assert body["tools"] == [CLIENT_TOOL]
+    assert not {"tool_choice", "mcp_servers", "container"} & set(body)
+    assert body["messages"][0]["content"] == [URL_NOTE, {"type": "text", "text": "Sum it up."}]
+    assert body["messages"][2]["content"][0]["content"] == [URL_NOTE]
+    # The translation's note is the same text.
+    translated = AnthropicDialect().parse_chat(json.dumps(native).encode(), b"").body.body
+    assert URL_NOTE["text"] in translated["messages"][0]["content"]
+    # Only server tools: no tools, no tool choice; a choice of a client tool stays.
+    only_server = {**native, "tools": [WEB_SEARCH], "tool_choice": {"type": "any"}}
+    assert not {"tools", "tool_choice"} & set(
+        passthrough_body(only_server, model="m", max_tokens=9)
+    )
+    kept = {**native, "tool_choice": {"type": "tool", "name": "get_weather"}}
+    assert passthrough_body(kept, model="m", max_tokens=9)["tool_choice"] == kept["tool_choice"]
+    assert passthrough_body({**native, "tool_choice": {"type": "auto"}}, model="m", max_tokens=9)[
+        "tool_choice"
+    ] == {"type": "auto"}
+
+
+def test_the_reservation_counts_what_a_native_upstream_bills_beyond_the_translation():
+    """An image by URL at Anthropic's largest image cost, a block the translation shortens at
+    its full length; the lower bound (the context check) is unchanged."""
+    long_result = {
+        "type": "web_fetch_tool_result",
+        "tool_use_id": "srvtoolu_1",
+        "content": {"type": "web_fetch_result", "url": "https://x", "content": "word " * 20_000},
+    }
+    url_image = {"type": "image", "source": {"type": "url", "url": "https://x/cat.png"}}
+    data_image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
+    plain = {"model": "M", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
+    assert billed_beyond_translation(plain) == 0
+    images = {
+        **plain,
+        "messages": [
+            {"role": "user", "content": [url_image, data_image]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "content": [url_image]}],
+            },
+        ],
+    }
+    assert billed_beyond_translation(images) == 2 * (ANTHROPIC_IMAGE_TOKENS - IMAGE_TOKENS)
+    history = {
+        **plain,
+        "messages": [
+            {"role": "user", "content": "Fetch it."},
+            {"role": "assistant", "content": [long_result]},
+            {"role": "user", "content": "Thanks."},
+        ],
+    }
+    parsed = AnthropicDialect().parse_chat(json.dumps(history).encode(), b"")
+    messages = parsed.body.body["messages"]
+    # 100,000 characters of page, of which the translation's note keeps 4,000.
+    assert billed_beyond_translation(history) > 30_000
+    assert parsed.input_tokens == estimate_chat_tokens(messages) + billed_beyond_translation(
+        history
+    )
+    assert parsed.input_tokens_min == estimate_chat_tokens_min(messages) < 1_000
