@@ -336,6 +336,10 @@ def chat_request_from_messages(
     choice = request.tool_choice
     if tools:
         body["tools"] = tools
+        kept = {tool["function"]["name"] for tool in tools}
+        if isinstance(choice, ToolChoiceTool) and choice.name not in kept:
+            # It named a server tool, dropped above: the model chooses among what is left.
+            choice = None
         if choice is not None:
             body["tool_choice"] = _tool_choice(choice)
             if getattr(choice, "disable_parallel_tool_use", False):

@@ -628,3 +628,20 @@ def test_count_tokens_needs_no_max_tokens():
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "system": "s"}
     )
     assert request.system[0].text == "s"
+
+
+def test_a_tool_choice_naming_a_dropped_server_tool_leaves_the_choice_to_the_model():
+    body = base(
+        tools=[
+            {"name": "lookup", "input_schema": {"type": "object"}},
+            {"type": "web_search_20250305", "name": "web_search"},
+        ],
+        tool_choice={"type": "tool", "name": "web_search"},
+        messages=[{"role": "user", "content": "Look it up."}],
+    )
+    chat = translate(body).body
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["lookup"]
+    assert "tool_choice" not in chat
+    # A client tool named in tool_choice is still chosen.
+    chat = translate({**body, "tool_choice": {"type": "tool", "name": "lookup"}}).body
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
