@@ -464,8 +464,10 @@ class Gateway:
                 raise errors.wrong_model_kind(chat.model, embedding=model.kind == "embedding")
             counted = await self.counter.count(model, dialect, chat)
             if counted is not None:
-                # The model's own tokenizer: both bounds of the estimate become this count.
-                chat.input_tokens = chat.input_tokens_min = counted
+                # The model's own tokenizer: both bounds of the estimate become this count
+                # (plus, for the reservation, what an upstream may bill beyond the body).
+                chat.input_tokens_min = counted
+                chat.input_tokens = counted + chat.input_tokens_beyond_body
             budget = output_budget(chat, model)
             call.slot = await self._take_slot(key)
             reserved = await self._database(self._reserve(call, digest, budget))

@@ -204,6 +204,7 @@ class AnthropicDialect(Dialect):
         _refuse_forged_thinking(parsed)
         translation = chat_request_from_messages(parsed)
         translation.native = native
+        beyond = billed_beyond_translation(native)
         return ChatRequest(
             model=parsed.model,
             stream=parsed.stream,
@@ -212,7 +213,8 @@ class AnthropicDialect(Dialect):
             # The reservation covers what a native upstream may bill beyond the translation
             # (an image by URL, a block the translation shortens); the context check keeps
             # the lower bound of what is surely there.
-            input_tokens=_estimate(translation.body) + billed_beyond_translation(native),
+            input_tokens=_estimate(translation.body) + beyond,
+            input_tokens_beyond_body=beyond,
             input_tokens_min=estimate_chat_tokens_min(
                 translation.body["messages"], tools=translation.body.get("tools")
             ),

@@ -61,6 +61,10 @@ class ChatRequest:
     # A lower bound of the input (``tokens.estimate_chat_tokens_min``), for the context check;
     # None: ``input_tokens`` stands for both.
     input_tokens_min: int | None = None
+    # Of ``input_tokens``, what an upstream may bill beyond the chat-completions body (an
+    # Anthropic-native pass-through's image by URL, blocks the translation shortens): kept
+    # when a model's tokenizer counts that body.
+    input_tokens_beyond_body: int = 0
 
 
 @dataclass(slots=True)
