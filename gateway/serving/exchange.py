@@ -386,7 +386,9 @@ class ResponsesPassThrough(Exchange):
             return None, None
         event = json.loads(data)
         response = event.get("response")
-        return event, responses_usage(response.get("usage")) if isinstance(response, dict) else None
+        if not isinstance(response, dict):
+            return event, None
+        return event, responses_usage(response.get("usage"))
 
     def estimate(self, delivered: list[bytes]) -> Usage:
         output = sum(
