@@ -68,8 +68,12 @@ def _input(items: Any) -> Any:
         if isinstance(item, dict) and item.get("type") == "reasoning":
             if not item.get("encrypted_content"):
                 continue
-        elif isinstance(item, dict) and "content" in item:
-            item = {**item, "content": _content(item["content"])}
+        elif isinstance(item, dict):
+            # A message's content, or a function call's output given as parts.
+            item = {
+                **item,
+                **{name: _content(item[name]) for name in ("content", "output") if name in item},
+            }
         out.append(item)
     return out
 

@@ -171,6 +171,31 @@ def test_the_pass_through_body_is_the_clients_own_with_budget_model_and_no_store
     }
 
 
+def test_a_function_output_names_no_file_stored_upstream():
+    output = [
+        {"type": "input_text", "text": "Done"},
+        {"type": "input_file", "file_id": "file-operator"},
+    ]
+    body = passthrough_body(
+        {
+            "model": MODEL,
+            "input": [{"type": "function_call_output", "call_id": "c1", "output": output}],
+        },
+        model=UPSTREAM_MODEL,
+        max_output_tokens=10,
+    )
+    assert body["input"] == [
+        {
+            "type": "function_call_output",
+            "call_id": "c1",
+            "output": [
+                {"type": "input_text", "text": "Done"},
+                {"type": "input_text", "text": "[file not included: file-operator]"},
+            ],
+        }
+    ]
+
+
 def test_without_a_function_tool_no_tool_choice_is_sent():
     body = passthrough_body(
         {
