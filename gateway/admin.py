@@ -27,6 +27,7 @@ class UpstreamEndpointForm(forms.ModelForm):
             "kind",
             "base_url",
             "upstream_model",
+            "responses_api",
             "priority",
             "weight",
             "max_concurrency",

@@ -161,7 +161,8 @@ class UpstreamEndpoint(models.Model):
 
     class Kind(models.TextChoices):
         """The protocol the gateway speaks to the endpoint: OpenAI chat completions (the demo
-        upstream too), or Anthropic Messages (``gateway.serving.exchange``)."""
+        upstream too; an OpenAI-compatible one marked ``responses_api`` also takes Responses
+        requests as they are), or Anthropic Messages (``gateway.serving.exchange``)."""
 
         OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible server")
         DEMO = "demo", _("Demo (built in)")
@@ -206,6 +207,14 @@ class UpstreamEndpoint(models.Model):
             "In each gateway process: past it, requests wait in the model's queue, accounts "
             "taking turns. Divide the server's capacity by the number of gateway processes. "
             "Empty: no cap."
+        ),
+    )
+    responses_api = models.BooleanField(
+        _("serves the Responses API"),
+        default=False,
+        help_text=_(
+            "OpenAI-compatible servers only (OpenAI, recent vLLM): Responses API clients are "
+            "passed through to its /responses instead of being translated to chat completions."
         ),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
@@ -255,6 +264,14 @@ class UpstreamEndpoint(models.Model):
         return self.kind == self.Kind.DEMO
 
     def clean(self):
+        if self.responses_api and self.kind != self.Kind.OPENAI_COMPATIBLE:
+            raise ValidationError(
+                {
+                    "responses_api": _(
+                        "Only an OpenAI-compatible server can serve the Responses API."
+                    )
+                }
+            )
         # Anthropic's API has no embeddings: such an endpoint could never answer.
         model = getattr(self, "model", None)
         if (

@@ -24,6 +24,8 @@ class CatalogEndpoint:
     max_concurrency: int | None = None
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
+    # An OpenAI-compatible server that also serves the Responses API (``/responses``).
+    responses_api: bool = False
 
     @property
     def is_demo(self) -> bool:

@@ -100,6 +100,9 @@ def _endpoints(model) -> tuple[CatalogEndpoint, ...]:
                 max_concurrency=row.max_concurrency,
                 connect_timeout=row.connect_timeout_seconds,
                 first_byte_timeout=row.first_byte_timeout_seconds,
+                # Only an OpenAI-compatible server has /responses (the admin refuses the rest;
+                # this covers a kind changed behind its back).
+                responses_api=row.responses_api and row.kind == row.Kind.OPENAI_COMPATIBLE,
             )
         )
     return tuple(endpoints)

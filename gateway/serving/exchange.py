@@ -11,7 +11,14 @@ for a stream, its reader, renderer, usage and estimate):
   Anthropic-native endpoint. The dialect's chat body is translated to a Messages request and
   the answer back to chat completions (``anthropic_native``), under the dialect's renderers.
 - ``AnthropicPassThrough``: an Anthropic client on an Anthropic-native endpoint. Its request
-  and the answer are relayed unchanged but for the model name and the output budget.
+  and the answer are relayed unchanged but for the model name and the output budget, less what
+  the gateway cannot reserve for (server tools, ``mcp_servers``, ``container``; a document by
+  URL becomes the translation's note): ``anthropic_native.passthrough_body``.
+- ``ResponsesPassThrough``: a Responses client on an OpenAI-compatible endpoint that serves the
+  Responses API (``responses_api``). Its request goes to ``/responses`` with the model name, the
+  output budget and ``store: false``, less hosted tools and stored files
+  (``openai_responses_native``); the answer comes back with the public model name.
+  Chat-completions clients on that endpoint keep ``/chat/completions``.
 
 Whatever the exchange, failover, ejection, reservation and settlement are the pipeline's.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 from gateway.selectors import CatalogEndpoint
 from gateway.serving.dialects.anthropic_native import (
@@ -33,11 +41,28 @@ from gateway.serving.dialects.anthropic_native import (
 from gateway.serving.dialects.anthropic_translate import MESSAGE_STOP_EVENT
 from gateway.serving.dialects.base import (
     REASONING_EFFORT,
+    RESPONSES_PROTOCOL,
     ChatRequest,
     Dialect,
     StreamRenderer,
     UpstreamTarget,
     Usage,
+)
+from gateway.serving.dialects.openai_responses_native import (
+    FINAL_EVENTS,
+    OUTPUT_DELTAS,
+    RESPONSE_EVENTS,
+    RESPONSES_PATH,
+    delta_tokens,
+    failure_events,
+    output_tokens,
+)
+from gateway.serving.dialects.openai_responses_native import usage_of as responses_usage
+from gateway.serving.dialects.openai_responses_native import with_model as response_with_model
+from gateway.serving.dialects.openai_responses_translate import (
+    ResponsesTranslation,
+    new_id,
+    response_object,
 )
 from gateway.serving.errors import GatewayError
 from gateway.serving.http import Request
@@ -48,6 +73,7 @@ from gateway.serving.tokens import (
 )
 from gateway.serving.upstream import (
     AnthropicSSEReader,
+    ResponsesSSEReader,
     SSEReader,
     chunk_with_usage,
     event_type,
@@ -281,6 +307,102 @@ class AnthropicPassThrough(Exchange):
         return _started_input(Usage(self.chat.input_tokens, output, True), self.usage)
 
 
+class ResponsesRelay(StreamRenderer):
+    """A Responses stream relayed event by event; only the events that carry the Response
+    object are rewritten (the public model name). The final event is held back until the
+    charge is settled (``finish``), as the translated stream's is."""
+
+    __slots__ = ("dialect", "final", "model", "response", "sequence")
+
+    def __init__(self, dialect: Dialect, model: str, response: dict):
+        self.dialect = dialect
+        self.model = model
+        # The Response object as last relayed (the start of a failure's response.failed).
+        self.response = response
+        self.sequence = 0  # events relayed: the upstream numbers them from 0
+        self.final = b""
+
+    def chunk(self, data: bytes, parsed: dict | None) -> bytes:
+        kind = event_type(data)
+        if kind in RESPONSE_EVENTS:
+            event = parsed if parsed is not None else json.loads(data)
+            if isinstance(event.get("response"), dict):
+                self.response = response_with_model(event["response"], self.model)
+                data = _dumps(event).encode()
+        self.sequence += 1
+        out = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        if kind in FINAL_EVENTS:
+            self.final = out
+            return b""
+        return out
+
+    def finish(self, usage: Usage) -> bytes:
+        return self.final
+
+    def error(self, error: GatewayError) -> bytes:
+        return failure_events(
+            response=self.response,
+            sequence=self.sequence,
+            code=error.code,
+            message=error.message,
+            param=error.param,
+        )
+
+
+class ResponsesPassThrough(Exchange):
+    """A Responses client on an OpenAI-compatible endpoint that serves the Responses API."""
+
+    def __init__(self, dialect: Dialect, chat: ChatRequest, target: UpstreamTarget):
+        super().__init__(dialect, chat, target)
+        self.path = RESPONSES_PATH
+
+    def body(self) -> dict:
+        return self.dialect.native_body(self.chat, self.target)
+
+    def completion(self, raw: bytes) -> tuple[bytes, Usage]:
+        response = json.loads(raw)
+        usage = responses_usage(response.get("usage"))
+        if usage is None:
+            output = min(output_tokens(response), self.target.max_tokens)
+            usage = Usage(self.chat.input_tokens, output, True)
+        payload = _dumps(response_with_model(response, self.target.public_model)).encode()
+        return payload, usage
+
+    def stream_renderer(self) -> StreamRenderer:
+        translation: ResponsesTranslation = self.chat.body
+        # What a failure before the upstream's response.created reports.
+        unstarted = response_object(
+            response_id=new_id("resp"),
+            created_at=int(time.time()),
+            model=self.target.public_model,
+            echo=translation.echo,
+            status="in_progress",
+            output=[],
+        )
+        return ResponsesRelay(self.dialect, self.target.public_model, unstarted)
+
+    def reader(self, response):
+        return ResponsesSSEReader(response)
+
+    def chunk_usage(self, data: bytes) -> tuple[dict | None, Usage | None]:
+        # Only the final event reports usage (response.created's is null).
+        if event_type(data) not in FINAL_EVENTS:
+            return None, None
+        event = json.loads(data)
+        response = event.get("response")
+        if not isinstance(response, dict):
+            return event, None
+        return event, responses_usage(response.get("usage"))
+
+    def estimate(self, delivered: list[bytes]) -> Usage:
+        output = sum(
+            delta_tokens(json.loads(data))
+            for data in delivered
+            if event_type(data) in OUTPUT_DELTAS
+        )
+        return Usage(self.chat.input_tokens, min(output, self.target.max_tokens), True)
+
+
 def exchange_for(
     endpoint: CatalogEndpoint,
     dialect: Dialect,
@@ -290,6 +412,8 @@ def exchange_for(
 ) -> Exchange:
     """How this attempt talks to ``endpoint`` (``target`` already names its model)."""
     if not endpoint.is_anthropic:
+        if endpoint.responses_api and dialect.native_protocol == RESPONSES_PROTOCOL:
+            return ResponsesPassThrough(dialect, chat, target)
         return Exchange(dialect, chat, target)
     if dialect.native_protocol == endpoint.kind:
         return AnthropicPassThrough(dialect, chat, target, client)

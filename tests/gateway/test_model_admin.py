@@ -147,3 +147,29 @@ def test_it_refuses_a_tokenizer_file_that_does_not_load(client, superuser, tmp_p
     assert "could not be loaded as a tokenizer" in response.content.decode()
     model.refresh_from_db()
     assert model.token_counter == "heuristic"
+
+
+def test_an_openai_endpoint_is_marked_as_serving_the_responses_api_and_no_other(client, superuser):
+    client.force_login(superuser)
+    model = Model.objects.create(name="gpt")
+    endpoint = {
+        "kind": "anthropic",
+        "base_url": "https://api.example.com/v1",
+        "priority": 0,
+        "weight": 1,
+        "enabled": "on",
+        "responses_api": "on",
+    }
+    url = reverse("admin:gateway_model_change", args=[model.pk])
+    fields = {**MODEL_FIELDS, "name": "gpt"}
+    response = client.post(url, {**fields, **_inline_forms(endpoints=[endpoint])})
+    assert response.status_code == 200
+    assert "Only an OpenAI-compatible server can serve the Responses API." in (
+        response.content.decode()
+    )
+    assert not model.endpoints.exists()
+    endpoint["kind"] = "openai_compatible"
+    response = client.post(url, {**fields, **_inline_forms(endpoints=[endpoint])})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert model.endpoints.get().responses_api
+    assert _build()["gpt"].endpoints[0].responses_api

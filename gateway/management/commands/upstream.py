@@ -1,3 +1,4 @@
+import argparse
 import os
 
 from django.core.exceptions import ValidationError
@@ -17,6 +18,12 @@ KINDS = {
 def _options(parser, *, new: bool) -> None:
     parser.add_argument("--kind", choices=sorted(KINDS), help="Default for add: openai.")
     parser.add_argument("--upstream-model", help="The server's own model name ('' = public).")
+    parser.add_argument(
+        "--responses-api",
+        action=argparse.BooleanOptionalAction,
+        help="An openai server that also serves the Responses API: Responses clients are "
+        "passed through to its /responses (default for add: no).",
+    )
     parser.add_argument(
         "--key-env", metavar="VAR", help="Read the API key from this environment variable."
     )
@@ -66,7 +73,9 @@ class Command(BaseCommand):
         rows = endpoint_list(model_name=model)
         if model is not None and not Model.objects.filter(name=model).exists():
             raise CommandError(f"No model named {model!r}.")
-        self.stdout.write("ID\tMODEL\tKIND\tURL\tUPSTREAM MODEL\tPRIORITY\tWEIGHT\tMAX\tSTATE\tKEY")
+        self.stdout.write(
+            "ID\tMODEL\tKIND\tURL\tUPSTREAM MODEL\tRESPONSES\tPRIORITY\tWEIGHT\tMAX\tSTATE\tKEY"
+        )
         for row in rows:
             self.stdout.write(
                 "\t".join(
@@ -77,6 +86,7 @@ class Command(BaseCommand):
                         row.kind,
                         row.base_url or "(DEMO_UPSTREAM_URL)",
                         row.upstream_model or "-",
+                        "native" if row.responses_api else "-",
                         row.priority,
                         row.weight,
                         row.max_concurrency or "-",
@@ -127,6 +137,7 @@ class Command(BaseCommand):
                 raw_key=raw_key,
                 base_url=url or None,
                 upstream_model=options.get("upstream_model"),
+                responses_api=options.get("responses_api"),
                 priority=options.get("priority"),
                 weight=options.get("weight"),
                 max_concurrency=options.get("max_concurrency"),

@@ -3,7 +3,9 @@
 A dialect translates *client ⇄ OpenAI-compatible upstream* (the demo upstream, vLLM, SGLang,
 OpenAI): an Anthropic-native endpoint gets the same chat-completions body translated once more
 by ``gateway.serving.exchange``, which also passes a dialect's requests through unchanged to an
-endpoint that speaks the dialect's own protocol (``native_protocol``, ``native_body``):
+endpoint that speaks the dialect's own protocol (``native_protocol``, ``native_body``: Anthropic
+Messages to an Anthropic endpoint, Responses to an OpenAI-compatible one marked
+``responses_api``):
 
 1. ``parse_chat(body, query)`` validates the client's JSON (typed schemas; raise
    ``GatewayError`` 400 naming the field) into a ``ChatRequest``: the public model name, the
@@ -78,6 +80,9 @@ class UpstreamTarget:
     # gateway.models.Model.Reasoning: how this upstream is asked to reason.
     reasoning: str = "none"
 
+
+# The Responses API, which OpenAI-compatible endpoints marked ``responses_api`` speak.
+RESPONSES_PROTOCOL = "openai_responses"
 
 # The values of gateway.models.Model.Reasoning (the serving side does not import the ORM model).
 REASONING_EFFORT = "reasoning_effort"
@@ -168,8 +173,9 @@ class Dialect:
     model_kind: str = "chat"
     upstream_path: str = "/chat/completions"
     error_content_type: bytes = b"application/json"
-    # The upstream protocol (gateway.models.UpstreamEndpoint.Kind) this dialect's own requests
-    # are written in, if any: an endpoint of that kind gets them passed through.
+    # The upstream protocol this dialect's own requests are written in, if any: an endpoint
+    # that speaks it gets them passed through. A gateway.models.UpstreamEndpoint.Kind, or
+    # RESPONSES_PROTOCOL (OpenAI-compatible endpoints marked ``responses_api``).
     native_protocol: str = ""
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:

@@ -3,9 +3,11 @@ official SDKs and Codex CLI.
 
 Mounted under the same prefix as chat completions; requests are validated and translated to
 chat completions by ``openai_responses_translate``, so chat-only upstreams (vLLM, SGLang) serve
-them. Auth, quota, rate limits, cancellation and records are the pipeline's, as for chat; the
-record's endpoint is ``openai.responses``. Errors use OpenAI's envelope. Nothing is stored:
-``previous_response_id`` is refused (send the full input).
+them, or passed through (``native_body``, ``openai_responses_native``) to an OpenAI-compatible
+endpoint marked as serving the Responses API itself. Auth, quota, rate limits, cancellation and
+records are the pipeline's, as for chat; the record's endpoint is ``openai.responses``. Errors
+use OpenAI's envelope. Nothing is stored: ``previous_response_id`` is refused (send the full
+input).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 
 from gateway.serving.dialects.base import (
+    RESPONSES_PROTOCOL,
     ChatRequest,
     Dialect,
     StreamRenderer,
@@ -22,6 +25,7 @@ from gateway.serving.dialects.base import (
     request_reasoning,
 )
 from gateway.serving.dialects.openai import dialect as chat_dialect
+from gateway.serving.dialects.openai_responses_native import passthrough_body
 from gateway.serving.dialects.openai_responses_translate import (
     ResponsesRequestError,
     ResponsesTranslation,
@@ -71,6 +75,7 @@ class ResponsesDialect(Dialect):
     prefix = "/openai"
     endpoint = "openai.responses"
     chat_paths = ("/v1/responses", "/responses")
+    native_protocol = RESPONSES_PROTOCOL
 
     def parse_chat(self, body: bytes, query: bytes) -> ChatRequest:
         try:
@@ -104,6 +109,12 @@ class ResponsesDialect(Dialect):
             body, target, wanted=None if effort is None else effort != "none", effort=effort
         )
         return body
+
+    def native_body(self, request: ChatRequest, target: UpstreamTarget) -> dict:
+        translation: ResponsesTranslation = request.body
+        return passthrough_body(
+            translation.native, model=target.upstream_model, max_output_tokens=target.max_tokens
+        )
 
     def render_completion(
         self, request: ChatRequest, upstream: dict, target: UpstreamTarget

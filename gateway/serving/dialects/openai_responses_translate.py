@@ -52,6 +52,8 @@ class ResponsesTranslation:
     max_output_tokens: int | None
     body: dict[str, Any]
     echo: dict[str, Any] = field(default_factory=dict)
+    # The client's own request (validated), for an upstream that serves the Responses API.
+    native: dict[str, Any] = field(default_factory=dict)
 
 
 # --- request -------------------------------------------------------------------------------
@@ -372,6 +374,7 @@ def chat_request_from_responses(raw: Any) -> ResponsesTranslation:
         max_output_tokens=max_out,
         body=body,
         echo=echo,
+        native=raw,
     )
 
 
