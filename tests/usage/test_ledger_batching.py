@@ -14,6 +14,7 @@ from keys import services as key_services
 from keys.crypto import key_digest
 from keys.models import ApiKey
 from usage.ledger import Refused, Reserved, Settled, refusal_for, reservation_grant
+from usage.ledger.postgres import _Batcher
 from usage.models import DailyUsage, KeyDailyUsage, Reservation
 from usage.quota import quota_day
 
@@ -531,3 +532,31 @@ def test_a_reservation_twice_in_one_settle_batch_is_released_once(ledger, capped
         key_counter = KeyDailyUsage.objects.get(api_key=key, day=quota_day())
         assert key_counter.reserved_tokens == held.tokens
         assert [s.key_used for s in settled] == [key_counter.used_tokens - n for n in (10, 6, 0)]
+
+
+def test_a_batch_cancelled_before_it_starts_does_not_stop_the_batcher():
+    """The lone statement returns in the same loop turn as the one queued caller's timeout
+    fires: the batch task made for it is cancelled before its first step. Later calls must
+    still run."""
+
+    async def scenario():
+        lone_answer = asyncio.get_running_loop().create_future()
+
+        async def one(n):
+            return await lone_answer if n == 1 else n
+
+        async def many(calls):
+            return [n for (n,) in calls]
+
+        batcher = _Batcher(one, many)
+        lone = asyncio.ensure_future(batcher.call(1))
+        await asyncio.sleep(0)
+        queued = asyncio.ensure_future(batcher.call(2))
+        await asyncio.sleep(0)
+        lone_answer.set_result(1)
+        queued.cancel()
+        await lone
+        await asyncio.sleep(0.01)
+        return await asyncio.wait_for(batcher.call(3), 1)
+
+    assert asyncio.run(scenario()) == 3

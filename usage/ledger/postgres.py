@@ -734,6 +734,14 @@ class _Batcher:
         batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
         self._batch = batch
         self._task = asyncio.get_running_loop().create_task(self._run(batch))
+        # Not a ``finally`` in _run: a task cancelled before its first step (every caller
+        # left at once) never runs its body, and the batcher would wait for it forever.
+        self._task.add_done_callback(self._ran)
+
+    def _ran(self, _task: asyncio.Task) -> None:
+        self._task = None
+        self._batch = []
+        self._next()
 
     def _leave(self, args: tuple, future: asyncio.Future) -> None:
         for n, (_args, queued) in enumerate(self._queue):
@@ -792,10 +800,6 @@ class _Batcher:
             for _args, future in batch:
                 if not future.done():
                     future.set_exception(failure)
-        finally:
-            self._task = None
-            self._batch = []
-            self._next()
 
     def _answer(self, args: tuple, future: asyncio.Future, outcome: tuple[bool, object]) -> None:
         # At once, not when the whole batch is done: a result committed for a caller is never
