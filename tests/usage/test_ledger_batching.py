@@ -14,6 +14,7 @@ from keys import services as key_services
 from keys.crypto import key_digest
 from keys.models import ApiKey
 from usage.ledger import Refused, Reserved, Settled, refusal_for, reservation_grant
+from usage.ledger.postgres import _Batcher
 from usage.models import DailyUsage, KeyDailyUsage, Reservation
 from usage.quota import quota_day
 
@@ -329,3 +330,233 @@ def test_a_key_that_lost_its_cap_is_granted_from_a_capped_batch(ledger):
     }
     assert DailyUsage.objects.get(user=user, day=quota_day()).reserved_tokens == 36
     assert KeyDailyUsage.objects.get(api_key=key, day=quota_day()).reserved_tokens == 0
+
+
+def _failing_once(ledger, failure):
+    """Make the first batched statement of ``ledger`` fail with ``failure`` before it runs;
+    returns the list of statements sent, each noted as ``many`` (a batch) or not (alone)."""
+    sent = []
+    query = ledger._query
+
+    async def failing(sql, args, *, many):
+        sent.append(many)
+        if many and sent.count(True) == 1:
+            raise failure
+        return await query(sql, args, many=many)
+
+    ledger._query = failing
+    return sent
+
+
+def test_a_settle_that_left_its_failed_batch_and_retried_is_not_charged_twice(ledger):
+    """A settle caller times out while its batch is in flight, and the pipeline retries it
+    alone (retry=True). The batch then fails on another row's error: its fallback must not
+    run the call that left (with the unconditional _SETTLE_SQL), and the retry, which waits
+    for the batch to be over, charges it once."""
+    user, key, secret = _account("twice@example.com", quota=10**9)
+    _open_the_day(ledger, key, secret)
+    first = ledger.run(_call(ledger, key, secret, 10, 10))
+    mine = ledger.run(_call(ledger, key, secret, 10, 10))
+    other = ledger.run(_call(ledger, key, secret, 10, 10))
+    before = DailyUsage.objects.get(user=user, day=quota_day())
+
+    async def scenario():
+        permits, ungate = _gated(ledger)
+        alone = asyncio.ensure_future(
+            ledger.settle(reserved=first, input_tokens=1, output_tokens=1)
+        )
+        gone = asyncio.ensure_future(ledger.settle(reserved=mine, input_tokens=5, output_tokens=5))
+        # Numbers the database refuses: the batch fails as a whole and falls back.
+        bad = asyncio.ensure_future(
+            ledger.settle(reserved=other, input_tokens=2**63 - 1, output_tokens=2**63 - 1)
+        )
+        await asyncio.sleep(0)
+        permits.release()  # the lone settle
+        await alone
+        await asyncio.sleep(0)  # the batch (mine, other) is now waiting for its permit
+        gone.cancel()  # its caller's timeout fired while the batch was in flight
+        await asyncio.sleep(0)
+        # What _settle_until_done does next: retry alone, charging only if still reserved.
+        retry = asyncio.ensure_future(
+            ledger.settle(reserved=mine, input_tokens=5, output_tokens=5, retry=True)
+        )
+        await asyncio.sleep(0)
+        permits.release()  # the batch: fails, falls back to one statement per call
+        await asyncio.sleep(0.2)
+        ungate()
+        for _ in range(3):
+            permits.release()
+        await retry
+        with pytest.raises(asyncpg.NumericValueOutOfRangeError):
+            await bad
+        await asyncio.sleep(0.2)
+
+    ledger.run(scenario())
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert not Reservation.objects.filter(pk=mine.reservation_id).exists()
+    # first charged 2, mine charged 10 once: requests +2.
+    assert counter.used_tokens - before.used_tokens == 2 + 10
+    assert counter.requests - before.requests == 2
+    assert counter.reserved_tokens == other.tokens
+
+
+def test_a_retry_does_not_run_before_the_batch_its_caller_left(ledger):
+    """The batch a settle caller left has not reached the database yet (it waits for a
+    connection) when the caller's retry is sent: the retry must wait for it, or the batch's
+    unconditional charge would come on top of the retry's."""
+    user, key, secret = _account("overtaken@example.com", quota=10**9)
+    _open_the_day(ledger, key, secret)
+    first, mine, other = (ledger.run(_call(ledger, key, secret, 10, 10)) for _ in range(3))
+    before = DailyUsage.objects.get(user=user, day=quota_day())
+
+    async def scenario():
+        # Only the batched statements wait (for a connection, as it were).
+        permits = asyncio.Semaphore(0)
+        query = ledger._query
+
+        async def held(sql, args, *, many):
+            if many:
+                await permits.acquire()
+            return await query(sql, args, many=many)
+
+        ledger._query = held
+        settles = [
+            asyncio.ensure_future(ledger.settle(reserved=r, input_tokens=n, output_tokens=n))
+            for r, n in ((first, 1), (mine, 5), (other, 3))
+        ]
+        await settles[0]
+        await asyncio.sleep(0)  # the batch (mine, other) is waiting
+        settles[1].cancel()
+        await asyncio.sleep(0)
+        retry = asyncio.ensure_future(
+            ledger.settle(reserved=mine, input_tokens=5, output_tokens=5, retry=True)
+        )
+        await asyncio.sleep(0.2)  # time enough for a retry that does not wait to be done
+        permits.release()
+        await retry
+        await settles[2]
+
+    ledger.run(scenario())
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert counter.used_tokens - before.used_tokens == 2 + 10 + 6
+    assert counter.requests - before.requests == 3
+    assert (counter.reserved_tokens, Reservation.objects.count()) == (0, 0)
+
+
+def test_reservations_made_by_a_fallback_are_released_when_every_caller_leaves(ledger):
+    """A batch of reservations fails (one bad row) and falls back to one statement per call,
+    in the batch task. A caller leaves while its own statement of the fallback is in flight,
+    then the last one leaves and the task is cancelled: the reservation the fallback committed
+    for the first is released at once, not left to the sweeper."""
+    user, key, secret = _account("fallback@example.com", quota=10**9)
+    _open_the_day(ledger, key, secret)
+
+    async def scenario():
+        permits, ungate = _gated(ledger)
+        alone = asyncio.ensure_future(_call(ledger, key, secret, 1, 1))
+        good = asyncio.ensure_future(_call(ledger, key, secret, 10, 10))
+        bad = asyncio.ensure_future(_call(ledger, key, secret, -(2**63), 1))
+        await asyncio.sleep(0)
+        permits.release()  # the lone call
+        kept = await alone
+        permits.release()  # the batch: fails as a whole
+        await asyncio.sleep(0.2)
+        good.cancel()  # its caller leaves while the fallback's statement for it waits
+        await asyncio.sleep(0)
+        permits.release()  # that statement: committed
+        await asyncio.sleep(0.2)
+        bad.cancel()  # the last caller leaves while the fallback waits on its statement
+        await asyncio.sleep(0)
+        ungate()
+        permits.release()
+        permits.release()
+        await asyncio.sleep(0.3)
+        return kept
+
+    kept = ledger.run(scenario())
+    assert {r.pk for r in Reservation.objects.all()} == {kept.reservation_id}
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert counter.reserved_tokens == kept.tokens
+
+
+def test_a_deadlocked_batch_goes_again_whole(ledger):
+    user, key, secret = _account("deadlock@example.com", quota=10**9)
+    _open_the_day(ledger, key, secret)
+    sent = _failing_once(ledger, asyncpg.DeadlockDetectedError("deadlock detected"))
+    outcomes = ledger.run(_together(*(_call(ledger, key, secret, n, n) for n in (1, 2, 3, 4))))
+    # The first alone, the batch twice (not one statement per call after the deadlock).
+    assert sent == [False, True, True]
+    assert [r.tokens for r in outcomes] == [2, 4, 6, 8]
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert counter.reserved_tokens == 20 == sum(r.tokens for r in Reservation.objects.all())
+
+
+def test_a_batch_that_times_out_fails_for_every_caller(ledger):
+    _user, key, secret = _account("timeout@example.com", quota=10**9)
+    _open_the_day(ledger, key, secret)
+    sent = _failing_once(
+        ledger, asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+    )
+    outcomes = ledger.run(_together(*(_call(ledger, key, secret, n, n) for n in (1, 2, 3))))
+    # Not a row's error: the calls are not run again alone, each caller gets the error.
+    assert sent == [False, True]
+    assert isinstance(outcomes[0], Reserved)
+    assert all(isinstance(o, asyncpg.QueryCanceledError) for o in outcomes[1:])
+    assert {r.pk for r in Reservation.objects.all()} == {outcomes[0].reservation_id}
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_reservation_twice_in_one_settle_batch_is_released_once(ledger, capped):
+    """As one after the other: the first settlement releases the reservation, the second
+    finds it gone and only charges."""
+    user, key, secret = _account(f"twice-in-a-batch-{capped}@example.com", quota=10**9)
+    if capped:
+        key_services.api_key_set_controls(api_key=key, daily_token_cap=10**9)
+    _open_the_day(ledger, key, secret)
+    held, first, twice = (ledger.run(_call(ledger, key, secret, n, n)) for n in (50, 1, 2))
+    before = DailyUsage.objects.get(user=user, day=quota_day())
+    settled = ledger.run(
+        _together(
+            ledger.settle(reserved=first, input_tokens=1, output_tokens=1),
+            ledger.settle(reserved=twice, input_tokens=2, output_tokens=2),
+            ledger.settle(reserved=twice, input_tokens=3, output_tokens=3),
+        )
+    )
+    used = before.used_tokens
+    assert [s.used for s in settled] == [used + 2, used + 6, used + 12]
+    counter = DailyUsage.objects.get(user=user, day=quota_day())
+    assert (counter.used_tokens, counter.requests) == (used + 12, before.requests + 3)
+    assert counter.reserved_tokens == held.tokens
+    assert {r.pk for r in Reservation.objects.all()} == {held.reservation_id}
+    if capped:
+        key_counter = KeyDailyUsage.objects.get(api_key=key, day=quota_day())
+        assert key_counter.reserved_tokens == held.tokens
+        assert [s.key_used for s in settled] == [key_counter.used_tokens - n for n in (10, 6, 0)]
+
+
+def test_a_batch_cancelled_before_it_starts_does_not_stop_the_batcher():
+    """The lone statement returns in the same loop turn as the one queued caller's timeout
+    fires: the batch task made for it is cancelled before its first step. Later calls must
+    still run."""
+
+    async def scenario():
+        lone_answer = asyncio.get_running_loop().create_future()
+
+        async def one(n):
+            return await lone_answer if n == 1 else n
+
+        async def many(calls):
+            return [n for (n,) in calls]
+
+        batcher = _Batcher(one, many)
+        lone = asyncio.ensure_future(batcher.call(1))
+        await asyncio.sleep(0)
+        queued = asyncio.ensure_future(batcher.call(2))
+        await asyncio.sleep(0)
+        lone_answer.set_result(1)
+        queued.cancel()
+        await lone
+        await asyncio.sleep(0.01)
+        return await asyncio.wait_for(batcher.call(3), 1)
+
+    assert asyncio.run(scenario()) == 3

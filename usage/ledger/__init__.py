@@ -35,7 +35,9 @@ The sweeper releases only what is orphaned: a live request's process renews the
 a request ends (stream limit) and settles (bounded retries) well before its reservation is
 old enough to be stale (``gateway.checks``). A settlement retried after a failure whose
 outcome is unknown (``settle(..., retry=True)``) charges only if the row is still there: gone
-means the first attempt committed, since no sweeper can have taken a live reservation.
+means the first attempt committed, since no sweeper can have taken a live reservation. (A
+first attempt whose caller left it in a batch still in flight is waited for, so that it cannot
+commit after the retry.)
 
 Usage records and rollups are not counters the quota depends on: they are written in batches
 (``write_batch``) by ``gateway.serving.recorder``. The ``DailyUsage`` counter is never batched.

@@ -417,11 +417,14 @@ RETURNING input_tokens + output_tokens, (SELECT used_tokens FROM kupd)
 # filter), as there, then the counters are locked in id order and moved once each by the sum
 # of their rows. Each row gets back the account's total as it stood right after its own
 # charge in arrival order (the final total less what later rows of the batch added), so quota
-# alerts see every crossing. A NULL total: no counter for that row (as ``_SETTLE_SQL``).
+# alerts see every crossing. A NULL total: no counter for that row (as ``_SETTLE_SQL``). A
+# reservation twice in a batch releases its tokens once, with its first row (``first``): the
+# later ones find it gone, as they would one after the other.
 # $1 reservation ids, $2 inputs, $3 outputs, $4 user ids, $5 days; one element per call.
 _SETTLE_MANY_SQL = f"""
 WITH req AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[])
+    SELECT *, row_number() OVER (PARTITION BY id ORDER BY n) = 1 AS first
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[])
         WITH ORDINALITY AS r(id, input, output, user_id, day, n)
 ), del AS (
     DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
@@ -435,7 +438,7 @@ WITH req AS (
     SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
            SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
            count(*) AS requests
-    FROM req LEFT JOIN del ON del.id = req.id
+    FROM req LEFT JOIN del ON del.id = req.id AND req.first
     GROUP BY req.user_id, req.day
 ), upd AS (
     UPDATE {_t(DailyUsage)} du
@@ -461,8 +464,9 @@ ORDER BY req.n
 # that key (as there). $6 the capped key ids.
 _SETTLE_CAPPED_MANY_SQL = f"""
 WITH req AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[],
-                         $6::bigint[])
+    SELECT *, row_number() OVER (PARTITION BY id ORDER BY n) = 1 AS first
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::date[],
+                $6::bigint[])
         WITH ORDINALITY AS r(id, input, output, user_id, day, key_id, n)
 ), del AS (
     DELETE FROM {_t(Reservation)} r USING req WHERE r.id = req.id RETURNING r.id, r.tokens
@@ -481,7 +485,7 @@ WITH req AS (
 ), kper AS (
     SELECT req.key_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
            SUM(req.input + req.output)::bigint AS used
-    FROM req LEFT JOIN del ON del.id = req.id
+    FROM req LEFT JOIN del ON del.id = req.id AND req.first
     GROUP BY req.key_id, req.day
 ), kupd AS (
     UPDATE {_t(KeyDailyUsage)} kd
@@ -495,7 +499,7 @@ WITH req AS (
     SELECT req.user_id, req.day, SUM(COALESCE(del.tokens, 0))::bigint AS released,
            SUM(req.input)::bigint AS input, SUM(req.output)::bigint AS output,
            count(*) AS requests
-    FROM req LEFT JOIN del ON del.id = req.id
+    FROM req LEFT JOIN del ON del.id = req.id AND req.first
     GROUP BY req.user_id, req.day
 ), upd AS (
     UPDATE {_t(DailyUsage)} du
@@ -665,6 +669,10 @@ class _Connections:
 
 # The most calls one batched statement carries; more wait for the next.
 _BATCH_MAX = 256
+# SQLSTATE classes of an error that one row of a batch causes (data exception, integrity
+# constraint violation): the batch's calls go again alone. And a deadlock: the batch goes again.
+_ROW_ERRORS = ("22", "23")
+_DEADLOCK = "40P01"
 
 
 class _Batcher:
@@ -679,14 +687,17 @@ class _Batcher:
     account's counter lock) is shared by the batch: n calls of one account cost one commit,
     not n.
 
-    A batch fails as a whole when its statement does. On a database error (a row's numbers out
-    of range, a deadlock with another process...) nothing of it was committed, and each of its
-    calls goes again alone, so that only a bad call fails. On a lost connection the outcome is
-    unknown, as for a lone statement, and every caller of the batch gets the error. A caller
-    that gives up while waiting leaves the queue; one that gives up while its batch is in
-    flight gets nothing, and the result it would have had goes to ``abandoned`` (a reservation
-    is released at once); when every caller of a batch is gone, its statement is cancelled, as
-    a lone caller's is.
+    A batch fails as a whole when its statement does, and nothing of it was committed. On a
+    row's error (SQLSTATE classes 22 and 23: a number out of range, a constraint) each of its
+    calls still waiting goes again alone, so that only the bad call fails; each caller gets its
+    outcome as soon as it arrives. On a deadlock with another process the whole batch goes once
+    more. Any other error (a statement timeout, a lost connection, whose outcome is unknown as
+    for a lone statement) goes to every caller. A caller that gives up while waiting leaves the
+    queue; one that gives up while its batch is in flight gets nothing, its call is not run
+    again alone, and the result it would have had goes to ``abandoned`` (a reservation is
+    released at once); when every caller of a batch is gone, its statement is cancelled, as a
+    lone caller's is. ``settled_out`` lets a call that left wait until the batch it left is
+    over, so that going again cannot overlap with it.
     """
 
     def __init__(self, one, many, *, abandoned=None):
@@ -723,6 +734,14 @@ class _Batcher:
         batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
         self._batch = batch
         self._task = asyncio.get_running_loop().create_task(self._run(batch))
+        # Not a ``finally`` in _run: a task cancelled before its first step (every caller
+        # left at once) never runs its body, and the batcher would wait for it forever.
+        self._task.add_done_callback(self._ran)
+
+    def _ran(self, _task: asyncio.Task) -> None:
+        self._task = None
+        self._batch = []
+        self._next()
 
     def _leave(self, args: tuple, future: asyncio.Future) -> None:
         for n, (_args, queued) in enumerate(self._queue):
@@ -735,24 +754,41 @@ class _Batcher:
         elif self._task is not None and all(f.done() for _args, f in self._batch):
             self._task.cancel()
 
+    async def settled_out(self, match) -> None:
+        """Return once no batch in flight carries a call that ``match`` picks out (one whose
+        caller left it). Waiting does not cancel the batch when the waiter is cancelled, and
+        a call that left is in no later batch, so one wait is enough."""
+        task = self._task
+        if task is not None and any(match(args) for args, _future in self._batch):
+            await asyncio.wait([task])
+
     async def _run(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
         try:
             if len(batch) == 1:
-                outcomes = [await self._alone(batch[0][0])]
-            else:
+                self._answer(*batch[0], await self._alone(batch[0][0]))
+                return
+            for attempt in range(2):
                 try:
                     rows = await self._many([args for args, _future in batch])
-                    outcomes = [(True, row) for row in rows]
-                except asyncpg.PostgresError:
-                    outcomes = [await self._alone(args) for args, _future in batch]
-            for (args, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    if ok:
-                        self._abandon(args, value)
-                elif ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+                except asyncpg.PostgresError as failure:
+                    sqlstate = failure.sqlstate or ""
+                    if sqlstate == _DEADLOCK and attempt == 0:
+                        batch = [(args, future) for args, future in batch if not future.done()]
+                        if not batch:
+                            return
+                        continue
+                    if sqlstate[:2] not in _ROW_ERRORS:
+                        raise
+                    # A caller that left is not run again here: a settlement's caller goes
+                    # again itself once this batch is over (``PgLedger.settle``), a
+                    # reservation's is not wanted any more.
+                    for args, future in batch:
+                        if not future.done():
+                            self._answer(args, future, await self._alone(args))
+                    return
+                for (args, future), row in zip(batch, rows, strict=True):
+                    self._answer(args, future, (True, row))
+                return
         except asyncio.CancelledError:
             # Every caller had left (or the loop is closing): nobody is left to answer.
             for _args, future in batch:
@@ -764,10 +800,18 @@ class _Batcher:
             for _args, future in batch:
                 if not future.done():
                     future.set_exception(failure)
-        finally:
-            self._task = None
-            self._batch = []
-            self._next()
+
+    def _answer(self, args: tuple, future: asyncio.Future, outcome: tuple[bool, object]) -> None:
+        # At once, not when the whole batch is done: a result committed for a caller is never
+        # lost with the batch task if every caller leaves later.
+        ok, value = outcome
+        if future.done():
+            if ok:  # its caller left while the statement was in flight
+                self._abandon(args, value)
+        elif ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
     async def _alone(self, args: tuple) -> tuple[bool, object]:
         try:
@@ -968,10 +1012,16 @@ class PgLedger(Ledger):
         ]
         if reserved.capped_key_id is not None:
             args.append(reserved.capped_key_id)
+        settling = self._settling if reserved.capped_key_id is None else self._settling_capped
         if retry:
+            # The first attempt may have left a batch still in flight (its caller's timeout),
+            # whose statement charges it unconditionally, as _SETTLE_SQL does: once that batch
+            # is over (committed or failed, and a failed one does not run it again alone) the
+            # conditional retry sees what it did, and cannot run before it and be charged
+            # again by it.
+            await settling.settled_out(lambda call: call[0] == reserved.reservation_id)
             sql = _SETTLE_RETRY_SQL if reserved.capped_key_id is None else _SETTLE_CAPPED_RETRY_SQL
             return await self._settle_one(sql, *args)
-        settling = self._settling if reserved.capped_key_id is None else self._settling_capped
         return await settling.call(*args)
 
     async def _settle_one(self, sql: str, *args) -> Settled | None:
