@@ -77,9 +77,6 @@ class Upstream:
         )
 
 
-# Answers that say "not this server, not now": another endpoint may serve the request.
-RETRY_ELSEWHERE_STATUSES = frozenset({429, 500, 502, 503, 504})
-
 # The Messages API version the gateway speaks to Anthropic-native endpoints.
 ANTHROPIC_VERSION = "2023-06-01"
 
