@@ -13,7 +13,8 @@ operator can do better per model (``gateway.models.Model.TokenCounter``):
 * ``file``: a Hugging Face ``tokenizer.json`` on the gateway hosts, loaded once per process
   (the optional ``tokenizers`` package: ``pip install '.[tokenizers]'``). Texts are counted
   exactly; the chat template's markers by the estimate's per-message overhead, an image at
-  the estimate's fixed cost.
+  the estimate's fixed cost. A file that does not load is logged once and tried again after
+  ``GATEWAY_TOKENIZE_RETRY_SECONDS``.
 
 The count replaces both bounds of the estimate: the context check and the reservation then
 use the same, real number. Charges still come from what the server reports.
@@ -32,7 +33,12 @@ from django.utils.translation import gettext as _
 
 from gateway.selectors import CatalogEndpoint, CatalogModel
 from gateway.serving.dialects.base import ChatRequest, Dialect, UpstreamTarget
-from gateway.serving.tokens import estimate_chat_tokens
+from gateway.serving.tokens import (
+    IMAGE_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    REQUEST_OVERHEAD_TOKENS,
+    estimate_chat_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +96,31 @@ def _tokenizing_endpoint(model: CatalogModel) -> CatalogEndpoint | None:
 
 
 def _joined_text(messages: list, tools) -> tuple[str, int]:
-    """The prompt form for servers without the chat form: every text, and the overhead the
-    estimate adds for what the chat template wraps around them."""
+    """The prompt form for servers without the chat form: every text, and what the estimate
+    adds for the rest (the chat template's markers, each image at its fixed cost)."""
     texts = []
-    overhead = 0
+    overhead = REQUEST_OVERHEAD_TOKENS
     for message in messages:
-        overhead += 4
+        overhead += MESSAGE_OVERHEAD_TOKENS
         content = message.get("content") if isinstance(message, dict) else message
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts.extend(
-                str(part.get("text") or "")
-                for part in content
-                if isinstance(part, dict) and part.get("type") in (None, "text")
-            )
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in (None, "text"):
+                    texts.append(str(part.get("text") or "") if isinstance(part, dict) else "")
+                elif kind in ("image_url", "image", "input_image"):
+                    overhead += IMAGE_TOKENS
+                else:
+                    texts.append(json.dumps(part, ensure_ascii=False))
         elif content is not None:
             texts.append(json.dumps(content, ensure_ascii=False))
         if isinstance(message, dict) and message.get("tool_calls"):
             texts.append(json.dumps(message["tool_calls"], ensure_ascii=False))
     if tools:
         texts.append(json.dumps(tools, ensure_ascii=False))
-    return "\n".join(texts), overhead + 3
+    return "\n".join(texts), overhead
 
 
 class TokenCounter:
@@ -120,7 +129,8 @@ class TokenCounter:
     def __init__(self, upstream, clock=time.monotonic):
         self._upstream = upstream
         self._clock = clock
-        # Per endpoint URL: the form its /tokenize takes, and until when it is left alone.
+        # Per endpoint URL: the form its /tokenize takes; per URL or tokenizer file: until when
+        # it is left alone after a failure.
         self._forms: dict[str, str] = {}
         self._resting_until: dict[str, float] = {}
         self._files_reported: set[str] = set()
@@ -154,9 +164,13 @@ class TokenCounter:
         return None
 
     def _count_with_file(self, path: str, messages: list, tools) -> int | None:
+        if self._clock() < self._resting_until.get(path, 0.0):
+            return None
         try:
             tokenizer = _load(path)
         except Exception as failure:
+            # Tried again after the retry interval (a file being replaced), not per request.
+            self._resting_until[path] = self._clock() + settings.GATEWAY_TOKENIZE_RETRY_SECONDS
             if path not in self._files_reported:
                 self._files_reported.add(path)
                 log.error(

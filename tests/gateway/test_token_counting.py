@@ -215,3 +215,14 @@ def test_count_tokens_answers_the_models_own_count(gw, alice_key, server, small_
     assert result.status == 200, result.body
     assert json.loads(result.body) == {"input_tokens": 42}
     assert server.asked[-1]["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_the_prompt_form_counts_an_image_at_the_estimates_fixed_cost():
+    from gateway.serving.counting import _joined_text
+    from gateway.serving.tokens import IMAGE_TOKENS
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    prompt, overhead = _joined_text(
+        [{"role": "user", "content": [{"type": "text", "text": "Hi"}, image]}], None
+    )
+    assert prompt == "Hi" and overhead == 3 + 4 + IMAGE_TOKENS
