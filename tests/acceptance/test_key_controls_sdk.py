@@ -13,6 +13,7 @@ from django.utils import timezone
 from gateway.models import Model
 from keys.models import ApiKey
 from keys.services import api_key_set_controls
+from tests.acceptance.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,10 @@ def test_a_model_outside_the_allowed_models_is_a_permission_error(live_base_url,
         "model_not_allowed",
     )
     client, claude = clients(live_base_url, key)
-    assert [m.id for m in client.models.list()] == ["other-chat"]
+    # The live gateway's catalog snapshot may predate the new model by a few seconds; then it
+    # lists nothing the key may use, never a model outside its list.
+    listed = wait_for(lambda: [m.id for m in client.models.list()], timeout=8)
+    assert listed == ["other-chat"]
     assert [m.id for m in claude.models.list()] == ["other-chat"]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(MODEL)
