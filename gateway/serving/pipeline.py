@@ -291,8 +291,12 @@ class Gateway:
         client = _client_address(request)
         self.limiter.refuse_blocked(client)
         raw_key = api_key_from_headers(request.headers)
+        step = self.keys.authenticate(raw_key, fresh=fresh)
+        # A cached answer needs no time bound (a timer per request); a look-up does.
+        if fresh or not self.keys.answers_alone(raw_key):
+            step = self._database(step)
         try:
-            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=fresh))
+            key, digest = await step
         except GatewayError as error:
             if error.status == 401:
                 await self.limiter.note_auth_failure(client)
@@ -311,7 +315,9 @@ class Gateway:
     async def resolve_model(self, key: KeyRow, name: str) -> CatalogModel:
         """The enabled model ``name`` as the key may use it: 404 for a model nobody has, then
         403 ``model_not_allowed`` for one outside the key's allowed models."""
-        model = await self._database(self.catalog.get(name))
+        step = self.catalog.get(name)
+        # As for keys: the snapshot needs no time bound, only its reload does.
+        model = await (step if self.catalog.current() else self._database(step))
         if model is None:
             raise errors.model_not_found(name)
         refusal = key.controls.model_refusal(model.name)
