@@ -587,6 +587,13 @@ class Gateway:
             log.error("quota settlement failed", exc_info=task.exception())
 
 
+def _certain_input_tokens(chat: ChatRequest) -> int:
+    """The lower bound of the prompt's tokens, computed on first need (``estimate_min``)."""
+    if chat.input_tokens_min is None and chat.estimate_min is not None:
+        chat.input_tokens_min = chat.estimate_min()
+    return chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
+
+
 def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     """The output tokens to ask the upstream for, before the quota caps them: the client's
     ``max_tokens`` clamped to the model's limit, or, absent, the model's limit or whatever
@@ -594,12 +601,13 @@ def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     leaves no room: by the lower bound of its estimate (``tokens.estimate_chat_tokens_min``;
     the upper one runs about a third high on English), so that a prompt the upstream would
     take is not refused here."""
-    certain = chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
     if chat.max_tokens is None:
         # What surely fits by the high estimate, else what may fit by the low one.
         budget = min(model.max_output_tokens, model.context_window - chat.input_tokens)
-        if budget < 1:
-            budget = min(model.max_output_tokens, model.context_window - certain)
+        if budget >= 1:
+            return budget
+        certain = _certain_input_tokens(chat)
+        budget = min(model.max_output_tokens, model.context_window - certain)
         if budget < 1:
             raise errors.context_length_exceeded(
                 input_tokens=certain,
@@ -608,6 +616,11 @@ def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
             )
         return budget
     budget = min(chat.max_tokens, model.max_output_tokens)
+    # The lower bound never exceeds the upper estimate: it is needed only when that one
+    # does not fit.
+    if budget <= model.context_window - chat.input_tokens:
+        return budget
+    certain = _certain_input_tokens(chat)
     if budget > model.context_window - certain:
         raise errors.context_length_exceeded(
             input_tokens=certain, max_tokens=budget, limit=model.context_window

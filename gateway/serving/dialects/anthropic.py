@@ -206,7 +206,7 @@ class AnthropicDialect(Dialect):
             # Clamped to the model's limit by the pipeline (Claude Code asks for 32,000).
             max_tokens=parsed.max_tokens,
             input_tokens=_estimate(translation.body),
-            input_tokens_min=estimate_chat_tokens_min(
+            estimate_min=lambda: estimate_chat_tokens_min(
                 translation.body["messages"], tools=translation.body.get("tools")
             ),
             body=translation,

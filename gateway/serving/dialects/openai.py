@@ -161,7 +161,7 @@ class OpenAIDialect(Dialect):
             stream=bool(parsed.stream),
             max_tokens=parsed.max_completion_tokens or parsed.max_tokens,
             input_tokens=estimate_chat_tokens(raw["messages"], tools=raw.get("tools")),
-            input_tokens_min=estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
+            estimate_min=lambda: estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
             body=raw,
             options=options,
         )
