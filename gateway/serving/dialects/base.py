@@ -64,7 +64,7 @@ class ChatRequest:
     input_tokens_min: int | None = None
     # Computes ``input_tokens_min`` when the context check needs it: only for a prompt the
     # upper estimate does not fit, as the lower bound scans every text again (a regular
-    # expression, about 5 µs per thousand characters).
+    # expression, about 10 µs per thousand characters).
     estimate_min: Callable[[], int] | None = None
 
 
