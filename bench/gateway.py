@@ -1,8 +1,10 @@
 """Gateway benchmark: CPU per request and throughput, beside a bare pass-through.
 
 Starts the demo upstream, the gateway (``portal.asgi`` under one uvicorn worker, uvloop +
-httptools, no access log) and ``bench/bare_proxy.py`` on the same stack, then sends the same
-load to each: non-streamed requests and streamed ones of 20 content chunks. Server CPU is the
+httptools, with the production default logs: its own JSON access line per request, into
+``var/bench/gateway.log``; uvicorn's access log off, as in production) and
+``bench/bare_proxy.py`` on the same stack, then sends the same load to each: non-streamed
+requests and streamed ones of 20 content chunks. Server CPU is the
 server process's user + system time from /proc (not wall time), divided by the requests served.
 Uses whatever DATABASE_URL / REDIS_URL say (PostgreSQL + Redis is what the targets assume).
 Then, in this process and free of the load's noise, the CPU of a dialect's own work and of the
@@ -73,13 +75,15 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> 
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start(args: list[str], env: dict) -> tuple[subprocess.Popen, int]:
+def start(args: list[str], env: dict, *, log=None) -> tuple[subprocess.Popen, int]:
+    """A server on a free port; ``log`` (a file) takes its stderr, where its logs go."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, *[a.replace("{port}", str(port)) for a in args]],
         cwd=BASE_DIR,
         env=env,
         stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     wait_for_port(port, process)
     return process, port
@@ -389,14 +393,21 @@ def main(requests: int = 3000, concurrency: int = 32, *, dialects: bool = True) 
 
     env = dict(os.environ, ACCESS_LOG="false", PYTHONUNBUFFERED="1")
     processes = []
+    stack = contextlib.ExitStack()
     try:
         demo, demo_port = start(["manage.py", "demo_upstream", "--port", "{port}"], env)
         processes.append(demo)
         upstream = f"http://127.0.0.1:{demo_port}/v1"
         key = bench_account(concurrency)
         connection.close()
+        # As deployed: an access line per request, in JSON (LOG_FORMAT's production default).
+        log_path = BASE_DIR / "var" / "bench" / "gateway.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        gateway_log = stack.enter_context(log_path.open("w"))
         gateway, gateway_port = start(
-            uvicorn("portal.asgi:application"), {**env, "DEMO_UPSTREAM_URL": upstream}
+            uvicorn("portal.asgi:application"),
+            {**env, "DEMO_UPSTREAM_URL": upstream, "ACCESS_LOG": "true", "LOG_FORMAT": "json"},
+            log=gateway_log,
         )
         processes.append(gateway)
         bare, bare_port = start(
@@ -489,6 +500,7 @@ def main(requests: int = 3000, concurrency: int = 32, *, dialects: bool = True) 
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        stack.close()
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import os
 import re
 import time
-import uuid
 
 # Anything shaped like one of our keys ("sk-" + 43 URL-safe characters), wherever it appears.
 # A key's public prefix ("sk-" + 9) is shorter than the threshold and stays readable.
@@ -42,6 +42,8 @@ _RECORD_ATTRS = frozenset(
     | {"message", "asctime", "color_message"}  # uvicorn's copy of the message with ANSI colours
 )
 _EXTRA_TYPES = (str, int, float, bool, type(None))
+# Made once: ``json.dumps`` with options builds an encoder per call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 access_logger = logging.getLogger("portal.access")
 
@@ -69,11 +71,19 @@ def current_request_id() -> str | None:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request context, extras."""
 
+    # The time of the last second formatted, without its milliseconds: lines come many a second.
+    _second: tuple[int, str] = (-1, "")
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if self._second[0] != second:
+            text = dt.datetime.fromtimestamp(second, dt.UTC).isoformat(timespec="seconds")
+            self._second = (second, text[:-6])  # without "+00:00", put back after the ms
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         payload = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -82,21 +92,23 @@ class JsonFormatter(logging.Formatter):
         context = _request_context.get()
         if context:
             payload.update({name: context[name] for name in CONTEXT_FIELDS if name in context})
-        for name, value in vars(record).items():
-            # Only plain values: Django passes the request object, which we must not dump.
-            if (
-                name not in _RECORD_ATTRS
-                and name not in payload
-                and isinstance(value, _EXTRA_TYPES)
-            ):
-                payload[name] = value
+        fields = vars(record)
+        if fields.keys() - _RECORD_ATTRS:  # came in through ``extra=``; most records have none
+            for name, value in fields.items():
+                # Only plain values: Django passes the request object, which we must not dump.
+                if (
+                    name not in _RECORD_ATTRS
+                    and name not in payload
+                    and isinstance(value, _EXTRA_TYPES)
+                ):
+                    payload[name] = value
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             payload["exception"] = record.exc_text
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
-        return redact(json.dumps(payload, ensure_ascii=False, default=str))
+        return redact(_JSON_ENCODER.encode(payload))
 
 
 class PlainFormatter(logging.Formatter):
@@ -133,7 +145,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        # 128 random bits in hex, as a UUID4's would be, without building the UUID.
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         context = {"request_id": request_id}
         token = _request_context.set(context)
         started = time.perf_counter()
@@ -143,10 +156,16 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
-                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
-                    headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                message = {**message, "headers": headers}
+                headers = message.get("headers", ())
+                if not isinstance(headers, list | tuple):  # any iterable, read only once
+                    headers = list(headers)
+                    message = {**message, "headers": headers}
+                for name, _value in headers:
+                    if name.lower() == REQUEST_ID_HEADER:
+                        break
+                else:
+                    headers = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -166,18 +185,26 @@ class RequestContextMiddleware:
 
             metrics.observe_request(path=path, method=method, status=status, seconds=seconds)
         if self.access_log and access_logger.isEnabledFor(logging.INFO):
-            # The path only: a query string is the client's and may carry anything.
-            access_logger.info(
-                "%s %s %s",
-                method,
-                path,
-                status,
-                extra={
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 1),
-                },
+            # The path only: a query string is the client's and may carry anything. Made and
+            # handed on as ``info`` would, less its search of the stack for the caller's line
+            # (always this one).
+            access_logger.handle(
+                access_logger.makeRecord(
+                    access_logger.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "%s %s %s",
+                    (method, path, status),
+                    None,
+                    "_record",
+                    {
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 1),
+                    },
+                )
             )
 
 

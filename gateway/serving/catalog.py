@@ -140,6 +140,11 @@ class Catalog:
             self._models = await sync_to_async(_snapshot)()
             self._loaded_at = time.monotonic()
 
+    def current(self) -> bool:
+        """Whether ``get`` answers from the snapshot, with no database round trip, for at least
+        another second (so that the caller can leave out the database's time bound)."""
+        return time.monotonic() - self._loaded_at < self.ttl - 1.0
+
     async def get(self, name: str) -> CatalogModel | None:
         if time.monotonic() - self._loaded_at >= self.ttl:
             await self._refresh()

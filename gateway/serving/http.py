@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from gateway.serving.errors import GatewayError, bad_request, body_too_large
 
+# Made once: ``json.dumps`` with options builds an encoder per call (about 4 µs).
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
 JSON = b"application/json"
 
 
@@ -75,7 +78,7 @@ class Response:
 
 
 def json_response(status: int, payload, headers=None) -> Response:
-    return Response(status, json.dumps(payload, ensure_ascii=False).encode(), headers or [])
+    return Response(status, _dumps(payload).encode(), headers or [])
 
 
 async def send_response(send, response: Response) -> None:

@@ -291,8 +291,12 @@ class Gateway:
         client = _client_address(request)
         self.limiter.refuse_blocked(client)
         raw_key = api_key_from_headers(request.headers)
+        step = self.keys.authenticate(raw_key, fresh=fresh)
+        # A cached answer needs no time bound (a timer per request); a look-up does.
+        if fresh or not self.keys.answers_alone(raw_key):
+            step = self._database(step)
         try:
-            key, digest = await self._database(self.keys.authenticate(raw_key, fresh=fresh))
+            key, digest = await step
         except GatewayError as error:
             if error.status == 401:
                 await self.limiter.note_auth_failure(client)
@@ -311,7 +315,9 @@ class Gateway:
     async def resolve_model(self, key: KeyRow, name: str) -> CatalogModel:
         """The enabled model ``name`` as the key may use it: 404 for a model nobody has, then
         403 ``model_not_allowed`` for one outside the key's allowed models."""
-        model = await self._database(self.catalog.get(name))
+        step = self.catalog.get(name)
+        # As for keys: the snapshot needs no time bound, only its reload does.
+        model = await (step if self.catalog.current() else self._database(step))
         if model is None:
             raise errors.model_not_found(name)
         refusal = key.controls.model_refusal(model.name)
@@ -583,6 +589,13 @@ class Gateway:
             log.error("quota settlement failed", exc_info=task.exception())
 
 
+def _certain_input_tokens(chat: ChatRequest) -> int:
+    """The lower bound of the prompt's tokens, computed on first need (``estimate_min``)."""
+    if chat.input_tokens_min is None and chat.estimate_min is not None:
+        chat.input_tokens_min = chat.estimate_min()
+    return chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
+
+
 def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     """The output tokens to ask the upstream for, before the quota caps them: the client's
     ``max_tokens`` clamped to the model's limit, or, absent, the model's limit or whatever
@@ -590,12 +603,13 @@ def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
     leaves no room: by the lower bound of its estimate (``tokens.estimate_chat_tokens_min``;
     the upper one runs about a third high on English), so that a prompt the upstream would
     take is not refused here."""
-    certain = chat.input_tokens if chat.input_tokens_min is None else chat.input_tokens_min
     if chat.max_tokens is None:
         # What surely fits by the high estimate, else what may fit by the low one.
         budget = min(model.max_output_tokens, model.context_window - chat.input_tokens)
-        if budget < 1:
-            budget = min(model.max_output_tokens, model.context_window - certain)
+        if budget >= 1:
+            return budget
+        certain = _certain_input_tokens(chat)
+        budget = min(model.max_output_tokens, model.context_window - certain)
         if budget < 1:
             raise errors.context_length_exceeded(
                 input_tokens=certain,
@@ -604,6 +618,11 @@ def output_budget(chat: ChatRequest, model: CatalogModel) -> int:
             )
         return budget
     budget = min(chat.max_tokens, model.max_output_tokens)
+    # The lower bound never exceeds the upper estimate: it is needed only when that one
+    # does not fit.
+    if budget <= model.context_window - chat.input_tokens:
+        return budget
+    certain = _certain_input_tokens(chat)
     if budget > model.context_window - certain:
         raise errors.context_length_exceeded(
             input_tokens=certain, max_tokens=budget, limit=model.context_window

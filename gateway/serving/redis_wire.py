@@ -42,7 +42,11 @@ class RespClient:
         self.timeout = timeout
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
-        self._pending: collections.deque[asyncio.Future] = collections.deque()
+        # Each call's future and the loop time its reply is due by, in the order sent.
+        self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        # One timer for all calls, due when the oldest call is: replies come in order, so the
+        # oldest is the first to be late (a timer per call cost about 3 µs each).
+        self._watchdog: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Lock | None = None
         self._failed_at = float("-inf")
 
@@ -79,7 +83,7 @@ class RespClient:
             waiters = [self._write(command) for command in hello]
             try:
                 for waiter in waiters:
-                    await self._wait(waiter)
+                    await waiter
             except RedisError as error:
                 # A refused AUTH or SELECT: nothing sent on this connection may run.
                 self._drop(RedisError(f"Redis refused the connection's set-up: {error}"))
@@ -92,7 +96,7 @@ class RespClient:
         try:
             while True:
                 reply = await self._parse(reader)
-                waiter = self._pending.popleft()
+                waiter, _due = self._pending.popleft()
                 if not waiter.done():
                     if isinstance(reply, RedisError):
                         waiter.set_exception(reply)
@@ -125,31 +129,45 @@ class RespClient:
 
     def _drop(self, error: Exception) -> None:
         writer, self._writer = self._writer, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if writer is not None:
             writer.close()
         self._failed_at = time.monotonic()
         while self._pending:
-            waiter = self._pending.popleft()
+            waiter, _due = self._pending.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
     def _write(self, args) -> asyncio.Future:
-        """Send one command now; the future gets its reply (replies come in order)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._pending.append(waiter)
+        """Send one command now; the future gets its reply (replies come in order), or fails
+        when no reply came within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        due = loop.time() + self.timeout
+        self._pending.append((waiter, due))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(due, self._watch)
         self._writer.write(_encode(args))
         return waiter
 
-    async def _send(self, args):
-        return await self._wait(self._write(args))
+    def _watch(self) -> None:
+        """At the oldest pending call's due time: fail everything if it is still unanswered,
+        else wait for the next oldest."""
+        self._watchdog = None
+        if not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._pending[0][1]
+        if due > loop.time():
+            self._watchdog = loop.call_at(due, self._watch)
+            return
+        # The reply may still come and would be matched to the wrong caller: start over.
+        self._drop(RedisError("Redis did not answer in time"))
 
-    async def _wait(self, waiter: asyncio.Future):
-        try:
-            return await asyncio.wait_for(waiter, self.timeout)
-        except TimeoutError:
-            # The reply may still come and would be matched to the wrong caller: start over.
-            self._drop(RedisError("Redis did not answer in time"))
-            raise RedisError("Redis did not answer in time") from None
+    async def _send(self, args):
+        return await self._write(args)
 
     async def call(self, *args):
         if self._writer is None:

@@ -138,3 +138,58 @@ def test_it_requires_a_key_for_the_model_list(gw, alice_key):
     assert result.status == 200
     assert [m["id"] for m in result.json()["data"]] == ["LongCat-Flash-Chat"]
     assert result.json()["data"][0]["owned_by"] == "demo"
+
+
+class _CountingLedger:
+    """find_key of one row, counting the round trips it would cost."""
+
+    def __init__(self, row):
+        self.row = row
+        self.lookups = 0
+
+    async def find_key(self, prefix):
+        self.lookups += 1
+        return self.row
+
+
+def test_the_cache_says_when_it_answers_without_the_database():
+    import asyncio
+    import dataclasses
+
+    from gateway.serving.auth import KeyCache
+    from gateway.serving.errors import GatewayError
+    from keys.crypto import generate_secret, key_digest
+    from usage.ledger import KeyRow
+
+    raw = generate_secret()
+    row = KeyRow(1, 1, "default", key_digest(raw), True, True, None, None)
+    ledger = _CountingLedger(row)
+    keys = KeyCache(ledger, ttl=30.0)
+    # Refused from the headers alone: never the database.
+    assert keys.answers_alone(None) and keys.answers_alone("hello")
+    assert not keys.answers_alone(raw)
+    asyncio.run(keys.authenticate(raw))
+    assert keys.answers_alone(raw)
+    asyncio.run(keys.authenticate(raw))
+    assert ledger.lookups == 1
+    # A cached refusal is looked at again before it is sent: that takes the database.
+    ledger.row = dataclasses.replace(row, key_active=False)
+    with pytest.raises(GatewayError):
+        asyncio.run(keys.authenticate(raw, fresh=True))
+    assert not keys.answers_alone(raw)
+    # An entry within a second of its end is not counted on.
+    ledger.row = row
+    short = KeyCache(ledger, ttl=1.0)
+    asyncio.run(short.authenticate(raw))
+    assert not short.answers_alone(raw)
+
+
+def test_the_catalog_says_when_its_snapshot_answers_alone(gw, alice_key):
+    _user, key = alice_key
+    assert gw.chat(key).status == 200  # the gateway started and loaded the snapshot
+    catalog = gw.gateway.catalog
+    assert not catalog.current()  # the tests' catalog reloads on every request (ttl 0)
+    catalog.ttl = 30.0
+    assert catalog.current()
+    catalog.ttl = 1.0  # within a second of its reload: not counted on
+    assert not catalog.current()

@@ -89,3 +89,27 @@ def test_an_absent_max_tokens_fills_what_surely_fits_else_what_may():
     assert output_budget(surely, _model()) == 200
     maybe = _bounded(input_tokens=1100, input_tokens_min=900)
     assert output_budget(maybe, _model()) == 100
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "max_tokens", "budget", "needed"),
+    [
+        (800, 150, 150, False),
+        (800, None, 200, False),
+        (1100, 150, 150, True),
+        (1100, None, 300, True),
+    ],
+)
+def test_the_lower_bound_is_computed_only_for_a_prompt_the_upper_estimate_does_not_fit(
+    input_tokens, max_tokens, budget, needed
+):
+    asked = []
+
+    def estimate_min():
+        asked.append(True)
+        return 500
+
+    chat = _bounded(input_tokens=input_tokens, input_tokens_min=None, max_tokens=max_tokens)
+    chat.estimate_min = estimate_min
+    assert output_budget(chat, _model()) == budget
+    assert asked == ([True] if needed else [])

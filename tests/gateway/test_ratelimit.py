@@ -265,3 +265,49 @@ def test_a_command_never_runs_between_auth_and_select_of_a_new_connection(refuse
         assert all(isinstance(result, RedisError) for result in results), results
     else:
         assert results == [1, 1]
+
+
+def test_calls_to_a_redis_that_stops_answering_fail_in_time():
+    import asyncio
+    import time
+
+    from gateway.serving.redis_wire import RedisError, RespClient
+
+    answered = []
+
+    async def handle(reader, writer):
+        # Answers the first command, then reads and never answers.
+        while True:
+            try:
+                header = await reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            for _ in range(int(header[1:-2])):
+                size = int((await reader.readuntil(b"\r\n"))[1:-2])
+                await reader.readexactly(size + 2)
+            if not answered:
+                answered.append(True)
+                writer.write(b":1\r\n")
+
+    async def scenario():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://127.0.0.1:{port}", timeout=0.2)
+        try:
+            assert await client.call("INCR", "a") == 1
+            started = time.monotonic()
+            first = asyncio.create_task(client.call("INCR", "b"))
+            await asyncio.sleep(0.1)
+            second = asyncio.create_task(client.call("INCR", "c"))
+            async with asyncio.timeout(2):  # a missed deadline fails the test, not hangs it
+                results = await asyncio.gather(first, second, return_exceptions=True)
+            return results, time.monotonic() - started
+        finally:
+            await client.close()
+            server.close()
+
+    results, elapsed = asyncio.run(scenario())
+    # Both fail when the older one is due (the connection is dropped, replies could no longer
+    # be matched to their callers), not later.
+    assert all(isinstance(r, RedisError) and "in time" in str(r) for r in results), results
+    assert 0.15 < elapsed < 1.0

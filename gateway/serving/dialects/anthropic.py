@@ -215,7 +215,7 @@ class AnthropicDialect(Dialect):
             # the lower bound of what is surely there.
             input_tokens=_estimate(translation.body) + beyond,
             input_tokens_beyond_body=beyond,
-            input_tokens_min=estimate_chat_tokens_min(
+            estimate_min=lambda: estimate_chat_tokens_min(
                 translation.body["messages"], tools=translation.body.get("tools")
             ),
             body=translation,

@@ -36,6 +36,7 @@ Usage is extracted by the pipeline from the upstream (``usage.prompt_tokens`` /
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +62,16 @@ class ChatRequest:
     body: Any
     options: dict = field(default_factory=dict)
     # A lower bound of the input (``tokens.estimate_chat_tokens_min``), for the context check;
-    # None: ``input_tokens`` stands for both.
+    # None: ``input_tokens`` stands for both, unless ``estimate_min`` gives it.
     input_tokens_min: int | None = None
     # Of ``input_tokens``, what an upstream may bill beyond the chat-completions body (an
     # Anthropic-native pass-through's image by URL, blocks the translation shortens): kept
     # when a model's tokenizer counts that body.
     input_tokens_beyond_body: int = 0
+    # Computes ``input_tokens_min`` when the context check needs it: only for a prompt the
+    # upper estimate does not fit, as the lower bound scans every text again (a regular
+    # expression, about 10 µs per thousand characters).
+    estimate_min: Callable[[], int] | None = None
 
 
 @dataclass(slots=True)

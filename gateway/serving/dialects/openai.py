@@ -25,6 +25,9 @@ from gateway.serving.errors import GatewayError, bad_request, model_not_found
 from gateway.serving.http import Request, Response, json_response
 from gateway.serving.tokens import estimate_chat_tokens, estimate_chat_tokens_min
 
+# Made once: ``json.dumps`` with options builds an encoder per call (about 4 µs).
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -121,7 +124,7 @@ class OpenAIStream(StreamRenderer):
         if self.rename is not None:
             parsed = parsed if parsed is not None else json.loads(data)
             parsed["model"] = self.rename
-            data = json.dumps(parsed, ensure_ascii=False).encode()
+            data = _dumps(parsed).encode()
         return b"data: " + data + b"\n\n"
 
     def finish(self, usage: Usage) -> bytes:
@@ -158,7 +161,7 @@ class OpenAIDialect(Dialect):
             stream=bool(parsed.stream),
             max_tokens=parsed.max_completion_tokens or parsed.max_tokens,
             input_tokens=estimate_chat_tokens(raw["messages"], tools=raw.get("tools")),
-            input_tokens_min=estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
+            estimate_min=lambda: estimate_chat_tokens_min(raw["messages"], tools=raw.get("tools")),
             body=raw,
             options=options,
         )
@@ -190,7 +193,7 @@ class OpenAIDialect(Dialect):
         self, request: ChatRequest, upstream: dict, target: UpstreamTarget
     ) -> bytes:
         upstream["model"] = target.public_model
-        return json.dumps(upstream, ensure_ascii=False).encode()
+        return _dumps(upstream).encode()
 
     def stream_renderer(self, request: ChatRequest, target: UpstreamTarget) -> StreamRenderer:
         return OpenAIStream(request, target)
@@ -215,7 +218,7 @@ class OpenAIDialect(Dialect):
             }
             if error.retry_after is not None:
                 payload["retry_after"] = error.retry_after
-        return json.dumps({"error": payload}, ensure_ascii=False).encode()
+        return _dumps({"error": payload}).encode()
 
     def routes(self) -> dict:
         return {
