@@ -361,9 +361,10 @@ def test_a_capped_endpoint_queues_and_one_account_s_backlog_does_not_starve_anot
 
     results = gw.run(go())
     assert [r.status for r in results] == [200] * 7
-    # Alice's first is in flight and her next waits first; then it is Bob's turn.
+    # One of Alice's is in flight and her next waits first; then it is Bob's turn. (Which of
+    # her six reaches the router first is the event loop's business, not the queue's.)
     assert a.seen.index("bob") == 2
-    assert a.seen[:1] == ["alice 0"] and len(a.seen) == 7
+    assert a.seen[0].startswith("alice") and len(a.seen) == 7
     assert gw.gateway.router.queued() == {}
     assert _sample("portal_gateway_upstream_queue_depth", model=MODEL) == 0
     label = f"{endpoint.pk}:{a.url.split('/')[2]}"
