@@ -25,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _default_language_after_each_test():
+    # A request through the test client leaves its language active in the thread: the next
+    # test must not see Chinese messages because this one asked for them.
+    yield
+    from django.utils import translation
+
+    translation.deactivate()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _celery_tasks_run_in_the_test():
     # Work a service hands to the worker (``.delay()``) runs at once, inside the test, so tests
