@@ -14,6 +14,7 @@ from gateway.models import Model
 from keys.models import ApiKey
 from keys.services import api_key_set_controls
 from tests.acceptance.conftest import wait_for
+from usage.models import UsageRecord
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +138,6 @@ def test_a_request_past_the_concurrency_limit_is_a_rate_limit_error(live_base_ur
     assert done.is_set()
     # The stream over, its slot is free again.
     client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5)
+    # The live gateway writes the four requests' records in a batch after answering: waited
+    # for, so that the test database is not flushed under that write (a deadlock in CI).
+    assert wait_for(lambda: UsageRecord.objects.filter(user=user).count() >= 4, timeout=10)
