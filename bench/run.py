@@ -8,11 +8,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import estimates, gateway
+from bench import estimates, gateway, redis_clients
 
 if __name__ == "__main__":
     gateway.main()
     estimates.main()
+    redis_clients.main([])
     # In its own process: it points Django at a throwaway database before setting Django up.
     # Extra arguments (e.g. "--records 1000000") come from BENCH_USAGE_ARGS.
     usage_args = shlex.split(os.environ.get("BENCH_USAGE_ARGS", ""))

@@ -3,7 +3,8 @@
 redis-py's asyncio client spent about 0.25 ms CPU per call here (connection pool, command
 packing, RESP3 parser); the limiter needs one ``EVALSHA`` returning three integers. This client
 keeps one connection, writes commands as they come and matches replies in order (Redis answers
-in order on a connection), so concurrent requests share it without a pool. Any failure fails
+in order on a connection), so concurrent requests share it without a pool. A new connection
+takes no command before its AUTH and SELECT have succeeded. Any failure fails
 the pending calls and drops the connection; the next call reconnects, at most once a second.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +30,74 @@ def _encode(args) -> bytes:
     return b"".join(parts)
 
 
+def _parse(data: bytes, pos: int):
+    """The reply starting at ``pos`` and the position after it, or None if ``data`` does not
+    hold all of it yet. Raises ValueError on bytes that are not a RESP2 reply."""
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, rest, pos = data[pos], data[pos + 1 : end], end + 2
+    if kind == 58:  # ":" an integer
+        return int(rest), pos
+    if kind == 36:  # "$" a bulk string
+        size = int(rest)
+        if size < 0:
+            return None, pos
+        if len(data) < pos + size + 2:
+            return None
+        return data[pos : pos + size], pos + size + 2
+    if kind == 42:  # "*" an array
+        count = int(rest)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count):
+            parsed = _parse(data, pos)
+            if parsed is None:
+                return None
+            item, pos = parsed
+            items.append(item)
+        return items, pos
+    if kind == 43:  # "+" a simple string
+        return rest, pos
+    if kind == 45:  # "-" an error, handed to its caller
+        return RedisError(rest.decode("utf-8", "replace")), pos
+    raise ValueError("unexpected reply from Redis")
+
+
+class _Connection(asyncio.Protocol):
+    """One connection's bytes: whole replies are handed to the client as they arrive, without
+    a reader task (a coroutine step per reply line cost more than the parsing)."""
+
+    def __init__(self, client: RespClient):
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._rest = b""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+        pos, size = 0, len(data)
+        try:
+            while pos < size:
+                parsed = _parse(data, pos)
+                if parsed is None:
+                    break
+                reply, pos = parsed
+                if not self.client._reply(self, reply):
+                    return
+        except ValueError as error:
+            self.client._lost(self, error)
+            return
+        self._rest = data[pos:]
+
+    def connection_lost(self, exc) -> None:
+        self.client._lost(self, exc or ConnectionResetError())
+
+
 class RespClient:
     def __init__(self, url: str, *, timeout: float = 0.5):
         parts = urlsplit(url)
@@ -40,8 +108,10 @@ class RespClient:
         self.db = int((parts.path or "/0").strip("/") or 0)
         self.ssl = parts.scheme == "rediss"
         self.timeout = timeout
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task | None = None
+        # The connection whose replies are matched to ``_pending``, from its first byte, and
+        # its transport once AUTH and SELECT have succeeded on it: only then do callers write.
+        self._connection: _Connection | None = None
+        self._transport: asyncio.Transport | None = None
         # Each call's future and the loop time its reply is due by, in the order sent.
         self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         # One timer for all calls, due when the oldest call is: replies come in order, so the
@@ -54,20 +124,22 @@ class RespClient:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._writer is not None:
+            if self._transport is not None:
                 return
             if time.monotonic() - self._failed_at < RECONNECT_AFTER_SECONDS:
                 raise RedisError("Redis was unreachable a moment ago")
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port, ssl=self.ssl or None),
+                transport, connection = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Connection(self), self.host, self.port, ssl=self.ssl or None
+                    ),
                     self.timeout,
                 )
             except (OSError, TimeoutError) as error:
                 self._failed_at = time.monotonic()
                 raise RedisError(f"cannot connect to Redis: {error.__class__.__name__}") from None
-            self._writer = writer
-            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+            self._connection = connection
             hello = []
             if self.password:
                 hello.append(
@@ -77,70 +149,58 @@ class RespClient:
                 )
             if self.db:
                 hello.append(("SELECT", self.db))
-            # Written together, before this coroutine yields: a caller that finds the writer
-            # set while the replies are awaited writes its command behind them, never between
-            # AUTH and SELECT (where it would run on database 0, or unauthenticated).
-            waiters = [self._write(command) for command in hello]
+            # Callers wait on the lock meanwhile: no command of theirs is written before
+            # both replies are in, so none runs unauthenticated or on another database.
+            waiters = [self._write(transport, command) for command in hello]
             try:
                 for waiter in waiters:
                     await waiter
             except RedisError as error:
-                # A refused AUTH or SELECT: nothing sent on this connection may run.
                 self._drop(RedisError(f"Redis refused the connection's set-up: {error}"))
                 for waiter in waiters:  # their errors are this one
                     if waiter.done() and not waiter.cancelled():
                         waiter.exception()
                 raise
+            except BaseException:  # cancelled: the connection is half set up
+                self._drop(RedisError("Redis connection set-up was interrupted"))
+                raise
+            self._transport = transport
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                reply = await self._parse(reader)
-                waiter, _due = self._pending.popleft()
-                if not waiter.done():
-                    if isinstance(reply, RedisError):
-                        waiter.set_exception(reply)
-                    else:
-                        waiter.set_result(reply)
-        except Exception as error:  # any failure of the stream: fail the callers, reconnect later
+    def _reply(self, connection: _Connection, reply) -> bool:
+        """Hand ``reply`` to the oldest call; False once ``connection`` is not ours any more."""
+        if connection is not self._connection:
+            return False
+        if not self._pending:
+            self._drop(RedisError("Redis sent a reply nobody asked for"))
+            return False
+        waiter, _due = self._pending.popleft()
+        if not waiter.done():
+            if isinstance(reply, RedisError):
+                waiter.set_exception(reply)
+            else:
+                waiter.set_result(reply)
+        return True
+
+    def _lost(self, connection: _Connection, error: Exception) -> None:
+        if connection is self._connection:
             self._drop(RedisError(f"Redis connection lost: {error.__class__.__name__}"))
-        except asyncio.CancelledError:
-            self._drop(RedisError("Redis client closed"))
-            raise
-
-    async def _parse(self, reader: asyncio.StreamReader):
-        line = await reader.readuntil(b"\r\n")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            return (await reader.readexactly(size + 2))[:-2]
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [await self._parse(reader) for _ in range(count)]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return RedisError(rest.decode("utf-8", "replace"))
-        raise ValueError("unexpected reply from Redis")
 
     def _drop(self, error: Exception) -> None:
-        writer, self._writer = self._writer, None
+        """Fail every pending call and close the connection (any failure: replies could no
+        longer be matched to their callers); the next call reconnects."""
+        connection, self._connection, self._transport = self._connection, None, None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if writer is not None:
-            writer.close()
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
         self._failed_at = time.monotonic()
         while self._pending:
             waiter, _due = self._pending.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def _write(self, args) -> asyncio.Future:
+    def _write(self, transport: asyncio.Transport, args) -> asyncio.Future:
         """Send one command now; the future gets its reply (replies come in order), or fails
         when no reply came within ``timeout``."""
         loop = asyncio.get_running_loop()
@@ -149,7 +209,7 @@ class RespClient:
         self._pending.append((waiter, due))
         if self._watchdog is None:
             self._watchdog = loop.call_at(due, self._watch)
-        self._writer.write(_encode(args))
+        transport.write(_encode(args))
         return waiter
 
     def _watch(self) -> None:
@@ -166,20 +226,14 @@ class RespClient:
         # The reply may still come and would be matched to the wrong caller: start over.
         self._drop(RedisError("Redis did not answer in time"))
 
-    async def _send(self, args):
-        return await self._write(args)
-
     async def call(self, *args):
-        if self._writer is None:
+        transport = self._transport
+        if transport is None:
             await self._connect()
-        return await self._send(args)
+            transport = self._transport
+        return await self._write(transport, args)
 
     async def close(self) -> None:
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
-            self._reader_task = None
         self._drop(RedisError("Redis client closed"))
 
 

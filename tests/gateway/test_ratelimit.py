@@ -203,11 +203,13 @@ def test_it_reads_the_redis_url():
 class RecordingRedis:
     """A RESP server that records the commands it gets, in order, answering AUTH late (so a
     caller can arrive while a new connection is still setting itself up); after a refused
-    AUTH, it refuses every command, as Redis does."""
+    AUTH, it refuses every command, as Redis does; ``refuse_select`` refuses the database
+    number, as Redis does for one past its ``databases``."""
 
-    def __init__(self, *, refuse_auth=False):
+    def __init__(self, *, refuse_auth=False, refuse_select=False):
         self.commands: list[list[bytes]] = []
         self.refuse_auth = refuse_auth
+        self.refuse_select = refuse_select
 
     async def handle(self, reader, writer):
         import asyncio
@@ -232,16 +234,19 @@ class RecordingRedis:
             if not authenticated:
                 writer.write(b"-NOAUTH Authentication required.\r\n")
                 continue
+            if args[0] == b"SELECT" and self.refuse_select:
+                writer.write(b"-ERR DB index is out of range\r\n")
+                continue
             writer.write(b":1\r\n" if args[0] == b"INCR" else b"+OK\r\n")
 
 
-@pytest.mark.parametrize("refuse_auth", [False, True])
-def test_a_command_never_runs_between_auth_and_select_of_a_new_connection(refuse_auth):
+@pytest.mark.parametrize("refused", ["", "auth", "select"])
+def test_a_command_never_runs_before_auth_and_select_of_a_new_connection_succeed(refused):
     import asyncio
 
     from gateway.serving.redis_wire import RedisError, RespClient
 
-    fake = RecordingRedis(refuse_auth=refuse_auth)
+    fake = RecordingRedis(refuse_auth=refused == "auth", refuse_select=refused == "select")
 
     async def scenario():
         server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
@@ -249,7 +254,7 @@ def test_a_command_never_runs_between_auth_and_select_of_a_new_connection(refuse
         client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
         try:
             first = asyncio.create_task(client.call("INCR", "a"))
-            while client._writer is None:  # connected; AUTH's reply is still on its way
+            while client._connection is None:  # connected; AUTH's reply is still on its way
                 await asyncio.sleep(0.001)
             second = asyncio.create_task(client.call("INCR", "b"))
             return await asyncio.gather(first, second, return_exceptions=True)
@@ -259,12 +264,15 @@ def test_a_command_never_runs_between_auth_and_select_of_a_new_connection(refuse
 
     results = asyncio.run(scenario())
     names = [command[0] for command in fake.commands]
-    # AUTH and SELECT went first, together; every other command came after both.
+    # AUTH and SELECT went first, together; every other command came after both, and none at
+    # all when either was refused (it would have run unauthenticated, or on database 0).
     assert names[:2] == [b"AUTH", b"SELECT"] and fake.commands[1] == [b"SELECT", b"3"]
-    if refuse_auth:
+    if refused:
         assert all(isinstance(result, RedisError) for result in results), results
+        assert names == [b"AUTH", b"SELECT"]
     else:
         assert results == [1, 1]
+        assert names == [b"AUTH", b"SELECT", b"INCR", b"INCR"]
 
 
 def test_calls_to_a_redis_that_stops_answering_fail_in_time():
