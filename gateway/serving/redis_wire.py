@@ -73,6 +73,24 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self._rest = b""
+        # Commands sent while others await their replies, written together at the end of the
+        # loop iteration: one system call for every request that called meanwhile.
+        self._outgoing: list[bytes] = []
+
+    def send(self, command: bytes, *, alone: bool) -> None:
+        """Write ``command`` now if it is the only one awaiting a reply (nothing to wait for),
+        else with the others of this loop iteration."""
+        if alone:
+            self.transport.write(command)
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(command)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if not self.transport.is_closing():  # else its callers have been failed already
+            self.transport.write(b"".join(outgoing))
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -109,9 +127,9 @@ class RespClient:
         self.ssl = parts.scheme == "rediss"
         self.timeout = timeout
         # The connection whose replies are matched to ``_pending``, from its first byte, and
-        # its transport once AUTH and SELECT have succeeded on it: only then do callers write.
+        # the same once AUTH and SELECT have succeeded on it: only then do callers write.
         self._connection: _Connection | None = None
-        self._transport: asyncio.Transport | None = None
+        self._ready: _Connection | None = None
         # Each call's future and the loop time its reply is due by, in the order sent.
         self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         # One timer for all calls, due when the oldest call is: replies come in order, so the
@@ -124,13 +142,13 @@ class RespClient:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._transport is not None:
+            if self._ready is not None:
                 return
             if time.monotonic() - self._failed_at < RECONNECT_AFTER_SECONDS:
                 raise RedisError("Redis was unreachable a moment ago")
             loop = asyncio.get_running_loop()
             try:
-                transport, connection = await asyncio.wait_for(
+                _transport, connection = await asyncio.wait_for(
                     loop.create_connection(
                         lambda: _Connection(self), self.host, self.port, ssl=self.ssl or None
                     ),
@@ -151,7 +169,7 @@ class RespClient:
                 hello.append(("SELECT", self.db))
             # Callers wait on the lock meanwhile: no command of theirs is written before
             # both replies are in, so none runs unauthenticated or on another database.
-            waiters = [self._write(transport, command) for command in hello]
+            waiters = [self._write(connection, command) for command in hello]
             try:
                 for waiter in waiters:
                     await waiter
@@ -164,7 +182,7 @@ class RespClient:
             except BaseException:  # cancelled: the connection is half set up
                 self._drop(RedisError("Redis connection set-up was interrupted"))
                 raise
-            self._transport = transport
+            self._ready = connection
 
     def _reply(self, connection: _Connection, reply) -> bool:
         """Hand ``reply`` to the oldest call; False once ``connection`` is not ours any more."""
@@ -188,7 +206,7 @@ class RespClient:
     def _drop(self, error: Exception) -> None:
         """Fail every pending call and close the connection (any failure: replies could no
         longer be matched to their callers); the next call reconnects."""
-        connection, self._connection, self._transport = self._connection, None, None
+        connection, self._connection, self._ready = self._connection, None, None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -200,7 +218,7 @@ class RespClient:
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def _write(self, transport: asyncio.Transport, args) -> asyncio.Future:
+    def _write(self, connection: _Connection, args) -> asyncio.Future:
         """Send one command now; the future gets its reply (replies come in order), or fails
         when no reply came within ``timeout``."""
         loop = asyncio.get_running_loop()
@@ -209,7 +227,7 @@ class RespClient:
         self._pending.append((waiter, due))
         if self._watchdog is None:
             self._watchdog = loop.call_at(due, self._watch)
-        transport.write(_encode(args))
+        connection.send(_encode(args), alone=len(self._pending) == 1)
         return waiter
 
     def _watch(self) -> None:
@@ -227,11 +245,11 @@ class RespClient:
         self._drop(RedisError("Redis did not answer in time"))
 
     async def call(self, *args):
-        transport = self._transport
-        if transport is None:
+        connection = self._ready
+        if connection is None:
             await self._connect()
-            transport = self._transport
-        return await self._write(transport, args)
+            connection = self._ready
+        return await self._write(connection, args)
 
     async def close(self) -> None:
         self._drop(RedisError("Redis client closed"))

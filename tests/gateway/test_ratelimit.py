@@ -319,3 +319,37 @@ def test_calls_to_a_redis_that_stops_answering_fail_in_time():
     # be matched to their callers), not later.
     assert all(isinstance(r, RedisError) and "in time" in str(r) for r in results), results
     assert 0.15 < elapsed < 1.0
+
+
+class CountingTransport:
+    """A transport that counts its writes and passes everything on."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+def test_commands_sent_while_others_await_replies_go_in_one_write(resp_client):
+    prefix = f"test:{uuid.uuid4().hex}"
+
+    async def many():
+        await resp_client.call("PING")  # connected
+        connection = resp_client._ready
+        counting = connection.transport = CountingTransport(connection.transport)
+        replies = await asyncio.gather(
+            *(resp_client.call("INCRBY", f"{prefix}:{n}", n) for n in range(50))
+        )
+        return replies, counting.writes
+
+    replies, writes = resp_client.run(many())
+    assert replies == list(range(50))
+    # The first is written at once (nothing else awaited a reply), the other 49 together.
+    assert writes == 2
+    resp_client.run(resp_client.call("DEL", *(f"{prefix}:{n}" for n in range(50))))
