@@ -94,6 +94,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # Its replies are matched from its first byte: a Redis that turns the client away (at
+        # its client limit, in protected mode) sends its error at once and closes.
+        self.client._connection = self
 
     def data_received(self, data: bytes) -> None:
         if self._rest:
@@ -135,61 +138,80 @@ class RespClient:
         # One timer for all calls, due when the oldest call is: replies come in order, so the
         # oldest is the first to be late (a timer per call cost about 3 µs each).
         self._watchdog: asyncio.TimerHandle | None = None
-        self._connecting: asyncio.Lock | None = None
+        # The set-up of a new connection under way, which every caller meanwhile waits for.
+        self._setup: asyncio.Task | None = None
         self._failed_at = float("-inf")
+        self._last_error: RedisError | None = None
+        self._closed = False
 
     async def _connect(self) -> None:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._ready is not None:
-                return
+        if self._setup is None:
+            self._setup = asyncio.get_running_loop().create_task(self._open())
+        # Shielded: a caller that gives up (its client left) does not abort the set-up that
+        # the others wait for.
+        await asyncio.shield(self._setup)
+
+    async def _open(self) -> None:
+        try:
+            if self._closed:
+                raise RedisError("Redis client closed")
             if time.monotonic() - self._failed_at < RECONNECT_AFTER_SECONDS:
                 raise RedisError("Redis was unreachable a moment ago")
-            loop = asyncio.get_running_loop()
-            try:
-                _transport, connection = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _Connection(self), self.host, self.port, ssl=self.ssl or None
-                    ),
-                    self.timeout,
-                )
-            except (OSError, TimeoutError) as error:
-                self._failed_at = time.monotonic()
-                raise RedisError(f"cannot connect to Redis: {error.__class__.__name__}") from None
-            self._connection = connection
-            hello = []
-            if self.password:
-                hello.append(
-                    ("AUTH", self.username, self.password)
-                    if self.username
-                    else ("AUTH", self.password)
-                )
-            if self.db:
-                hello.append(("SELECT", self.db))
-            # Callers wait on the lock meanwhile: no command of theirs is written before
+            await self._set_up()
+        finally:
+            self._setup = None
+
+    async def _set_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl or None
+                ),
+                self.timeout,
+            )
+        except (OSError, TimeoutError) as error:
+            self._failed_at = time.monotonic()
+            raise RedisError(f"cannot connect to Redis: {error.__class__.__name__}") from None
+        hello = []
+        if self.password:
+            hello.append(
+                ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+            )
+        if self.db:
+            hello.append(("SELECT", self.db))
+        waiters = []
+        try:
+            if connection is not self._connection:  # turned away before it could be used
+                raise self._last_error or RedisError("Redis closed the connection")
+            # Callers wait for this set-up meanwhile: no command of theirs is written before
             # both replies are in, so none runs unauthenticated or on another database.
             waiters = [self._write(connection, command) for command in hello]
-            try:
-                for waiter in waiters:
-                    await waiter
-            except RedisError as error:
-                self._drop(RedisError(f"Redis refused the connection's set-up: {error}"))
-                for waiter in waiters:  # their errors are this one
-                    if waiter.done() and not waiter.cancelled():
-                        waiter.exception()
-                raise
-            except BaseException:  # cancelled: the connection is half set up
-                self._drop(RedisError("Redis connection set-up was interrupted"))
-                raise
-            self._ready = connection
+            for waiter in waiters:
+                await waiter
+        except RedisError as error:
+            refused = RedisError(f"Redis refused the connection's set-up: {error}")
+            self._drop(refused)
+            raise refused from None
+        except BaseException:  # cancelled by ``close``
+            self._drop(RedisError("Redis connection set-up was interrupted"))
+            raise
+        finally:
+            for waiter in waiters:  # failed together: their errors are the one raised
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()
+        self._ready = connection
 
     def _reply(self, connection: _Connection, reply) -> bool:
         """Hand ``reply`` to the oldest call; False once ``connection`` is not ours any more."""
         if connection is not self._connection:
             return False
         if not self._pending:
-            self._drop(RedisError("Redis sent a reply nobody asked for"))
+            self._drop(
+                RedisError(f"Redis turned the connection away: {reply}")
+                if isinstance(reply, RedisError)
+                else RedisError("Redis sent a reply nobody asked for")
+            )
             return False
         waiter, _due = self._pending.popleft()
         if not waiter.done():
@@ -213,10 +235,12 @@ class RespClient:
         if connection is not None and connection.transport is not None:
             connection.transport.close()
         self._failed_at = time.monotonic()
+        self._last_error = error
         while self._pending:
             waiter, _due = self._pending.popleft()
             if not waiter.done():
-                waiter.set_exception(error)
+                # One exception each: a shared one would gather every caller's traceback.
+                waiter.set_exception(RedisError(*error.args))
 
     def _write(self, connection: _Connection, args) -> asyncio.Future:
         """Send one command now; the future gets its reply (replies come in order), or fails
@@ -249,9 +273,14 @@ class RespClient:
         if connection is None:
             await self._connect()
             connection = self._ready
+            if connection is None:  # dropped again before this caller resumed
+                raise self._last_error or RedisError("Redis connection lost")
         return await self._write(connection, args)
 
     async def close(self) -> None:
+        self._closed = True
+        if self._setup is not None:
+            self._setup.cancel()
         self._drop(RedisError("Redis client closed"))
 
 

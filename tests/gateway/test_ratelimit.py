@@ -275,6 +275,60 @@ def test_a_command_never_runs_before_auth_and_select_of_a_new_connection_succeed
         assert names == [b"AUTH", b"SELECT", b"INCR", b"INCR"]
 
 
+def test_a_caller_that_gives_up_does_not_abort_the_connection_the_others_wait_for():
+    from gateway.serving.redis_wire import RespClient
+
+    fake = RecordingRedis()
+
+    async def scenario():
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
+        try:
+            leaving = asyncio.create_task(client.call("INCR", "a"))
+            staying = asyncio.create_task(client.call("INCR", "b"))
+            while client._connection is None:  # connected; AUTH's reply is 50 ms away
+                await asyncio.sleep(0.001)
+            leaving.cancel()  # its client left, as the gateway cancels a request
+            # The set-up goes on for the other caller, and the next one needs no new one.
+            return await staying, await client.call("INCR", "c")
+        finally:
+            await client.close()
+            server.close()
+
+    assert asyncio.run(scenario()) == (1, 1)
+    assert [command[0] for command in fake.commands] == [b"AUTH", b"SELECT", b"INCR", b"INCR"]
+
+
+def test_a_redis_that_turns_the_connection_away_fails_the_call_at_once_with_its_reason():
+    import time
+
+    from gateway.serving.redis_wire import RedisError, RespClient
+
+    async def turn_away(_reader, writer):
+        writer.write(b"-ERR max number of clients reached\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(turn_away, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://127.0.0.1:{port}", timeout=2.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(RedisError) as refused:
+                await client.call("PING")
+            return str(refused.value), time.monotonic() - started
+        finally:
+            await client.close()
+            server.close()
+
+    reason, elapsed = asyncio.run(scenario())
+    # Redis's own words, not "did not answer in time" after the 2-second wait.
+    assert "max number of clients" in reason
+    assert elapsed < 1.0
+
+
 def test_calls_to_a_redis_that_stops_answering_fail_in_time():
     import asyncio
     import time
