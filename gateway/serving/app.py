@@ -10,6 +10,7 @@ gateway starts on its first request.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 
@@ -28,6 +29,21 @@ from gateway.serving.upstream import Upstream
 from usage.ledger import ledger_for_database
 
 log = logging.getLogger(__name__)
+
+# Allocations between two passes over the youngest generation of the cyclic garbage collector
+# (Python's default: 700). See ``tune_garbage_collector``.
+GC_YOUNGEST_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Once a server process has started: everything alive now (Django, the modules, the
+    catalog: long-lived by nature) is frozen out of the cyclic collector's passes, and the
+    youngest generation is collected every ``GC_YOUNGEST_THRESHOLD`` allocations, so that a
+    request's short-lived objects die by reference counting before a pass promotes them and
+    later passes walk them again. Measured under the benchmark's load: the collector's CPU
+    per request from about 90 µs to about 25 µs (bench/README.md)."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNGEST_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def load_dialects(modules=DIALECT_MODULES) -> list[Dialect]:
@@ -181,6 +197,8 @@ class GatewayApplication:
                     log.exception("gateway start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
+                # Servers only: test clients never send the lifespan events.
+                tune_garbage_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
