@@ -80,7 +80,15 @@ async def _measure(statements: int, rounds: int) -> None:
         f"\n{statements} statements per run, {size} connections, best and worst of {rounds} "
         f"runs; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    print("| connections | tasks | CPU per statement | statements/s |")
+    print_runs(("connections", "statement", "statements"), figures)
+
+
+def print_runs(names: tuple[str, str, str], figures: dict) -> None:
+    """A Markdown table of ``figures`` ({(case, tasks): [(CPU µs per call, calls/s), …]}):
+    best and worst run of each; ``names`` are the case column's and a call's, singular and
+    plural."""
+    case, call, calls = names
+    print(f"| {case} | tasks | CPU per {call} | {calls}/s |")
     print("|---|---|---|---|")
     for (name, tasks), runs in figures.items():
         cpu = sorted(run[0] for run in runs)

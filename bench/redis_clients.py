@@ -66,6 +66,7 @@ async def _measure(redis_url: str, calls: int, rounds: int, with_hiredis: bool) 
     import redis.asyncio as redis_asyncio
     from redis._parsers import _AsyncRESP2Parser
 
+    from bench.connections import print_runs
     from gateway.serving.ratelimit import _LUA
     from gateway.serving.redis_wire import RespClient, Script
 
@@ -98,14 +99,7 @@ async def _measure(redis_url: str, calls: int, rounds: int, with_hiredis: bool) 
         f"\n{calls} rate-limit calls per run, best and worst of {rounds} runs; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    print("| client | tasks | CPU per call | calls/s |")
-    print("|---|---|---|---|")
-    for (name, tasks), runs in figures.items():
-        cpu = sorted(run[0] for run in runs)
-        rate = sorted(run[1] for run in runs)
-        print(
-            f"| {name} | {tasks} | {cpu[0]:.0f}-{cpu[-1]:.0f} µs | {rate[0]:.0f}-{rate[-1]:.0f} |"
-        )
+    print_runs(("client", "call", "calls"), figures)
 
 
 def main(argv=None) -> None:
