@@ -147,9 +147,16 @@ class RespClient:
     async def _connect(self) -> None:
         if self._setup is None:
             self._setup = asyncio.get_running_loop().create_task(self._open())
-        # Shielded: a caller that gives up (its client left) does not abort the set-up that
-        # the others wait for.
-        await asyncio.shield(self._setup)
+        setup = self._setup
+        try:
+            # Shielded: a caller that gives up (its client left) does not abort the set-up
+            # that the others wait for.
+            await asyncio.shield(setup)
+        except asyncio.CancelledError:
+            if setup.cancelled() and not asyncio.current_task().cancelling():
+                # The set-up was stopped by ``close``, not this caller: a failed call.
+                raise RedisError("Redis client closed") from None
+            raise
 
     async def _open(self) -> None:
         try:

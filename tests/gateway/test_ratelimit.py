@@ -300,6 +300,31 @@ def test_a_caller_that_gives_up_does_not_abort_the_connection_the_others_wait_fo
     assert [command[0] for command in fake.commands] == [b"AUTH", b"SELECT", b"INCR", b"INCR"]
 
 
+def test_closing_the_client_during_a_set_up_fails_the_waiting_calls_as_errors():
+    from gateway.serving.redis_wire import RedisError, RespClient
+
+    fake = RecordingRedis()
+
+    async def scenario():
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
+        try:
+            waiting = asyncio.create_task(client.call("INCR", "a"))
+            while client._connection is None:  # connected; AUTH's reply is 50 ms away
+                await asyncio.sleep(0.001)
+            await client.close()
+            # An error the limiters handle (they admit the request), not a cancellation of
+            # the request that was waiting.
+            return await asyncio.gather(waiting, return_exceptions=True)
+        finally:
+            server.close()
+
+    (outcome,) = asyncio.run(scenario())
+    assert isinstance(outcome, RedisError), outcome
+    assert b"INCR" not in [command[0] for command in fake.commands]
+
+
 def test_a_redis_that_turns_the_connection_away_fails_the_call_at_once_with_its_reason():
     import time
 
