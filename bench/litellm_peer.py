@@ -99,8 +99,14 @@ def start(upstream: str, model: str, env: dict) -> tuple[subprocess.Popen, int] 
             "1",
         ],
         cwd=config.parent,
-        # Offline: the price list ships with the package instead of being fetched.
-        env={**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+        # Offline: the price list ships with the package instead of being fetched. Without
+        # our DATABASE_URL, which LiteLLM would take for its own (Prisma) database: that needs
+        # an engine downloaded at run time, and the proxy refuses to start without it.
+        env={
+            **{name: value for name, value in env.items() if name != "DATABASE_URL"},
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
