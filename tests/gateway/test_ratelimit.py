@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -240,27 +241,38 @@ class RecordingRedis:
             writer.write(b":1\r\n" if args[0] == b"INCR" else b"+OK\r\n")
 
 
+@contextlib.asynccontextmanager
+async def fake_redis(handle, *, authenticated=True, db=3, timeout=0.5):
+    """A client of a RESP server served by ``handle`` on a free port (with the password
+    "secret" when ``authenticated``), both closed after."""
+    from gateway.serving.redis_wire import RespClient
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    auth = ":secret@" if authenticated else ""
+    client = RespClient(f"redis://{auth}127.0.0.1:{port}/{db}", timeout=timeout)
+    try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+
+
 @pytest.mark.parametrize("refused", ["", "auth", "select"])
 def test_a_command_never_runs_before_auth_and_select_of_a_new_connection_succeed(refused):
     import asyncio
 
-    from gateway.serving.redis_wire import RedisError, RespClient
+    from gateway.serving.redis_wire import RedisError
 
     fake = RecordingRedis(refuse_auth=refused == "auth", refuse_select=refused == "select")
 
     async def scenario():
-        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
-        try:
+        async with fake_redis(fake.handle) as client:
             first = asyncio.create_task(client.call("INCR", "a"))
             while client._connection is None:  # connected; AUTH's reply is still on its way
                 await asyncio.sleep(0.001)
             second = asyncio.create_task(client.call("INCR", "b"))
             return await asyncio.gather(first, second, return_exceptions=True)
-        finally:
-            await client.close()
-            server.close()
 
     results = asyncio.run(scenario())
     names = [command[0] for command in fake.commands]
@@ -276,15 +288,10 @@ def test_a_command_never_runs_before_auth_and_select_of_a_new_connection_succeed
 
 
 def test_a_caller_that_gives_up_does_not_abort_the_connection_the_others_wait_for():
-    from gateway.serving.redis_wire import RespClient
-
     fake = RecordingRedis()
 
     async def scenario():
-        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
-        try:
+        async with fake_redis(fake.handle) as client:
             leaving = asyncio.create_task(client.call("INCR", "a"))
             staying = asyncio.create_task(client.call("INCR", "b"))
             while client._connection is None:  # connected; AUTH's reply is 50 ms away
@@ -292,24 +299,18 @@ def test_a_caller_that_gives_up_does_not_abort_the_connection_the_others_wait_fo
             leaving.cancel()  # its client left, as the gateway cancels a request
             # The set-up goes on for the other caller, and the next one needs no new one.
             return await staying, await client.call("INCR", "c")
-        finally:
-            await client.close()
-            server.close()
 
     assert asyncio.run(scenario()) == (1, 1)
     assert [command[0] for command in fake.commands] == [b"AUTH", b"SELECT", b"INCR", b"INCR"]
 
 
 def test_closing_the_client_during_a_set_up_fails_the_waiting_calls_as_errors():
-    from gateway.serving.redis_wire import RedisError, RespClient
+    from gateway.serving.redis_wire import RedisError
 
     fake = RecordingRedis()
 
     async def scenario():
-        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RespClient(f"redis://:secret@127.0.0.1:{port}/3")
-        try:
+        async with fake_redis(fake.handle) as client:
             waiting = asyncio.create_task(client.call("INCR", "a"))
             while client._connection is None:  # connected; AUTH's reply is 50 ms away
                 await asyncio.sleep(0.001)
@@ -317,8 +318,6 @@ def test_closing_the_client_during_a_set_up_fails_the_waiting_calls_as_errors():
             # An error the limiters handle (they admit the request), not a cancellation of
             # the request that was waiting.
             return await asyncio.gather(waiting, return_exceptions=True)
-        finally:
-            server.close()
 
     (outcome,) = asyncio.run(scenario())
     assert isinstance(outcome, RedisError), outcome
@@ -328,7 +327,7 @@ def test_closing_the_client_during_a_set_up_fails_the_waiting_calls_as_errors():
 def test_a_redis_that_turns_the_connection_away_fails_the_call_at_once_with_its_reason():
     import time
 
-    from gateway.serving.redis_wire import RedisError, RespClient
+    from gateway.serving.redis_wire import RedisError
 
     async def turn_away(_reader, writer):
         writer.write(b"-ERR max number of clients reached\r\n")
@@ -336,17 +335,11 @@ def test_a_redis_that_turns_the_connection_away_fails_the_call_at_once_with_its_
         writer.close()
 
     async def scenario():
-        server = await asyncio.start_server(turn_away, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RespClient(f"redis://127.0.0.1:{port}", timeout=2.0)
         started = time.monotonic()
-        try:
+        async with fake_redis(turn_away, authenticated=False, db=0, timeout=2.0) as client:
             with pytest.raises(RedisError) as refused:
                 await client.call("PING")
             return str(refused.value), time.monotonic() - started
-        finally:
-            await client.close()
-            server.close()
 
     reason, elapsed = asyncio.run(scenario())
     # Redis's own words, not "did not answer in time" after the 2-second wait.
@@ -358,7 +351,7 @@ def test_calls_to_a_redis_that_stops_answering_fail_in_time():
     import asyncio
     import time
 
-    from gateway.serving.redis_wire import RedisError, RespClient
+    from gateway.serving.redis_wire import RedisError
 
     answered = []
 
@@ -377,10 +370,7 @@ def test_calls_to_a_redis_that_stops_answering_fail_in_time():
                 writer.write(b":1\r\n")
 
     async def scenario():
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RespClient(f"redis://127.0.0.1:{port}", timeout=0.2)
-        try:
+        async with fake_redis(handle, authenticated=False, db=0, timeout=0.2) as client:
             assert await client.call("INCR", "a") == 1
             started = time.monotonic()
             first = asyncio.create_task(client.call("INCR", "b"))
@@ -389,9 +379,6 @@ def test_calls_to_a_redis_that_stops_answering_fail_in_time():
             async with asyncio.timeout(2):  # a missed deadline fails the test, not hangs it
                 results = await asyncio.gather(first, second, return_exceptions=True)
             return results, time.monotonic() - started
-        finally:
-            await client.close()
-            server.close()
 
     results, elapsed = asyncio.run(scenario())
     # Both fail when the older one is due (the connection is dropped, replies could no longer
